@@ -1,0 +1,58 @@
+"""Core CLI commands: ``fedleak train`` and ``fedleak datasets``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from fedleak.config import ExperimentConfig, load_config
+
+
+def resolve_run(
+    config: str, out: Optional[Path], overrides: List[str], data_dir: Optional[str]
+) -> tuple[ExperimentConfig, Path]:
+    """Load a config (path or preset name) with overrides; pick the run directory."""
+    ov = list(overrides or [])
+    if data_dir:
+        ov.append(f"data.data_dir={data_dir}")
+    cfg = load_config(config, ov)
+    run_dir = out if out is not None else Path(cfg.output.dir) / cfg.name
+    return cfg, Path(run_dir)
+
+
+def quiet_default(quiet: bool) -> bool:
+    return quiet or bool(os.environ.get("FEDLEAK_QUIET"))
+
+
+CONFIG_ARG = typer.Argument(..., help="Experiment YAML file, or a preset name from configs/ (e.g. digits-quick).")
+OUT_OPT = typer.Option(None, "--out", "-o", help="Run directory (default: <output.dir>/<name>). Resumes if it exists.")
+SET_OPT = typer.Option([], "--set", "-s", help="Override a config value, e.g. --set fl.rounds=5 (repeatable).")
+DATA_DIR_OPT = typer.Option(None, "--data-dir", help="Folder with dataset files (overrides data.data_dir).")
+QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress output.")
+
+
+def train_command(
+    config: str = CONFIG_ARG,
+    out: Optional[Path] = OUT_OPT,
+    set_: List[str] = SET_OPT,
+    data_dir: Optional[str] = DATA_DIR_OPT,
+    quiet: bool = QUIET_OPT,
+) -> None:
+    """Train a federation and record per-sample signals into a run directory (resumes an interrupted run)."""
+    from fedleak.fl.simulation import train
+
+    cfg, run_dir = resolve_run(config, out, set_, data_dir)
+    train(cfg, run_dir, quiet=quiet_default(quiet))
+    typer.echo(f"run directory: {run_dir}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)
+    try:
+        from fedleak.core_commands_datasets import datasets_command
+    except ImportError:
+        return
+    app.command("datasets")(datasets_command)

@@ -1,0 +1,91 @@
+"""One client's local update and model evaluation."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedleak.config import FLConfig
+from fedleak.fl.hooks import Defense, soft_cross_entropy
+
+ParamDict = dict[str, torch.Tensor]
+
+
+def make_optimizer(params, fl: FLConfig, lr: float) -> torch.optim.Optimizer:
+    if fl.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=fl.momentum, weight_decay=fl.weight_decay)
+    if fl.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=fl.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=fl.weight_decay)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def load_params(model: torch.nn.Module, params: ParamDict) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(params[name])
+
+
+def get_params(model: torch.nn.Module) -> ParamDict:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def local_update(
+    model: torch.nn.Module,
+    global_params: ParamDict,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    fl: FLConfig,
+    lr: float,
+    num_classes: int,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    defense: Defense,
+    gen: torch.Generator,
+    opt_state: dict[str, Any] | None = None,
+) -> tuple[ParamDict, float, dict[str, Any] | None]:
+    """Train ``model`` from ``global_params`` on the client's pixel-space data (x in [0,1]).
+
+    Returns (local params, mean training loss, optimizer state to carry when fresh_optimizer=False).
+    The model is put in train() mode (the original never called it, spec W12).
+    """
+    load_params(model, global_params)
+    model.train()
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], fl, lr)
+    if opt_state is not None and not fl.fresh_optimizer:
+        opt.load_state_dict(opt_state)
+        set_lr(opt, lr)
+    n = len(y)
+    losses: list[float] = []
+    for _ in range(fl.local_epochs):
+        perm = torch.randperm(n, generator=gen)
+        for s in range(0, n, fl.batch_size):
+            idx = perm[s : s + fl.batch_size]
+            xb, yb = defense.transform_batch(x[idx], y[idx], num_classes, gen)
+            losses.append(defense.training_step(model, normalize(xb), yb, soft_cross_entropy, opt))
+    state = None if fl.fresh_optimizer else opt.state_dict()
+    return get_params(model), float(np.mean(losses)) if losses else float("nan"), state
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, params: ParamDict | None, x: torch.Tensor, y: torch.Tensor, batch_size: int
+) -> tuple[float, float]:
+    """(accuracy, mean CE loss) of ``params`` (or the model's own) on normalised inputs, eval() mode."""
+    if params is not None:
+        load_params(model, params)
+    model.eval()
+    correct, total_loss = 0, 0.0
+    for s in range(0, len(y), batch_size):
+        out = model(x[s : s + batch_size])
+        total_loss += float(F.cross_entropy(out, y[s : s + batch_size], reduction="sum"))
+        correct += int((out.argmax(1) == y[s : s + batch_size]).sum())
+    n = max(len(y), 1)
+    return correct / n, total_loss / n

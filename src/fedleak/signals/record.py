@@ -1,0 +1,91 @@
+"""Record one round's per-sample signals for every client into the run store.
+
+Loss uses each client's *uploaded* model; gradient signals use per-sample gradients at the round's
+global model, computed once for all clients (``gradient_signals``), against each uploaded update.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from fedleak.fl.local import ParamDict, evaluate
+from fedleak.signals import store
+from fedleak.signals.candidates import gather, redraw_nonmembers
+from fedleak.signals.compute import cos_and_diff, gradient_signals, per_sample_losses
+
+if TYPE_CHECKING:
+    from fedleak.fl.simulation import Federation
+
+
+def _candidate_tensors(fed: "Federation", ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    d = fed.data
+    x, y = gather(ids, len(d.train), d.train.x, d.train.y, d.test.x, d.test.y)
+    return d.normalize(x), y
+
+
+def record_round(
+    fed: "Federation",
+    run_dir: Path,
+    rnd: int,
+    lr: float,
+    global_params: ParamDict,
+    uploaded: dict[int, ParamDict],
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    compat_rng: np.random.Generator,
+) -> list[float]:
+    cfg = fed.cfg
+    K, N = cfg.partition.num_clients, len(fed.cand_ids)
+    sc = cfg.signals
+    names = [n for n, p in fed.model.named_parameters() if p.requires_grad]
+    out = {k: np.full((K, N), np.nan, np.float32) for k in store.SIGNAL_KEYS_KN}
+    ids = np.tile(fed.cand_ids, (K, 1))
+    dnorm2 = np.full(K, np.nan, np.float64)
+    test_acc = np.full(K, np.nan, np.float64)
+    ks = sorted(uploaded)
+    deltas = torch.stack([torch.cat([(global_params[n] - uploaded[k][n]).reshape(-1) for n in names]) for k in ks])
+    dn2 = (deltas.double() ** 2).sum(1)
+
+    compat = cfg.candidates.protocol == "official-compat"
+    if compat:
+        for k in ks:
+            ids[k] = redraw_nonmembers(
+                fed.cand_ids, fed.cand_owner, cfg.candidates.target_client, fed.clients,
+                fed.n_train, len(fed.data.test), compat_rng,
+            )
+    x_shared, y_shared = _candidate_tensors(fed, fed.cand_ids)
+    if not compat:
+        g = gradient_signals(
+            fed.model, global_params, deltas, x_shared, y_shared,
+            chunk_size=sc.chunk_size, memory_budget_mb=sc.memory_budget_mb,
+        )
+    for i, k in enumerate(ks):
+        if compat:
+            xk, yk = _candidate_tensors(fed, ids[k])
+            gk = gradient_signals(
+                fed.model, global_params, deltas[i : i + 1], xk, yk,
+                chunk_size=sc.chunk_size, memory_budget_mb=sc.memory_budget_mb,
+            )
+            dot, gn2 = gk["dot"][0], gk["gnorm2"]
+        else:
+            xk, yk = x_shared, y_shared
+            dot, gn2 = g["dot"][i], g["gnorm2"]
+        cos, diff = cos_and_diff(dot[None], gn2, dn2[i : i + 1])
+        out["loss"][k] = per_sample_losses(fed.model, uploaded[k], xk, yk, batch_size=sc.batch_size).numpy()
+        out["dot"][k] = dot.numpy()
+        out["gnorm2"][k] = gn2.numpy()
+        out["cos"][k] = cos[0].numpy()
+        out["diff"][k] = diff[0].numpy()
+        dnorm2[k] = float(dn2[i])
+        test_acc[k] = evaluate(fed.model, uploaded[k], test_x, test_y, cfg.fl.eval_batch_size)[0]
+    participated = np.zeros(K, bool)
+    participated[ks] = True
+    store.write_round(
+        run_dir, rnd,
+        dict(out, ids=ids, dnorm2=dnorm2, participated=participated, client_test_acc=test_acc, lr=np.float64(lr)),
+    )
+    return [None if np.isnan(a) else float(a) for a in test_acc]
