@@ -1,0 +1,58 @@
+"""Datasets for fedleak: ``load_dataset(DataConfig, seed) -> Dataset`` and client partitions.
+
+Registered datasets (``available_datasets()``; ``fedleak datasets`` lists what is found where):
+
+- ``digits`` (default): scikit-learn's 1,797 8x8 digits, /16 to [0,1], seeded stratified split
+  (``test_fraction``).
+- ``synthetic``: seeded class pattern + Gaussian noise (``data.synthetic``: n_train, n_test,
+  num_classes, channels, size, noise).
+- ``mnist``, ``fashion-mnist``: the four official IDX files (``MNIST/raw/``, ``mnist/``,
+  ``FashionMNIST/raw/``, ``fashion-mnist/`` or the data dir itself); downloadable.
+- ``cifar10``, ``cifar100`` (fine labels): ``cifar-10-batches-py/`` / ``cifar-100-python/`` or the
+  official ``.tar.gz`` (extracted safely next to it); read with a restricted unpickler; downloadable.
+- ``ham10000``: ``HAM10000_metadata.csv`` + ``images/`` (or ``HAM10000_images_part_1/2``);
+  64x64 by default; split stratified by dx and grouped by lesion_id.
+- ``imagefolder``: ``data.root/<class>/<image>``, 64x64 by default, seeded shuffle then the last
+  ``test_fraction`` is test.
+- ``dermnet``: the FedMIA Dermnet protocol on ``data.root`` (or ``<data dir>/dermnet``) holding
+  Kaggle's ``train/`` and ``test/``: both listed like ImageFolder and concatenated, shuffled with
+  ``torch.manual_seed(42); torch.randperm(N)`` whatever the seed, first 15,000 train / last 4,000
+  test (proportionally fewer below 19,000 images), 64x64.
+
+Data dir: ``data.data_dir``, else ``$FEDLEAK_DATA_DIR``, else ``<user cache dir>/data``.
+``data.download`` fetches missing official files (md5-checked; ``data.mirror`` replaces the base URL).
+
+Normalisation (``data.normalization``; pixels stay in [0,1], ``Dataset.normalize`` applies it):
+``default`` = MNIST (0.1307,)/(0.3081,); Fashion-MNIST (0.2860,)/(0.3530,); CIFAR-10
+(0.4914, 0.4822, 0.4465)/(0.2023, 0.1994, 0.2010) (FedMIA's constants); CIFAR-100 and Dermnet the
+same CIFAR-10 constants (parity with the original; ``cifar100`` gives the true CIFAR-100 stats
+(0.5071, 0.4865, 0.4409)/(0.2673, 0.2564, 0.2762)); digits, synthetic, HAM10000, imagefolder:
+``dataset`` statistics of the training split. Also ``none`` (0/1), ``dataset``, ``mnist``,
+``fashion-mnist``, ``cifar10``, ``cifar100``. Details: ``fedleak.data.registry``.
+"""
+
+from fedleak.data.base import DataError, Dataset, Split
+from fedleak.data.partition import dirichlet_partition, iid_partition
+from fedleak.data.paths import ENV_VAR, resolve_data_dir
+from fedleak.data.registry import (
+    NORMALIZATION_CHOICES,
+    NORMALIZATIONS,
+    available_datasets,
+    describe_datasets,
+    load_dataset,
+)
+
+__all__ = [
+    "ENV_VAR",
+    "NORMALIZATIONS",
+    "NORMALIZATION_CHOICES",
+    "DataError",
+    "Dataset",
+    "Split",
+    "available_datasets",
+    "describe_datasets",
+    "dirichlet_partition",
+    "iid_partition",
+    "load_dataset",
+    "resolve_data_dir",
+]
