@@ -199,6 +199,44 @@ def aggregate(uploaded: dict[int, ParamDict], weights: np.ndarray) -> ParamDict:
     return {n: sum((weights[k] / total) * uploaded[k][n] for k in ks) for n in names}
 
 
+def client_update(
+    fed: Federation,
+    k: int,
+    rnd: int,
+    lr: float,
+    global_params: ParamDict,
+    opt_state: dict[str, Any] | None = None,
+    defended: bool | None = None,
+) -> tuple[ParamDict, float, dict[str, Any] | None]:
+    """Client ``k``'s work in round ``rnd``: what it uploads, its mean training loss, its optimizer state.
+
+    Every random draw comes from the (seed, rnd, k, purpose) streams, so any process holding the same
+    ``Federation`` (e.g. a Flower ClientApp, ``fedleak.flower``) computes the identical upload.
+    """
+    cfg, data = fed.cfg, fed.data
+    if defended is None:
+        defended = cfg.defense.clients is None or k in cfg.defense.clients
+    defense = fed.defense if defended else Defense()
+    idx = defense.select_data(fed.clients[k], rnd, np_rng(cfg.seed, _DATA_SELECT, rnd, k))
+    it = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    local, loss, state = local_update(
+        fed.model,
+        global_params,
+        data.train.x[it],
+        data.train.y[it],
+        fl=cfg.fl,
+        lr=lr,
+        num_classes=data.num_classes,
+        normalize=data.normalize,
+        defense=defense,
+        gen=torch_gen(cfg.seed, _LOCAL, rnd, k),
+        opt_state=opt_state,
+    )
+    delta = {n: global_params[n] - local[n] for n in local}
+    delta = defense.transform_update(delta, torch_gen(cfg.seed, _DEFENSE, rnd, k))
+    return {n: global_params[n] - delta[n] for n in delta}, loss, state
+
+
 def train(
     cfg: ExperimentConfig, run_dir: str | Path, quiet: bool = False, stop_after: int | None = None
 ) -> Path:
@@ -241,28 +279,11 @@ def train(
             uploaded: dict[int, ParamDict] = {}
             client_loss: dict[int, float] = {}
             for k in _participants(cfg, rnd):
-                defense = fed.defense if k in defended else Defense()
-                idx = defense.select_data(fed.clients[k], rnd, np_rng(cfg.seed, _DATA_SELECT, rnd, k))
-                it = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-                local, loss, opt_states_k = local_update(
-                    fed.model,
-                    global_params,
-                    data.train.x[it],
-                    data.train.y[it],
-                    fl=fl,
-                    lr=lr,
-                    num_classes=data.num_classes,
-                    normalize=norm,
-                    defense=defense,
-                    gen=torch_gen(cfg.seed, _LOCAL, rnd, k),
-                    opt_state=opt_states.get(k),
+                uploaded[k], client_loss[k], opt_states_k = client_update(
+                    fed, k, rnd, lr, global_params, opt_states.get(k), defended=k in defended
                 )
                 if opt_states_k is not None:
                     opt_states[k] = opt_states_k
-                delta = {n: global_params[n] - local[n] for n in local}
-                delta = defense.transform_update(delta, torch_gen(cfg.seed, _DEFENSE, rnd, k))
-                uploaded[k] = {n: global_params[n] - delta[n] for n in delta}
-                client_loss[k] = loss
             record: dict[str, Any] = {"round": rnd, "lr": lr}
             if rnd in recorded:
                 record["client_test_acc"] = record_round(
@@ -307,4 +328,4 @@ def _truncate_metrics(run_dir: Path, start: int) -> None:
     store.atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
-__all__ = ["train", "build_federation", "aggregate", "Federation", "redraw_nonmembers", "gather"]
+__all__ = ["train", "build_federation", "aggregate", "client_update", "Federation", "redraw_nonmembers", "gather"]
