@@ -15,12 +15,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e ".[dev]"
 	touch $@
 
+# optional extras exercised by the test suite (Flower simulation, Ray sweeps)
+$(VENV)/.extras: $(VENV)/.installed
+	$(PIP) install -q -e ".[dev,flower,ray]"
+	touch $@
+
 venv: $(VENV)/.installed
 
 demo: venv
 	$(VENV)/bin/fedleak run digits-quick --out $(OUT)
 
-test: venv
+test: $(VENV)/.extras
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: venv
