@@ -51,8 +51,6 @@ def train_command(
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train_command)
-    try:
-        from fedleak.core_commands_datasets import datasets_command
-    except ImportError:
-        return
+    from fedleak.core_commands_datasets import datasets_command
+
     app.command("datasets")(datasets_command)

@@ -108,10 +108,7 @@ def build_federation(cfg: ExperimentConfig, run_dir: Path | None = None) -> Fede
     from fedleak.data.partition import dirichlet_partition, iid_partition
     from fedleak.models import build_model
 
-    try:
-        data = load_dataset(cfg.data, seed=cfg.seed)
-    except TypeError:  # loaders without a seed argument
-        data = load_dataset(cfg.data)
+    data = load_dataset(cfg.data, seed=cfg.seed)
     pc = cfg.partition
     if run_dir is not None and (run_dir / "split.npz").is_file():
         clients = store.read_split(run_dir)
