@@ -1,0 +1,172 @@
+"""``fedleak attack``: score a run directory and write metrics, scores and figures.
+
+Everything goes to ``RUN/attack/``::
+
+    metrics.json        all metrics (per attack: AUC, log-AUC, TPR@FPR, balanced accuracy, per-round
+                        curves, the labelled oracle round, rotating-target mean ± std) + settings
+    metrics.csv         one row per attack (the headline numbers)
+    scores.npz          ids, owner, member [N] and one [N] score array per attack (default target)
+    scores.csv          the same as a table
+    roc.pdf/png         log-log ROC curves of all attacks
+    tpr_per_round.pdf/png   TPR@0.1% against the round
+    fedmia_scores.pdf/png   member / non-member distributions of the FedMIA scores
+    utility.pdf/png     accuracy per round (from metrics.jsonl)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from fedleak.attacks.mia.attacks import ATTACK_INFO
+from fedleak.attacks.mia.evaluate import HEADLINE_FPR, Evaluation, evaluate
+from fedleak.metrics.roc import fpr_key
+from fedleak.report import figures
+from fedleak.signals.store import atomic_write_text, load_signals, read_metrics, recorded_rounds, round_path
+
+ATTACK_DIR = "attack"
+
+
+def attack_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / ATTACK_DIR
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o))
+
+
+def _finite(x: Any) -> Any:
+    """JSON has no inf/NaN: write them as strings."""
+    if isinstance(x, float) and not np.isfinite(x):
+        return str(x)
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
+
+
+def metrics_csv(metrics: dict[str, Any]) -> str:
+    fprs = metrics["fpr_targets"]
+    head = ["attack", "label", "kind", "round", "auc", "log_auc", *[fpr_key(f) for f in fprs], "balanced_accuracy"]
+    rot = metrics.get("rotation", {}).get("done", False)
+    if rot:
+        for k in ("auc", fpr_key(0.01), fpr_key(HEADLINE_FPR)):
+            head += [f"rotating_{k}_mean", f"rotating_{k}_std"]
+    head += ["oracle_round", f"oracle_{fpr_key(HEADLINE_FPR)}"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(head)
+    for name, m in metrics["attacks"].items():
+        row = [name, m["label"], m["kind"], "" if m["round"] is None else m["round"], m["auc"], m["log_auc"]]
+        row += [m[fpr_key(f)] for f in fprs] + [m["balanced_accuracy"]]
+        if rot:
+            for k in ("auc", fpr_key(0.01), fpr_key(HEADLINE_FPR)):
+                row += [m["rotating"][k]["mean"], m["rotating"][k]["std"]]
+        o = m.get("oracle")
+        row += [o["round"], o[fpr_key(HEADLINE_FPR)]] if o else ["", ""]
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def _scores_csv(ids: np.ndarray, owner: np.ndarray, member: np.ndarray, scores: dict[str, np.ndarray]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    names = list(scores)
+    w.writerow(["id", "owner", "member", *names])
+    cols = [scores[n] for n in names]
+    for i in range(len(ids)):
+        w.writerow([int(ids[i]), int(owner[i]), int(member[i]), *(f"{c[i]:.9g}" for c in cols)])
+    return buf.getvalue()
+
+
+def write_figures(ev: Evaluation, out: Path, metrics_rows: list[dict[str, Any]] | None = None) -> dict[str, str]:
+    """Write every figure of an evaluation; returns {figure: png file name}."""
+    m = ev.metrics
+    made: dict[str, str] = {}
+    fig = figures.roc_figure(ev.curves, m, title=f"ROC curves, target client {m['target']} (log-log)")
+    figures.save(fig, out / "roc")
+    made["roc"] = "roc.png"
+    if any(a.get("per_round") for a in m["attacks"].values()) or any(
+        a["kind"] == "temporal" for a in m["attacks"].values()
+    ):
+        fig = figures.tpr_per_round_figure(m, HEADLINE_FPR, title=f"TPR@0.1% per round, target client {m['target']}")
+        figures.save(fig, out / "tpr_per_round")
+        made["tpr_per_round"] = "tpr_per_round.png"
+    fed = [n for n in ev.scores if ATTACK_INFO[n].kind == "fedmia"]
+    if fed:
+        fig = figures.score_hist_figure(ev.scores, ev.labels, m, fed)
+        figures.save(fig, out / "fedmia_scores")
+        made["fedmia_scores"] = "fedmia_scores.png"
+    if metrics_rows:
+        fig = figures.utility_figure(metrics_rows, m["target"])
+        if fig is not None:
+            figures.save(fig, out / "utility")
+            made["utility"] = "utility.png"
+    return made
+
+
+def attack_run(
+    run_dir: str | Path,
+    names: Iterable[str] | str | None = None,
+    *,
+    round: int | None = None,
+    target: int | None = None,
+    rotate: bool | None = None,
+    strict: bool = False,
+    make_figures: bool = True,
+    **fedmia_options: Any,
+) -> tuple[Path, Evaluation]:
+    """Evaluate the attacks on a run directory and write all outputs to ``RUN/attack/``."""
+    run_dir = Path(run_dir)
+    t0 = time.time()
+    sig = load_signals(run_dir)
+    t_load = time.time() - t0
+    ev = evaluate(sig, names, round=round, target=target, rotate=rotate, strict=strict, **fedmia_options)
+    ev.metrics["run_dir"] = str(run_dir)
+    ev.metrics["seconds"] = {"load": round_(t_load), "attacks": round_(time.time() - t0 - t_load)}
+    out = attack_dir(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if make_figures:
+        ev.metrics["figures"] = write_figures(ev, out, read_metrics(run_dir))
+    atomic_write_text(out / "metrics.json", json.dumps(_finite(ev.metrics), indent=2, default=_json_default))
+    atomic_write_text(out / "metrics.csv", metrics_csv(ev.metrics))
+    tmp = out / "scores.npz.tmp"
+    with open(tmp, "wb") as f:
+        np.savez(
+            f, ids=sig.cand_ids, owner=sig.owner, member=ev.labels, target=np.int64(ev.metrics["target"]),
+            **{k.replace("-", "_"): v for k, v in ev.scores.items()},
+        )
+    tmp.replace(out / "scores.npz")
+    atomic_write_text(out / "scores.csv", _scores_csv(sig.cand_ids, sig.owner, ev.labels, ev.scores))
+    return out, ev
+
+
+def round_(x: float) -> float:
+    return float(f"{x:.3g}")
+
+
+def is_stale(run_dir: str | Path) -> bool:
+    """True when there are no attack metrics, or signals were recorded after them."""
+    p = attack_dir(run_dir) / "metrics.json"
+    if not p.is_file():
+        return True
+    rounds = recorded_rounds(Path(run_dir))
+    if not rounds:
+        return False
+    newest = max(round_path(Path(run_dir), r).stat().st_mtime for r in rounds)
+    return newest > p.stat().st_mtime
+
+
+def load_attack_metrics(run_dir: str | Path) -> dict[str, Any]:
+    return json.loads((attack_dir(run_dir) / "metrics.json").read_text())

@@ -1,0 +1,195 @@
+"""The attack / report / run commands: files written, numbers consistent with the library, HTML self-contained."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fedleak.attacks.mia import run_attacks
+from fedleak.attacks.mia.synthetic import generate_toy_run
+from fedleak.cli import app
+from fedleak.metrics.roc import roc_metrics
+from fedleak.signals.store import StoreError, load_signals
+
+runner = CliRunner()
+SMALL = dict(per_client=300, n_other=100, n_test=600, n_test_cand=300, rounds=6, shift=0.4, num_clients=5)
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    """A toy run on which `fedleak report` ran straight away (so it had to attack first, with defaults)."""
+    d = generate_toy_run(tmp_path_factory.mktemp("toy") / "run", **SMALL)
+    assert not (d / "attack").exists()
+    res = runner.invoke(app, ["report", str(d), "-q"])
+    assert res.exit_code == 0, res.output
+    return d, res.output
+
+
+def test_attack_writes_metrics_scores_and_figures(reported):
+    run, _ = reported
+    out = run / "attack"
+    for f in ("metrics.json", "metrics.csv", "scores.npz", "scores.csv"):
+        assert (out / f).is_file(), f
+    for stem in ("roc", "tpr_per_round", "fedmia_scores", "utility"):
+        assert (out / f"{stem}.pdf").read_bytes()[:4] == b"%PDF"
+        assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["round"] == 59 and m["protocol"] == "aligned" and m["fpr_convention"] == "<="
+    sig = load_signals(run)
+    lab = sig.members()
+    scores = run_attacks(sig)
+    z = np.load(out / "scores.npz")
+    np.testing.assert_array_equal(z["member"], lab)
+    for name, s in scores.items():
+        np.testing.assert_allclose(z[name.replace("-", "_")], s)
+        want = roc_metrics(lab, s)
+        got = m["attacks"][name]
+        assert got["auc"] == pytest.approx(want.auc)
+        assert got["tpr@0.1%"] == pytest.approx(want.tpr[0.001])
+        assert got["log_auc"] == pytest.approx(want.log_auc)
+    assert m["attacks"]["blackbox-loss"]["round"] == 59 and m["attacks"]["fedmia-ii"]["round"] is None
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [r["attack"] for r in rows] == list(scores)
+    assert float(rows[0]["auc"]) == pytest.approx(m["attacks"][rows[0]["attack"]]["auc"])
+    srows = list(csv.reader((out / "scores.csv").open()))
+    assert len(srows) == lab.size + 1
+    # every client owns candidates and rows are aligned: rotating target is on by default
+    assert m["rotation"]["done"] and m["rotation"]["targets"] == [0, 1, 2, 3, 4]
+    assert "oracle" in m["attacks"]["grad-cosine"] and "optimistic" in m["attacks"]["grad-cosine"]["oracle"]["note"]
+
+
+def test_stale_attack_outputs_are_detected(reported, tmp_path):
+    import os
+    import shutil
+
+    from fedleak.report.outputs import is_stale
+
+    run, _ = reported
+    assert not is_stale(run)
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    sig_file = sorted((copy / "signals").glob("round_*.npz"))[-1]
+    later = (copy / "attack" / "metrics.json").stat().st_mtime + 10
+    os.utime(sig_file, (later, later))
+    assert is_stale(copy)
+
+
+def test_attack_options_reach_the_attacks(tmp_path):
+    d = generate_toy_run(tmp_path / "r", **SMALL)
+    res = runner.invoke(app, ["attack", str(d), "-a", "fedmia-ii,loss-series,grad-cosine", "--round", "39", "--aggregation", "fisher",
+                              "--ddof", "1", "--strict-fpr", "--no-rotate", "--no-figures", "-q"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((d / "attack" / "metrics.json").read_text())
+    assert list(m["attacks"]) == ["fedmia-ii", "loss-series", "grad-cosine"]
+    assert not (d / "attack" / "roc.png").exists()
+    assert m["fedmia_options"]["aggregation"] == "fisher" and m["fedmia_options"]["ddof"] == 1
+    assert m["fpr_convention"] == "<" and not m["rotation"]["done"]
+    sig = load_signals(d)
+    s = run_attacks(sig, "fedmia-ii", aggregation="fisher", ddof=1)["fedmia-ii"]
+    assert m["attacks"]["fedmia-ii"]["auc"] == pytest.approx(roc_metrics(sig.members(), s).auc)
+    gc = roc_metrics(sig.members(), sig.cos[3, 0], strict=True)  # round 39 = 4th recorded round
+    assert m["attacks"]["grad-cosine"]["round"] == 39
+    assert m["attacks"]["grad-cosine"]["tpr@1%"] == pytest.approx(gc.tpr[0.01])
+
+
+def test_report_is_self_contained_html_and_markdown(reported):
+    attacked, output = reported
+    assert output.strip() == f"report: {attacked / 'report.html'}"
+    html = (attacked / "report.html").read_text()
+    md = (attacked / "report.md").read_text()
+    # no external resources: every image is an embedded PNG that decodes
+    srcs = re.findall(r"src='([^']*)'", html)
+    assert len(srcs) == 4 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert base64.b64decode(srcs[0].split(",", 1)[1])[:4] == b"\x89PNG"
+    assert "http://" not in html and "https://" not in html and "<link" not in html
+    m = json.loads((attacked / "attack" / "metrics.json").read_text())
+    best = max(m["attacks"].values(), key=lambda a: a["tpr@0.1%"])
+    for text in ("Verdict", "Setup", "Utility", "Attack results", "Every client as the target", "Oracle best round",
+                 best["label"], f"{100 * best['tpr@0.1%']:.2f}%"):
+        assert text in html, text
+    assert "![roc](attack/roc.png)" in md and "| attack |" in md and "## Verdict" in md
+
+
+def test_verdict_levels(tmp_path):
+    from fedleak.attacks.mia import evaluate
+    from fedleak.report.document import verdict
+
+    def level(**kw):
+        ev = evaluate(load_signals(generate_toy_run(tmp_path / str(len(list(tmp_path.iterdir()))), **{**SMALL, **kw})))
+        return ev.metrics, verdict(ev.metrics)
+
+    assert level(shift=0.0)[1].level in ("none", "low")
+    assert level(shift=1.0)[1].level == "high"
+    mc, vc = level(protocol="official-compat")
+    assert "official-compat" in " ".join(vc.sentences)
+    # the inflated target-only temporal attacks never carry the verdict
+    assert not any(a["label"] + "</b>" in vc.sentences[0] for n, a in mc["attacks"].items() if a["kind"] == "temporal")
+
+
+def test_bad_input_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    from fedleak.cli import main
+
+    res = runner.invoke(app, ["attack", str(tmp_path)])
+    assert isinstance(res.exception, StoreError) and "not a fedleak run directory" in str(res.exception)
+    d = generate_toy_run(tmp_path / "r", **SMALL)
+    for argv, msg in (
+        (["attack", str(d), "--round", "3"], "round 3 was not recorded"),
+        (["attack", str(d), "-a", "fedmia-9"], "unknown attack 'fedmia-9'"),
+        (["attack", str(d), "--aggregation", "median"], "unknown FedMIA aggregation"),
+        (["report", str(tmp_path / "missing")], "not a fedleak run directory"),
+    ):
+        monkeypatch.setattr(sys, "argv", ["fedleak", *argv])
+        with pytest.raises(SystemExit) as e:
+            main()
+        err = capsys.readouterr().err
+        assert e.value.code == 2
+        assert err.strip().count("\n") == 0 and msg in err, err
+
+
+def test_run_trains_attacks_and_reports(tmp_path, monkeypatch):
+    """`fedleak run` wiring, with the engine replaced by the toy generator."""
+    from fedleak.fl import simulation
+
+    seen = {}
+
+    def fake_train(cfg, run_dir, quiet=False):
+        seen["cfg"], seen["quiet"] = cfg, quiet
+        return generate_toy_run(run_dir, **SMALL)
+
+    monkeypatch.setattr(simulation, "train", fake_train)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "x", "fl": {"rounds": 3}}))
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "out"), "--set", "fl.rounds=7", "-q"])
+    assert res.exit_code == 0, res.output
+    assert seen["cfg"].fl.rounds == 7 and seen["quiet"] is True
+    assert res.output.strip().endswith(str(tmp_path / "out" / "report.html"))
+    assert (tmp_path / "out" / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_run_end_to_end_with_the_real_engine(tmp_path):
+    cfg = {
+        "name": "tiny-e2e",
+        "seed": 1,
+        "data": {"name": "synthetic", "synthetic": {"n_train": 120, "n_test": 40, "num_classes": 4, "channels": 1, "size": 8}},
+        "partition": {"num_clients": 3},
+        "candidates": {"n_test": 20, "n_other": 10},
+        "model": {"name": "mlp", "options": {"hidden": [16]}},
+        "fl": {"rounds": 3, "batch_size": 8, "lr": 0.1},
+        "signals": {"every": 1},
+    }
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    res = runner.invoke(app, ["run", str(p), "--out", str(tmp_path / "run"), "-q"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "run" / "attack" / "metrics.json").read_text())
+    assert m["recorded_rounds"] == [0, 1, 2] and len(m["attacks"]) == 10
+    assert (tmp_path / "run" / "report.html").stat().st_size > 10_000
