@@ -1,0 +1,430 @@
+"""Per-sample membership signals (fedmia.md §2.3-2.4, recommendations §9.2), computed once per round.
+
+For a candidate (x, y) and the round's global parameters θ_g, ``g(x) = ∇_θ CE(f_θ(x), y) |θ=θ_g`` over all trainable
+parameters, flattened in ``named_parameters()`` order. For every client update ``Δ_k = θ_g − θ_k``::
+
+    dot[k, n]  = <g(x_n), Δ_k>
+    gnorm2[n]  = ||g(x_n)||²
+    cos[k, n]  = dot / (||g|| ||Δ_k||)
+    diff[k, n] = ||Δ_k||² − ||Δ_k − g||² = 2 dot − gnorm2
+
+How (``gradient_signals``): the candidates are cut into chunks of ``c`` samples; for each chunk the per-sample
+gradients are computed with ``torch.func.vmap(torch.func.grad(loss))`` (no per-sample Python loop), then, tensor by
+tensor, ``dot += G_t[c, P_t] @ Δ[:, t]^T[P_t, K]`` (one GEMM per parameter tensor against all K clients at once) and
+``gnorm2 += ||G_t||²`` row-wise. The chunk's gradients are dropped before the next chunk, so peak memory is about
+``c·P·4`` bytes, with ``c`` chosen from ``memory_budget_mb``. The per-sample gradients are computed once per round,
+not once per client (the official code recomputes them K times).
+
+Why not forward-mode JVPs for ``dot``: ``<g(x), Δ_k> = d/dε CE(f_{θ+εΔ_k}(x), y)`` is one batched ``jvp`` per client
+and never materialises G, but ``gnorm2`` still needs the per-sample gradients (or layer-specific ghost norms), so the
+JVPs are pure extra work: K forward+tangent passes (≈ 3 forwards each) versus one GEMM over the gradients that are
+already in memory. ``benchmarks/signals.py --jvp`` measures it; on CPU for AlexNet-CIFAR at N=500, K=10 the JVP route
+is several times slower than the GEMM (see the README table). ``_dots_jvp`` is kept as an independent check.
+
+Accuracy: everything runs in float32 (the models' dtype); the per-tensor GEMM results and squared norms are summed
+across parameter tensors in float64, and ``cos_and_diff`` works in float64. ``diff`` is formed as ``2 dot − gnorm2``,
+which avoids the catastrophic cancellation of ``||Δ||² − ||Δ − g||²`` (both terms ≈ ||Δ||² when ||g|| ≪ ||Δ||).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = [
+    "trainable_names",
+    "flat_params",
+    "flatten_state",
+    "per_sample_losses",
+    "gradient_signals",
+    "cos_and_diff",
+    "chunk_size_for",
+    "per_sample_gradients",
+    "ENGINES",
+]
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    """Names of the trainable parameters, in ``named_parameters()`` order (the flattening order of Δ and g)."""
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def flatten_state(params: Mapping[str, torch.Tensor], names: list[str]) -> torch.Tensor:
+    """Concatenate ``params[name]`` (flattened) over ``names``, in that order."""
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise KeyError(f"parameters missing from the state: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    return torch.cat([params[n].detach().reshape(-1) for n in names])
+
+
+def flat_params(model: nn.Module) -> torch.Tensor:
+    """The model's trainable parameters as one flat (detached) vector, ``named_parameters()`` order."""
+    return flatten_state(dict(model.named_parameters()), trainable_names(model))
+
+
+def _split_params(
+    model: nn.Module, params: Mapping[str, torch.Tensor] | None
+) -> tuple[list[str], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(trainable names, trainable tensors, everything else given) — detached."""
+    names = trainable_names(model)
+    given = dict(model.named_parameters()) if params is None else dict(params)
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise KeyError(f"global_params lacks trainable parameters: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    train = {n: given[n].detach() for n in names}
+    rest = {n: v.detach() for n, v in given.items() if n not in train}
+    return names, train, rest
+
+
+def _device_of(model: nn.Module, params: Mapping[str, torch.Tensor]) -> torch.device:
+    for v in params.values():
+        return v.device
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+class _EvalMode:
+    """Put the model in eval mode for the block and restore its previous mode."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self) -> nn.Module:
+        self.was_training = self.model.training
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.train(self.was_training)
+
+
+@torch.no_grad()
+def per_sample_losses(
+    model: nn.Module,
+    params: Mapping[str, torch.Tensor] | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """Per-sample cross-entropy of ``model`` with ``params`` (name -> tensor; None: the model's own) -> [N] on CPU.
+
+    Evaluated with ``torch.func.functional_call`` in eval mode under ``no_grad``; the model itself is not modified.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    p = dict(model.named_parameters()) if params is None else {k: v.detach() for k, v in params.items()}
+    dev = _device_of(model, p)
+    out = []
+    with _EvalMode(model):
+        for s in range(0, len(x), batch_size):
+            xb, yb = x[s : s + batch_size].to(dev), y[s : s + batch_size].to(dev)
+            logits = torch.func.functional_call(model, p, (xb,))
+            out.append(F.cross_entropy(logits.float(), yb, reduction="none").cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def chunk_size_for(num_params: int, memory_budget_mb: float) -> int:
+    """Largest chunk ``c`` with ``c * P * 4`` bytes of per-sample gradients within the budget (at least 1)."""
+    return max(1, int(memory_budget_mb * 2**20) // (4 * max(1, int(num_params))))
+
+
+def _per_sample_grad_fn(model: nn.Module, rest: dict[str, torch.Tensor]):
+    def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        logits = torch.func.functional_call(model, (p, rest), (xi.unsqueeze(0),))
+        return F.cross_entropy(logits, yi.unsqueeze(0))  # one sample: mean == sum
+
+    return torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-sample gradient engines. Both yield (parameter name, [c, numel] per-sample gradient) for one chunk.
+#
+# "vmap":  torch.func.vmap(torch.func.grad(loss)) — generic, exact for any model without cross-sample coupling.
+# "layers": one ordinary batched forward/backward (summed loss, so each sample's output gradient is its own), with
+#          forward hooks recording every parameterised layer's input and output; the per-sample parameter gradients
+#          are then formed in closed form: Linear  gW_i = Σ_t gout_i,t ⊗ in_i,t;  Conv2d  gW_i = gout_i · unfold(in_i)ᵀ
+#          (a batched GEMM); GroupNorm gγ_i = Σ_hw gout_i ⊙ x̂_i, gβ_i = Σ_hw gout_i. On CPU this is several times
+#          faster than vmap, whose conv weight-gradient batching rule becomes a slow grouped convolution.
+#          Used only when every trainable parameter belongs to a supported layer that runs once per forward.
+# "auto" (default): "layers" when the model qualifies, else "vmap".
+# ----------------------------------------------------------------------------------------------------------------
+
+ENGINES = ("auto", "layers", "vmap")
+
+
+class _Unsupported(RuntimeError):
+    pass
+
+
+def _layer_plan(model: nn.Module, names: list[str]) -> list[tuple[str, nn.Module]] | None:
+    """Modules owning the trainable parameters, if all are supported layers; otherwise None."""
+    owners: dict[str, nn.Module] = {}
+    for n in names:
+        prefix, _, leaf = n.rpartition(".")
+        mod = model.get_submodule(prefix) if prefix else model
+        if leaf not in ("weight", "bias"):
+            return None
+        if isinstance(mod, nn.Conv2d):
+            if mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+                return None
+        elif not isinstance(mod, (nn.Linear, nn.GroupNorm)):
+            return None
+        owners[prefix] = mod
+    return list(owners.items())
+
+
+def _unfold(x: torch.Tensor, kernel, dilation, padding, stride) -> torch.Tensor:
+    """``F.unfold`` (im2col) as a strided view plus one copy: [c, I, H, W] -> [c, I*kh*kw, T].
+
+    Same layout as ``F.unfold`` (channel-major, then kernel row, kernel column); faster than ATen's CPU im2col.
+    """
+    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = (
+        _pair(kernel), _pair(dilation), _pair(padding), _pair(stride)
+    )
+    if ph or pw:
+        x = F.pad(x, (pw, pw, ph, ph))
+    c, i, h, w = x.shape
+    oh = (h - dh * (kh - 1) - 1) // sh + 1
+    ow = (w - dw * (kw - 1) - 1) // sw + 1
+    sc, si, sy, sx = x.stride()
+    patches = x.as_strided((c, i, kh, kw, oh, ow), (sc, si, sy * dh, sx * dw, sy * sh, sx * sw), x.storage_offset())
+    return patches.reshape(c, i * kh * kw, oh * ow)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def _layer_grads(
+    model: nn.Module,
+    plan: list[tuple[str, nn.Module]],
+    params: dict[str, torch.Tensor],
+    rest: dict[str, torch.Tensor],
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+):
+    c = len(xb)
+    seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    handles = []
+
+    def make_hook(name: str):
+        def hook(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            out = output.clone()  # what the rest of the net sees; later in-place ops cannot touch `output`
+            seen.setdefault(name, []).append((inputs[0].detach(), output))
+            return out
+
+        return hook
+
+    for name, mod in plan:
+        handles.append(mod.register_forward_hook(make_hook(name)))
+    try:
+        p = {n: v.detach().requires_grad_() for n, v in params.items()}
+        with torch.enable_grad():
+            logits = torch.func.functional_call(model, (p, rest), (xb,))
+            loss = F.cross_entropy(logits, yb, reduction="sum")
+    finally:
+        for h in handles:
+            h.remove()
+    for name, _ in plan:
+        calls = seen.get(name, [])
+        if len(calls) != 1 or calls[0][0].shape[0] != c or calls[0][1].shape[0] != c:
+            raise _Unsupported(f"layer {name!r} ran {len(calls)} times or without a leading batch dimension")
+    outs = [seen[name][0][1] for name, _ in plan]
+    gouts = torch.autograd.grad(loss, outs, allow_unused=True)
+    for (name, mod), (inp, out), gout in zip(plan, (seen[n][0] for n, _ in plan), gouts):
+        if gout is None:
+            gout = torch.zeros_like(out)
+        gout = gout.detach()
+        pre = f"{name}." if name else ""
+        if isinstance(mod, nn.Linear):
+            go = gout.reshape(c, -1, gout.shape[-1])  # [c, T, O]
+            if mod.weight.requires_grad:
+                yield pre + "weight", torch.bmm(go.transpose(1, 2), inp.reshape(c, -1, inp.shape[-1])).reshape(c, -1)
+            if mod.bias is not None and mod.bias.requires_grad:
+                yield pre + "bias", go.sum(1)
+        elif isinstance(mod, nn.Conv2d):
+            go = gout.reshape(c, gout.shape[1], -1)  # [c, O, T]
+            if mod.weight.requires_grad:
+                u = _unfold(inp, mod.kernel_size, mod.dilation, mod.padding, mod.stride)  # [c, I*kh*kw, T]
+                yield pre + "weight", torch.bmm(go, u.transpose(1, 2)).reshape(c, -1)  # [c, O, I*kh*kw]
+            if mod.bias is not None and mod.bias.requires_grad:
+                yield pre + "bias", go.sum(2)
+        else:  # GroupNorm
+            go = gout.reshape(c, gout.shape[1], -1)
+            if mod.weight is not None and mod.weight.requires_grad:
+                xhat = F.group_norm(inp, mod.num_groups, eps=mod.eps).reshape(c, inp.shape[1], -1)
+                yield pre + "weight", (go * xhat).sum(2)
+            if mod.bias is not None and mod.bias.requires_grad:
+                yield pre + "bias", go.sum(2)
+
+
+def _vmap_grads(psg, params: dict[str, torch.Tensor], names: list[str], xb: torch.Tensor, yb: torch.Tensor):
+    grads = psg(params, xb, yb)
+    for n in names:
+        yield n, grads[n].reshape(len(xb), -1)
+
+
+def per_sample_gradients(
+    model: nn.Module,
+    global_params: Mapping[str, torch.Tensor] | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    engine: str = "auto",
+) -> torch.Tensor:
+    """[N, P] per-sample gradients (trainable parameters, flattened). Materialises G: for tests and small N only."""
+    names, params, rest = _split_params(model, global_params)
+    order = {n: i for i, n in enumerate(names)}
+    rows: list[torch.Tensor | None] = [None] * len(names)
+    with _EvalMode(model):
+        for n, g in _chunk_grads(model, names, params, rest, x, y, engine):
+            rows[order[n]] = g
+    return torch.cat([r for r in rows if r is not None], dim=1) if names else torch.zeros(len(x), 0)
+
+
+def _chunk_grads(model, names, params, rest, xb, yb, engine):
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose from: {', '.join(ENGINES)}")
+    plan = _layer_plan(model, names) if engine in ("auto", "layers") else None
+    if engine == "layers" and plan is None:
+        raise ValueError("engine 'layers' needs every trainable parameter in a Linear, Conv2d or GroupNorm layer")
+    if plan is not None:
+        try:
+            yield from _layer_grads(model, plan, params, rest, xb, yb)
+            return
+        except _Unsupported:
+            if engine == "layers":
+                raise
+    yield from _vmap_grads(_per_sample_grad_fn(model, rest), params, names, xb, yb)
+
+
+def gradient_signals(
+    model: nn.Module,
+    global_params: Mapping[str, torch.Tensor],
+    deltas: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    chunk_size: int | None = None,
+    memory_budget_mb: float = 512,
+    engine: str = "auto",
+) -> dict[str, torch.Tensor]:
+    """Per-sample gradient signals at ``global_params`` against all K updates at once.
+
+    Args:
+        model: the architecture (its own parameter values are not used; it is put in eval mode temporarily).
+        global_params: name -> tensor, at least every trainable parameter (others, if given, are used as constants).
+        deltas: [K, P] flattened updates Δ_k = θ_global − θ_k in ``trainable_names(model)`` order.
+        x, y: candidates [N, ...] and labels [N].
+        chunk_size: samples per chunk; default from ``memory_budget_mb`` (``c·P·4`` bytes ≤ budget).
+        engine: per-sample gradient engine, ``"auto"`` | ``"layers"`` | ``"vmap"`` (see above).
+
+    Returns:
+        ``{"dot": [K, N], "gnorm2": [N]}``, float32 on CPU.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose from: {', '.join(ENGINES)}")
+    names, params, rest = _split_params(model, global_params)
+    sizes = [params[n].numel() for n in names]
+    P = sum(sizes)
+    if deltas.dim() != 2 or deltas.shape[1] != P:
+        raise ValueError(f"deltas must be [K, P] with P = {P} trainable parameters, got {tuple(deltas.shape)}")
+    if len(x) != len(y):
+        raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
+    K, N = deltas.shape[0], len(x)
+    dev = _device_of(model, params)
+    dtype = params[names[0]].dtype if names else torch.float32
+    c = int(chunk_size) if chunk_size is not None else chunk_size_for(P, memory_budget_mb)
+    if c < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {c}")
+    c = min(c, max(N, 1))
+
+    d = deltas.detach().to(device=dev, dtype=dtype)
+    views = {}  # [K, P_t] column blocks of Δ; strided views, BLAS reads them without a copy
+    off = 0
+    for n, s in zip(names, sizes):
+        views[n] = d[:, off : off + s]
+        off += s
+
+    dot = torch.zeros(K, N, dtype=torch.float64, device=dev)
+    gnorm2 = torch.zeros(N, dtype=torch.float64, device=dev)
+    requested = engine
+    if engine == "auto":  # decide once, not per chunk
+        engine = "layers" if _layer_plan(model, names) is not None else "vmap"
+    with _EvalMode(model):
+        for s in range(0, N, c):
+            xb, yb = x[s : s + c].to(dev), y[s : s + c].to(dev)
+            e = s + len(xb)
+            try:
+                pairs = list(_chunk_grads(model, names, params, rest, xb, yb, engine))
+            except _Unsupported:
+                if requested == "layers":
+                    raise
+                engine = "vmap"
+                pairs = list(_chunk_grads(model, names, params, rest, xb, yb, engine))
+            for n, gt in pairs:
+                dot[:, s:e] += (views[n] @ gt.T).double()
+                gnorm2[s:e] += torch.linalg.vector_norm(gt, dim=1).double().square()
+            del pairs
+    return {"dot": dot.float().cpu(), "gnorm2": gnorm2.float().cpu()}
+
+
+def cos_and_diff(
+    dot: torch.Tensor, gnorm2: torch.Tensor, dnorm2: torch.Tensor, eps: float = 1e-12
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos [K,N] = dot / max(||g||·||Δ_k||, eps) and diff [K,N] = 2·dot − ||g||² (= ||Δ||² − ||Δ−g||²).
+
+    ``dot`` [K, N], ``gnorm2`` [N] (or [K, N]), ``dnorm2`` [K]. Computed in float64, returned in ``dot``'s dtype.
+    A zero gradient or a zero update gives cos = 0.
+    """
+    dot64 = torch.as_tensor(dot).double()
+    if dot64.dim() != 2:
+        raise ValueError(f"dot must be [K, N], got {tuple(dot64.shape)}")
+    g64 = torch.as_tensor(gnorm2).double().to(dot64.device)
+    d64 = torch.as_tensor(dnorm2).double().to(dot64.device).reshape(-1, 1)
+    if d64.shape[0] != dot64.shape[0]:
+        raise ValueError(f"dnorm2 has {d64.shape[0]} entries for {dot64.shape[0]} clients")
+    denom = (g64.clamp_min(0).sqrt() * d64.clamp_min(0).sqrt()).clamp_min(eps)
+    cos = dot64 / denom
+    diff = 2.0 * dot64 - g64
+    out_dtype = dot.dtype if torch.is_floating_point(torch.as_tensor(dot)) else torch.float64
+    return cos.to(out_dtype), diff.to(out_dtype)
+
+
+def _dots_jvp(
+    model: nn.Module,
+    global_params: Mapping[str, torch.Tensor],
+    deltas: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """[K, N] ``<g(x_n), Δ_k>`` by forward-mode differentiation along each Δ_k (no per-sample gradients).
+
+    Slower than the GEMM route on CPU (see the module docstring); kept for the benchmark and as a cross-check.
+    """
+    names, params, rest = _split_params(model, global_params)
+    dev = _device_of(model, params)
+    K = deltas.shape[0]
+    tangents = []
+    for k in range(K):
+        tk, off = {}, 0
+        for n in names:
+            s = params[n].numel()
+            tk[n] = deltas[k, off : off + s].reshape(params[n].shape).to(device=dev, dtype=params[n].dtype)
+            off += s
+        tangents.append(tk)
+    out = torch.zeros(K, len(x), dtype=torch.float32)
+    with _EvalMode(model), torch.no_grad():
+        for s in range(0, len(x), batch_size):
+            xb, yb = x[s : s + batch_size].to(dev), y[s : s + batch_size].to(dev)
+
+            def losses(p: dict[str, torch.Tensor]) -> torch.Tensor:
+                return F.cross_entropy(torch.func.functional_call(model, (p, rest), (xb,)), yb, reduction="none")
+
+            for k in range(K):
+                _, tangent_out = torch.func.jvp(losses, (params,), (tangents[k],))
+                out[k, s : s + len(xb)] = tangent_out.float().cpu()
+    return out
