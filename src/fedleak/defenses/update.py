@@ -1,0 +1,219 @@
+"""Defenses on the uploaded update Δ = θ_global − θ_local: ``perturb``, ``sparse``, ``quant``.
+
+All three act in ``transform_update``; the engine then uploads θ_global − Δ', and every signal (loss and gradient)
+is computed on that uploaded model (spec W4 fixed).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from fedleak.config import ConfigError, ExperimentConfig
+from fedleak.defenses._params import Param, between, non_negative, parse_params, positive
+from fedleak.defenses.accountant import epsilon as rdp_epsilon
+from fedleak.fl.hooks import Defense, register_defense
+
+Delta = dict[str, torch.Tensor]
+
+
+def defended_clients(cfg: ExperimentConfig | None) -> list[int]:
+    if cfg is None:
+        return []
+    if cfg.defense.clients is not None:
+        return sorted(set(cfg.defense.clients))
+    return list(range(cfg.partition.num_clients))
+
+
+def participation_counts(cfg: ExperimentConfig | None, rnd: int) -> int:
+    """Largest number of rounds 0..rnd in which any defended client took part (the most exposed client).
+
+    Computed from the engine's deterministic client sampling, so it needs no state and survives a resume.
+    """
+    if cfg is None:
+        return rnd + 1
+    if cfg.fl.participation >= 1.0:
+        return rnd + 1
+    try:
+        from fedleak.fl.simulation import _participants
+    except ImportError:  # pragma: no cover - engine refactored: fall back to the upper bound
+        return rnd + 1
+    counts = {k: 0 for k in defended_clients(cfg)}
+    for r in range(rnd + 1):
+        for k in _participants(cfg, r):
+            if k in counts:
+                counts[k] += 1
+    return max(counts.values(), default=0)
+
+
+def global_norm(delta: Delta) -> torch.Tensor:
+    return torch.sqrt(sum((v.double() ** 2).sum() for v in delta.values()))
+
+
+# --------------------------------------------------------------------------------------------- perturb
+
+PERTURB_PARAMS = {
+    "sigma": Param(0.1, "float", "raw: noise std added to every uploaded parameter; dp: noise multiplier z "
+                   "(std z·C)", check=non_negative),
+    "clip": Param(None, "float", "L2 bound C of the whole update; null = the original's unclipped noise (no DP)",
+                  check=positive, optional=True),
+    "delta": Param(1e-5, "float", "δ of the reported (ε, δ) (dp mode)", check=between(0, 1, True, True)),
+}
+
+
+class Perturb(Defense):
+    """Gaussian noise on the uploaded model.
+
+    * ``clip: null`` (paper-compatible, the original's ``--dp --sigma``): ``θ_up = θ_local + N(0, σ²)`` on every
+      trainable parameter, i.e. ``Δ' = Δ − n``. Unbounded sensitivity, so no (ε, δ) is reported.
+    * ``clip: C`` (client-level DP, DP-FedAvg style with local noise): ``Δ' = Δ·min(1, C/‖Δ‖) + N(0, (σC)²)``, ‖·‖
+      the L2 norm over all trainable tensors together. Each round is a Gaussian mechanism with noise multiplier σ on
+      the client's whole data set (the server sees every individual upload, so no amplification by client
+      sampling is claimed); (ε, δ) composes over the rounds the most exposed defended client took part in.
+    """
+
+    name = "perturb"
+
+    def __init__(self, params: dict[str, Any] | None = None, cfg: ExperimentConfig | None = None) -> None:
+        super().__init__(params, cfg)
+        self.p = parse_params("perturb", params, PERTURB_PARAMS)
+
+    def transform_update(self, delta: Delta, gen: torch.Generator) -> Delta:
+        sigma, clip = self.p["sigma"], self.p["clip"]
+        if clip is None:
+            return {n: v - sigma * torch.randn(v.shape, generator=gen, dtype=v.dtype) for n, v in delta.items()}
+        norm = float(global_norm(delta))
+        scale = min(1.0, clip / norm) if norm > 0 else 1.0
+        return {
+            n: v * scale + (sigma * clip) * torch.randn(v.shape, generator=gen, dtype=v.dtype)
+            for n, v in delta.items()
+        }
+
+    def privacy_spent(self, rnd: int) -> dict[str, float] | None:
+        if self.p["clip"] is None:
+            return None
+        steps = participation_counts(self.cfg, rnd)
+        eps = rdp_epsilon(1.0, self.p["sigma"], steps, self.p["delta"]) if self.p["sigma"] > 0 else math.inf
+        return {
+            "epsilon": eps,
+            "delta": self.p["delta"],
+            "level": "client",
+            "noise_multiplier": self.p["sigma"],
+            "clip": self.p["clip"],
+            "steps": steps,
+        }
+
+
+# ---------------------------------------------------------------------------------------------- sparse
+
+SPARSE_PARAMS = {
+    "p": Param(0.9, "float", "fraction of entries dropped (the original's d_scale); keeps int(n·(1−p))",
+               check=between(0, 1)),
+    "scope": Param("layer", "str", "layer: top-k per tensor; global: top-k over all trainable entries",
+                   choices=("layer", "global")),
+    "min_numel": Param(1000, "int", "layer scope: tensors with at most this many entries stay dense",
+                       check=non_negative),
+}
+
+
+def topk_mask(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of exactly ``k`` entries with the largest |value| (ties broken by position)."""
+    flat = values.reshape(-1).abs()
+    mask = torch.zeros(flat.numel(), dtype=torch.bool)
+    if k > 0:
+        mask[torch.topk(flat, k, sorted=False).indices] = True
+    return mask.view(values.shape)
+
+
+class Sparse(Defense):
+    """Top-k sparsification of Δ.
+
+    * ``scope: layer`` (paper-compatible): every tensor with more than ``min_numel`` entries keeps its
+      ``int(numel·(1−p))`` largest-|Δ| entries and zeroes the rest; smaller tensors (biases) stay dense.
+      (The original keeps ties at the k-th magnitude; here exactly k entries survive.)
+    * ``scope: global``: one top-``int(P·(1−p))`` over all P trainable entries together.
+    """
+
+    name = "sparse"
+
+    def __init__(self, params: dict[str, Any] | None = None, cfg: ExperimentConfig | None = None) -> None:
+        super().__init__(params, cfg)
+        self.p = parse_params("sparse", params, SPARSE_PARAMS)
+
+    def transform_update(self, delta: Delta, gen: torch.Generator) -> Delta:
+        keep = 1.0 - self.p["p"]
+        if self.p["scope"] == "layer":
+            out = {}
+            for n, v in delta.items():
+                if v.numel() <= self.p["min_numel"]:
+                    out[n] = v.clone()
+                else:
+                    out[n] = torch.where(topk_mask(v, int(v.numel() * keep)), v, torch.zeros_like(v))
+            return out
+        names = list(delta)
+        flat = torch.cat([delta[n].reshape(-1) for n in names])
+        mask = topk_mask(flat, int(flat.numel() * keep))
+        flat = torch.where(mask, flat, torch.zeros_like(flat))
+        out, off = {}, 0
+        for n in names:
+            size = delta[n].numel()
+            out[n] = flat[off : off + size].view(delta[n].shape).clone()
+            off += size
+        return out
+
+
+# ----------------------------------------------------------------------------------------------- quant
+
+QUANT_PARAMS = {
+    "bits": Param(8, "int", "b: 2^b steps between the tensor's min and max", check=between(1, 24)),
+    "rounding": Param("floor", "str", "floor (the original, biased) or stochastic (unbiased)",
+                      choices=("floor", "stochastic")),
+}
+
+
+def quantize(v: torch.Tensor, bits: int, rounding: str, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Per-tensor b-bit quantisation on the grid ``min + j·δ``, ``δ = (max − min)/2^b``, j = 0..2^b.
+
+    floor: ``j = floor((v − min)/δ)`` (the original; max maps to j = 2^b, so 2^b + 1 levels);
+    stochastic: ``j = floor(u) + Bernoulli(u − floor(u))`` with ``u = (v − min)/δ``, so E[q] = v.
+    """
+    lo, hi = v.min(), v.max()
+    if not bool(hi > lo):
+        return v.clone()
+    step = (hi - lo) / (2**bits)
+    u = ((v - lo) / step).clamp(0, 2**bits)
+    j = torch.floor(u)
+    if rounding == "stochastic":
+        frac = u - j
+        j = j + (torch.rand(v.shape, generator=gen, dtype=v.dtype) < frac).to(v.dtype)
+    return (j.clamp(0, 2**bits) * step + lo).to(v.dtype)
+
+
+class Quant(Defense):
+    """b-bit quantisation of every tensor of Δ (all sizes, as the original)."""
+
+    name = "quant"
+
+    def __init__(self, params: dict[str, Any] | None = None, cfg: ExperimentConfig | None = None) -> None:
+        super().__init__(params, cfg)
+        self.p = parse_params("quant", params, QUANT_PARAMS)
+
+    def transform_update(self, delta: Delta, gen: torch.Generator) -> Delta:
+        return {n: quantize(v, self.p["bits"], self.p["rounding"], gen) for n, v in delta.items()}
+
+
+def _factory(cls):
+    def make(params: dict[str, Any], cfg: ExperimentConfig) -> Defense:
+        return cls(params, cfg)
+
+    return make
+
+
+register_defense("perturb", _factory(Perturb))
+register_defense("sparse", _factory(Sparse))
+register_defense("quant", _factory(Quant))
+
+__all__ = ["Perturb", "Sparse", "Quant", "quantize", "topk_mask", "global_norm", "participation_counts",
+           "ConfigError"]

@@ -1,0 +1,164 @@
+"""perturb / sparse / quant: the mechanism on Δ, checked against independent NumPy computations."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from fedleak.config import ConfigError, DefenseConfig
+from fedleak.defenses.accountant import epsilon
+from fedleak.defenses.update import Perturb, Quant, Sparse
+from fedleak.fl.hooks import build_defense
+
+
+def _delta(seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "big.weight": torch.randn(40, 60, generator=g, dtype=dtype),  # 2400 entries
+        "mid.weight": torch.randn(1001, generator=g, dtype=dtype),  # just above 1000
+        "edge.weight": torch.randn(1000, generator=g, dtype=dtype),  # exactly 1000: stays dense
+        "big.bias": torch.randn(40, generator=g, dtype=dtype),
+    }
+
+
+def _gen(s=1):
+    return torch.Generator().manual_seed(s)
+
+
+# ----------------------------------------------------------------------------------------------- params
+
+def test_unknown_and_bad_params_are_one_line_errors():
+    cfg = tiny_config()
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) sigmaa; allowed: clip, delta, sigma"):
+        build_defense(DefenseConfig(name="perturb", params={"sigmaa": 1}), cfg)
+    with pytest.raises(ConfigError, match="'p' must lie in"):
+        Sparse({"p": 1.5})
+    with pytest.raises(ConfigError, match="'rounding' must be one of floor, stochastic"):
+        Quant({"rounding": "nearest"})
+    with pytest.raises(ConfigError, match="unknown defense 'sparsify'; choose from: .*sparse"):
+        build_defense(DefenseConfig(name="sparsify"), cfg)
+    for msg in (str(e) for e in [ConfigError("x")]):
+        assert "\n" not in msg
+
+
+# ---------------------------------------------------------------------------------------------- perturb
+
+def test_perturb_raw_adds_gaussian_noise_to_every_parameter():
+    d = {"w": torch.zeros(300, 400), "b": torch.zeros(3)}
+    out = Perturb({"sigma": 0.2}).transform_update(d, _gen())
+    noise = out["w"].numpy().ravel()
+    assert abs(noise.std() - 0.2) < 0.2 * 0.01 and abs(noise.mean()) < 0.2 * 0.01
+    assert (out["b"] != 0).all()  # small tensors too
+    # the update itself passes through unchanged apart from the noise (no clipping, no scaling)
+    d2 = {"w": torch.full((300, 400), 5.0), "b": torch.ones(3)}
+    out2 = Perturb({"sigma": 0.2}).transform_update(d2, _gen())
+    np.testing.assert_allclose(out2["w"] - 5.0, out["w"], atol=1e-6)
+    assert Perturb({"sigma": 0.2}).privacy_spent(3) is None  # no guarantee without clipping
+
+
+def test_perturb_dp_clips_the_whole_update_then_adds_sigma_c_noise():
+    d = _delta()
+    norm = math.sqrt(sum(float((v.double() ** 2).sum()) for v in d.values()))
+    C = norm / 4
+    out = Perturb({"sigma": 0.0, "clip": C}).transform_update(d, _gen())
+    out_norm = math.sqrt(sum(float((v.double() ** 2).sum()) for v in out.values()))
+    assert out_norm == pytest.approx(C, rel=1e-5)
+    for n in d:  # same direction: a common scale factor
+        np.testing.assert_allclose(out[n].numpy(), d[n].numpy() * (C / norm), rtol=1e-5, atol=1e-6)
+    # an update inside the ball is not rescaled
+    small = Perturb({"sigma": 0.0, "clip": 10 * norm}).transform_update(d, _gen())
+    for n in d:
+        np.testing.assert_allclose(small[n].numpy(), d[n].numpy(), rtol=1e-6)
+    # noise std is sigma * C
+    noisy = Perturb({"sigma": 0.5, "clip": C}).transform_update(d, _gen())
+    resid = np.concatenate([(noisy[n] - out[n]).numpy().ravel() for n in d])
+    assert resid.std() == pytest.approx(0.5 * C, rel=0.03)
+
+
+def test_perturb_dp_reports_epsilon_per_round_from_the_accountant():
+    cfg = tiny_config()
+    d = Perturb({"sigma": 1.3, "clip": 1.0, "delta": 1e-5}, cfg)
+    for r in range(3):
+        rec = d.privacy_spent(r)
+        assert rec["steps"] == r + 1
+        assert rec["epsilon"] == pytest.approx(epsilon(1.0, 1.3, r + 1, 1e-5))
+        assert rec["delta"] == 1e-5
+    # partial participation: the most exposed defended client's number of rounds
+    from fedleak.fl.simulation import _participants
+
+    cfg = tiny_config(partition__num_clients=4, fl__participation=0.5, fl__rounds=6,
+                      defense={"name": "perturb", "params": {"sigma": 1.0, "clip": 1.0}, "clients": [2]})
+    d = build_defense(cfg.defense, cfg)
+    for r in range(6):
+        n = sum(2 in _participants(cfg, t) for t in range(r + 1))
+        assert d.privacy_spent(r)["steps"] == n
+
+
+# ----------------------------------------------------------------------------------------------- sparse
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 0.99])
+def test_sparse_layer_keeps_exactly_the_top_k_of_big_tensors(p):
+    d = _delta()
+    out = Sparse({"p": p}).transform_update(d, _gen())
+    for n, v in d.items():
+        a, o = v.numpy().ravel(), out[n].numpy().ravel()
+        if a.size > 1000:
+            k = int(a.size * (1 - p))
+            top = set(np.argsort(-np.abs(a), kind="stable")[:k].tolist())
+            nz = set(np.flatnonzero(o).tolist())
+            assert nz == top, n
+            np.testing.assert_array_equal(o[list(top)], a[list(top)])  # kept values untouched
+        else:
+            np.testing.assert_array_equal(o, a)  # <= 1000 entries (incl. exactly 1000): dense
+
+
+def test_sparse_global_keeps_the_top_k_over_all_entries():
+    d = _delta()
+    out = Sparse({"p": 0.8, "scope": "global"}).transform_update(d, _gen())
+    a = np.concatenate([v.numpy().ravel() for v in d.values()])
+    o = np.concatenate([out[n].numpy().ravel() for n in d])
+    k = int(a.size * 0.2)
+    assert set(np.flatnonzero(o)) == set(np.argsort(-np.abs(a))[:k])
+    assert (np.abs(o[o != 0]).min() >= np.sort(np.abs(a))[-k])
+    assert all(out[n].shape == d[n].shape for n in d)
+
+
+# ------------------------------------------------------------------------------------------------ quant
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_quant_floor_matches_the_original_formula(bits):
+    d = _delta(dtype=torch.float64)
+    out = Quant({"bits": bits}).transform_update(d, _gen())
+    for n, v in d.items():
+        a = v.numpy()
+        lo, hi = a.min(), a.max()
+        step = (hi - lo) / 2**bits
+        expect = np.floor((a - lo) / step) * step + lo  # the original's experiments/utils.py formula
+        np.testing.assert_allclose(out[n].numpy(), expect, rtol=0, atol=1e-12)
+        j = (out[n].numpy() - lo) / step
+        assert np.allclose(j, np.round(j)) and j.min() >= 0 and j.max() <= 2**bits
+        assert len(np.unique(np.round(j))) <= 2**bits + 1
+
+
+def test_quant_stochastic_is_on_the_grid_and_unbiased():
+    g = torch.Generator().manual_seed(5)
+    v = torch.randn(50, generator=g, dtype=torch.float64)
+    bits = 2
+    lo, hi = float(v.min()), float(v.max())
+    step = (hi - lo) / 2**bits
+    q = Quant({"bits": bits, "rounding": "stochastic"})
+    gen = _gen(11)
+    draws = np.stack([q.transform_update({"v": v}, gen)["v"].numpy() for _ in range(4000)])
+    j = (draws - lo) / step
+    assert np.allclose(j, np.round(j))
+    u = (v.numpy() - lo) / step
+    # only the two neighbouring grid points occur
+    assert ((np.round(j) == np.floor(u)) | (np.round(j) == np.ceil(u))).all()
+    # unbiased: mean of the draws -> v (std of a draw <= step/2)
+    tol = 5 * (step / 2) / math.sqrt(len(draws))
+    assert np.abs(draws.mean(0) - v.numpy()).max() < tol
+    # while floor rounding is biased downwards by about step/2 on average
+    fl = Quant({"bits": bits}).transform_update({"v": v}, gen)["v"].numpy()
+    assert (fl <= v.numpy() + 1e-12).all() and (v.numpy() - fl).mean() > step / 4
