@@ -1,0 +1,75 @@
+"""What the sweep records per run: utility, privacy accounting and every attack's TPR@0.1%, TPR@1% and AUC.
+
+The attacks and ROC metrics are those of :mod:`fedleak.attacks.mia` (``evaluate``); this module is the one place
+the sweep touches that API.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedleak.signals.store import load_signals, read_metrics
+
+FPRS = (0.001, 0.01)
+METRIC_KEYS = ("tpr@0.1%", "tpr@1%", "auc")
+
+
+def check_attack_names(names: Any) -> list[str]:
+    from fedleak.attacks.mia import resolve_names
+
+    return resolve_names(names)
+
+
+def attack_metrics(run_dir: str | Path, settings: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """{attack: {label, tpr@0.1%, tpr@1%, auc, rotated}} for a finished run.
+
+    With a rotating target (every client evaluated as the target, ``settings['rotate']`` true or null when the
+    candidates allow it), the values are the means over targets; otherwise those of the configured target.
+    """
+    from fedleak.attacks.mia import evaluate
+
+    s = dict(settings or {})
+    sig = load_signals(run_dir)
+    ev = evaluate(
+        sig,
+        s.get("names", "all"),
+        rotate=s.get("rotate"),
+        strict=bool(s.get("strict", False)),
+        fprs=FPRS,
+        per_round=False,
+        **dict(s.get("options") or {}),
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in ev.metrics["attacks"].items():
+        rot = entry.get("rotating")
+        src = {k: v["mean"] for k, v in rot.items()} if rot else entry
+        out[name] = {"label": entry.get("label", name), **{k: float(src[k]) for k in METRIC_KEYS},
+                     "rotated": bool(rot)}
+    return out
+
+
+def utility(run_dir: str | Path) -> dict[str, Any]:
+    """Final global-model utility and the last privacy record of a run."""
+    rows = read_metrics(run_dir)
+    if not rows:
+        return {}
+    last = rows[-1]
+    out: dict[str, Any] = {
+        "final_round": int(last["round"]),
+        "test_acc": float(last["test_acc"]),
+        "test_error": 1.0 - float(last["test_acc"]),
+        "test_loss": float(last.get("test_loss", float("nan"))),
+    }
+    train_rows = [r for r in rows if "train_acc" in r]
+    if train_rows:
+        out["train_acc"] = float(train_rows[-1]["train_acc"])
+    priv = last.get("privacy")
+    if priv:
+        out["epsilon"] = float(priv.get("epsilon", float("nan")))
+        out["delta"] = float(priv.get("delta", float("nan")))
+        out["privacy"] = priv
+    return out
+
+
+__all__ = ["attack_metrics", "utility", "check_attack_names", "METRIC_KEYS", "FPRS"]
