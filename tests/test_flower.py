@@ -112,8 +112,11 @@ def _server_context():
     [
         {"partition__num_clients": 4, "fl__participation": 0.5},
         {"fl__fresh_optimizer": False, "candidates__protocol": "official-compat", "signals__rounds": [1, 2]},
+        {"defense__name": "dpsgd", "defense__params": {"noise_multiplier": 1.0, "max_grad_norm": 1.0},
+         "defense__clients": [0, 2]},
+        {"defense__name": "perturb", "defense__params": {"sigma": 0.01, "clip": 1.0}},
     ],
-    ids=["partial-participation", "carried-optimizer-compat"],
+    ids=["partial-participation", "carried-optimizer-compat", "dpsgd-some-clients", "perturb"],
 )
 def test_flower_apps_reproduce_the_engine(tmp_path, over):
     """fedleak's ServerApp/ClientApp through Flower's strategy loop == `fedleak train`, replies shuffled."""
@@ -124,6 +127,10 @@ def test_flower_apps_reproduce_the_engine(tmp_path, over):
     grid = _FakeGrid(client_app(cfg), cfg.partition.num_clients, seed=5)
     server_app(cfg, tmp_path / "flower")(grid, _server_context())
     assert_runs_match(ref, tmp_path / "flower")
+    privacy = [(r.get("privacy"), q.get("privacy")) for r, q in zip(read_metrics(ref), read_metrics(tmp_path / "flower"))]
+    assert all(a == b for a, b in privacy)  # DP accounting mirrored on the server
+    if cfg.defense.name != "none":
+        assert all(a for a, _ in privacy)
     # the clients Flower trained each round are the engine's sampled participants
     from fedleak.fl.simulation import _participants
 

@@ -36,7 +36,7 @@ from fedleak.fl.schedule import lr_at
 from fedleak.flower.audit import PARTITION_KEY, FlowerAudit, params_from_arrays
 from fedleak.flower.strategy import AuditStrategy
 
-__all__ = ["client_app", "server_app", "EngineFedAvg", "run_flower_simulation", "load_partition", "partition_map"]
+__all__ = ["client_app", "server_app", "EngineFedAvg", "EngineAudit", "run_flower_simulation", "load_partition", "partition_map"]
 
 ROUND_KEY = "fedleak-round"
 _OPT_STATE_KEY = "fedleak-optimizer"
@@ -194,6 +194,25 @@ class EngineFedAvg(FedAvg):
         return super().aggregate_train(server_round, replies)
 
 
+class EngineAudit(FlowerAudit):
+    """``FlowerAudit`` that also mirrors the defense bookkeeping the engine's shared defense object does.
+
+    In ``fedleak train`` one defense object serves every client, so e.g. DP-SGD's accountant learns the
+    clients' data sizes from ``select_data``. In Flower each ClientApp holds its own copy; the server replays
+    ``select_data`` (same generator, same client order, no training) so ``privacy_spent`` matches.
+    """
+
+    def round_finished(self, rnd, uploads, aggregate, client_metrics=None):
+        from fedleak.fl.simulation import _DATA_SELECT, np_rng
+
+        cfg, fed = self.cfg, self.fed
+        defended = set(range(cfg.partition.num_clients)) if cfg.defense.clients is None else set(cfg.defense.clients)
+        for k in sorted(int(k) for k in uploads):
+            if k in defended:
+                fed.defense.select_data(fed.clients[k], rnd, np_rng(cfg.seed, _DATA_SELECT, rnd, k))
+        return super().round_finished(rnd, uploads, aggregate, client_metrics)
+
+
 def server_app(cfg: ExperimentConfig, run_dir: str | Path) -> ServerApp:
     """A ``ServerApp``: engine-faithful FedAvg under the fedleak audit, writing ``run_dir``."""
     app = ServerApp()
@@ -202,7 +221,7 @@ def server_app(cfg: ExperimentConfig, run_dir: str | Path) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         if cfg.fl.threads:  # the signal GEMMs run here; thread counts change float rounding (as in `train`)
             torch.set_num_threads(cfg.fl.threads)
-        audit = FlowerAudit(cfg, run_dir, engine="flower-sim")
+        audit = EngineAudit(cfg, run_dir, engine="flower-sim")
         node_of = partition_map(grid, cfg.partition.num_clients)
         strategy = AuditStrategy(EngineFedAvg(cfg, node_of), audit)
         strategy.start(
