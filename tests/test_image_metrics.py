@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -39,15 +37,12 @@ def test_ssim_matches_skimage(shape):
         assert ours[k].item() == pytest.approx(ref, abs=1e-10)
 
 
-def test_ssim_on_real_cifar_images_matches_skimage():
-    path = Path("/work/shared/data/cifar-10-subset/cifar-10-batches-py/test_batch")
-    if not path.exists():
-        pytest.skip("shared CIFAR-10 subset not present")
-    import pickle
+def test_ssim_on_real_cifar_images_matches_skimage(shared_data):
+    from fedleak.config import DataConfig
+    from fedleak.data import load_dataset
 
-    with path.open("rb") as f:
-        d = pickle.load(f, encoding="bytes")  # test fixture from a trusted local folder
-    x = torch.tensor(d[b"data"][:4].reshape(4, 3, 32, 32), dtype=torch.float64) / 255.0
+    ds = load_dataset(DataConfig(name="cifar10", data_dir=str(shared_data / "cifar-10-subset"), max_train=1), 0)
+    x = ds.test.x[:4].double()
     noisy = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)).clamp(0, 1)
     ours = im.ssim(noisy, x)
     for k in range(4):

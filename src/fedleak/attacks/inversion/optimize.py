@@ -15,6 +15,7 @@ the optimised labels (not the initial template); early stopping is checked every
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from torch.func import functional_call
 
 from fedleak.attacks.inversion.costs import GradientMatcher, total_variation
 from fedleak.attacks.inversion.labels import infer_labels
-from fedleak.attacks.inversion.victim import ServerView, batch_gradient, local_update, soft_cross_entropy
+from fedleak.attacks.inversion.victim import ServerView, local_update, soft_cross_entropy
 from fedleak.defenses.gradient import last_linear, representation_fn
 
 
@@ -105,6 +106,16 @@ class GradientInversion:
         # leaf copies of the server's parameters: gradients are taken w.r.t. them, never written to them
         self.params = {k: v.detach().clone().requires_grad_(True) for k, v in view.params.items()}
         self.buffers = dict(view.buffers)
+        # FedSGD: a private copy of the architecture holding the server's state (a plain forward is cheaper
+        # than functional_call's re-parametrisation on small models); the caller's model is never touched
+        self.net = copy.deepcopy(model)
+        with torch.no_grad():
+            for k, p in self.net.named_parameters():
+                p.copy_(view.params[k])
+                p.requires_grad_(True)
+            for k, b in self.net.named_buffers():
+                b.copy_(view.buffers[k])
+        self._net_params = dict(self.net.named_parameters())
         self.labels, self.label_source = self._labels()
         self.lo, self.hi = (b.view(1, -1, 1, 1) for b in self.side.pixel_bounds())
         self.feature_target = feature_target
@@ -129,8 +140,8 @@ class GradientInversion:
     def _dummy_update(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         names = self.matcher.names
         if self.side.local is None:
-            g = batch_gradient(self.model, self.params, self.buffers, x, y, soft_cross_entropy, names, True)
-            return [g[n] for n in names]
+            loss = soft_cross_entropy(self.net(x), y)
+            return list(torch.autograd.grad(loss, [self._net_params[n] for n in names], create_graph=True))
         upd = local_update(self.model, self.params, self.buffers, x, y, self.side.local, soft_cross_entropy, True)
         return [upd[n] for n in names]
 

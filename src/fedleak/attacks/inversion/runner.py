@@ -1,0 +1,212 @@
+"""Run an :class:`~fedleak.attacks.inversion.presets.InvertSpec`: victim -> defence -> attack -> evaluation.
+
+The three layers stay apart: :func:`~fedleak.attacks.inversion.victim.client_update` produces the
+:class:`ServerView` (the only input of the attack) and the :class:`GroundTruth`, which only the evaluation
+below reads. Outputs (``out_dir``): ``metrics.json`` (spec, summary, per-image rows), ``metrics.csv``
+(per-image rows), ``grid.png`` (ground truth vs reconstruction) and ``reconstructions.pt`` (pixel tensors, to
+compose comparison grids).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedleak.attacks.inversion.adaptive import adaptive_config, read_out_features
+from fedleak.attacks.inversion.grid import save_image_grid
+from fedleak.attacks.inversion.optimize import invert
+from fedleak.attacks.inversion.presets import InvertSpec
+from fedleak.attacks.inversion.victim import LocalHyper, ServerView, client_update
+from fedleak.defenses.gradient import build_transform, last_linear, representation_fn
+from fedleak.metrics.image import aggregate, image_metrics, label_accuracy, logit_mse, to_pixels
+
+CSV_FIELDS = [
+    "batch", "index", "label", "predicted_label", "mse", "psnr", "ssim", "logit_mse", "match_cost",
+    "pruned_fraction", "readout_leaked_fraction", "readout_rel_error", "seconds",
+]
+
+
+def load_images(spec: InvertSpec, dataset=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Pixels ``[N, C, H, W]`` in [0, 1], labels and the number of classes of the requested images."""
+    if dataset is None:
+        from fedleak.config import DataConfig
+        from fedleak.data import load_dataset
+
+        cfg = DataConfig(name=spec.dataset, data_dir=spec.data_dir, normalization="none",
+                         max_train=None if spec.split == "train" else 1)
+        dataset = load_dataset(cfg, 0)
+    split = dataset.test if spec.split == "test" else dataset.train
+    idx = spec.image_indices()
+    bad = [i for i in idx if not 0 <= i < len(split)]
+    if bad:
+        raise ValueError(f"image indices {bad[:5]} outside the {spec.split} split (0..{len(split) - 1})")
+    sel = torch.as_tensor(idx)
+    return split.x[sel].float(), split.y[sel].long(), int(dataset.num_classes)
+
+
+def _defense(spec: InvertSpec):
+    if spec.defense == "none":
+        return None
+    return build_transform(spec.defense, **spec.defense_params)
+
+
+def _defended_layer(spec: InvertSpec, model) -> str:
+    return spec.defense_params.get("layer") or last_linear(model)
+
+
+def _readout_stats(view: ServerView, model, x: torch.Tensor, layer: str) -> tuple[float, float]:
+    """Leaked fraction and relative error of the closed-form read-out (evaluation side: uses the truth)."""
+    try:
+        ro = read_out_features(view, model, layer)
+    except ValueError:
+        return math.nan, math.nan
+    r_true = representation_fn(model, layer, view.params)(x).detach()[0].double()
+    k = ro.known
+    if not bool(k.any()):
+        return 0.0, math.nan
+    err = float((ro.r[0].double()[k] - r_true[k]).norm() / r_true[k].norm().clamp_min(1e-30))
+    return ro.leaked_fraction, err
+
+
+def run_inversion(
+    spec: InvertSpec,
+    dataset=None,
+    out_dir: str | Path | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Attack every requested image (``batch_size`` per update) and evaluate; write outputs to ``out_dir``.
+
+    ``on_start(total_iterations)`` is called once before the attack, ``progress(k)`` after every ``k`` optimiser
+    iterations (the CLI hangs a progress bar on them).
+    """
+    from fedleak.models import build_model
+
+    t_start = time.perf_counter()
+    old_threads = torch.get_num_threads()
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    try:
+        mean, std = spec.mean_std()
+        pixels, labels, num_classes = load_images(spec, dataset)
+        if len(mean) not in (1, pixels.shape[1]):
+            raise ValueError(f"normalisation {spec.normalization!r} has {len(mean)} channels, images have "
+                             f"{pixels.shape[1]}")
+        torch.manual_seed(spec.model_seed)
+        model = build_model(spec.model, num_classes, tuple(pixels.shape[1:]), **spec.model_options).eval()
+        transform = _defense(spec)
+        local = LocalHyper(spec.local_steps, spec.local_lr, spec.local_batch_size) if spec.local_steps else None
+        gen = torch.Generator().manual_seed(spec.seed)
+        indices = spec.image_indices()
+        batches = [list(range(i, min(i + spec.batch_size, len(indices)))) for i in range(0, len(indices), spec.batch_size)]
+        if on_start is not None:
+            on_start(len(batches) * spec.attack.restarts * spec.attack.iterations)
+        rows: list[dict[str, Any]] = []
+        truth_all, rec_all, batch_summaries = [], [], []
+        for b, pos in enumerate(batches):
+            t0 = time.perf_counter()
+            xpix, y = pixels[pos], labels[pos]
+            view_mean = torch.tensor(mean).expand(xpix.shape[1]).view(1, -1, 1, 1)
+            view_std = torch.tensor(std).expand(xpix.shape[1]).view(1, -1, 1, 1)
+            x = (xpix - view_mean) / view_std
+            view, truth = client_update(model, x, y, transform=transform, local=local,
+                                        labels_known=spec.labels_known, mean=mean, std=std, generator=gen)
+            cfg = spec.attack.model_copy(update={"seed": spec.seed * 100_003 + b})
+            feature_target = None
+            layer = _defended_layer(spec, model)
+            if spec.adaptive in ("drop", "readout"):
+                cfg = adaptive_config(cfg, model, layer, feature_weight=0.0, drop_layer=True)
+            elif spec.adaptive == "mask":
+                cfg = cfg.model_copy(update={"mask_zeros": True})
+            if spec.adaptive == "readout":
+                feature_target = read_out_features(view, model, layer).target()
+                cfg = cfg.model_copy(update={"feature_weight": spec.feature_weight, "feature_layer": layer})
+            rec = invert(model, view, cfg, progress=progress, feature_target=feature_target)
+            # ---- evaluation (sees the ground truth) ----
+            rec_pix = to_pixels(rec.x, view.side.denormalize)
+            met = image_metrics(rec_pix, xpix, match=len(pos) > 1)
+            order = torch.as_tensor(met["order"])
+            lmse = logit_mse(lambda t: model(t), rec.x[order], truth.x).tolist()
+            acc = label_accuracy(rec.labels, truth.y)
+            pruned = _pruned_fraction(truth.transform_info)
+            leaked, rel_err = (_readout_stats(view, model, truth.x, layer)
+                               if view.kind == "gradient" and len(pos) == 1 else (math.nan, math.nan))
+            seconds = time.perf_counter() - t0
+            for j, p in enumerate(pos):
+                rows.append({
+                    "batch": b, "index": indices[p], "label": int(y[j]),
+                    "predicted_label": int(rec.labels[order[j]]),
+                    "mse": met["mse"][j], "psnr": met["psnr"][j], "ssim": met["ssim"][j], "logit_mse": lmse[j],
+                    "match_cost": rec.score, "pruned_fraction": pruned, "readout_leaked_fraction": leaked,
+                    "readout_rel_error": rel_err, "seconds": seconds / len(pos),
+                })
+            batch_summaries.append({"batch": b, "label_accuracy": acc, "label_source": rec.label_source,
+                                    "trial_scores": rec.trial_scores, "best_trial": rec.best_trial,
+                                    "iterations_run": rec.iterations_run, "history": rec.history})
+            truth_all.append(xpix)
+            rec_all.append(rec_pix[order])
+        summary = {k: aggregate(r[k] for r in rows) for k in ("mse", "psnr", "ssim", "logit_mse")}
+        summary["label_accuracy"] = float(sum(s["label_accuracy"] * len(p) for s, p in zip(batch_summaries, batches))
+                                          / len(indices))
+        summary["pruned_fraction"] = aggregate(r["pruned_fraction"] for r in rows)["mean"]
+        summary["readout_leaked_fraction"] = aggregate(r["readout_leaked_fraction"] for r in rows)["mean"]
+        summary["readout_rel_error"] = aggregate(r["readout_rel_error"] for r in rows)
+        summary["seconds"] = time.perf_counter() - t_start
+        result = {
+            "spec": spec.model_dump(mode="json"),
+            "summary": summary,
+            "images": rows,
+            "batches": batch_summaries,
+            "versions": {"torch": torch.__version__},
+        }
+        truth_px, rec_px = torch.cat(truth_all), torch.cat(rec_all)
+        if out_dir is not None:
+            write_outputs(result, truth_px, rec_px, out_dir)
+        result["pixels"] = {"truth": truth_px, "reconstruction": rec_px}
+        return result
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _pruned_fraction(info: dict[str, Any]) -> float:
+    if "pruned_fraction" in info:
+        return float(info["pruned_fraction"])
+    return math.nan
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+def write_outputs(result: dict[str, Any], truth: torch.Tensor, rec: torch.Tensor, out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(_json_safe(result), indent=1))
+    with (out / "metrics.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for r in result["images"]:
+            w.writerow({k: r[k] for k in CSV_FIELDS})
+    spec = result["spec"]
+    rate = spec["defense_params"].get("rate", spec["defense_params"].get("scale", ""))
+    title = f"{spec['name']}: defense={spec['defense']} {rate}".strip()
+    if spec.get("adaptive", "none") != "none":
+        title += f", adaptive={spec['adaptive']}"
+    cols = [f"#{r['index']}" for r in result["images"]]
+    save_image_grid([truth, rec], ["ground truth", "reconstruction"], out / "grid.png", cols, title=title)
+    torch.save({"truth": truth, "reconstruction": rec, "indices": [r["index"] for r in result["images"]]},
+               out / "reconstructions.pt")
+    return out
