@@ -326,18 +326,20 @@ class InstaHide(Defense):
         self.last: dict[str, Any] = {}
 
     def coefficients(self, B: int, gen: torch.Generator) -> torch.Tensor:
+        """[B, k] rows drawn as |N(0, I_k)| / sum, kept only when their largest entry lies in ``max_coef``
+        (rejection sampling, vectorised: candidates are drawn in blocks and accepted rows are used in order)."""
         k, (lo, hi) = self.p["k"], self.p["max_coef"]
-        lam = torch.empty(B, k)
-        todo = torch.arange(B)
-        for _ in range(10_000):
-            draw = torch.randn(len(todo), k, generator=gen).abs()
+        accepted: list[torch.Tensor] = []
+        have = 0
+        for _ in range(200):
+            draw = torch.randn(max(256, 8 * (B - have)), k, generator=gen).abs()
             draw = draw / draw.sum(1, keepdim=True)
             mx = draw.max(1).values
-            ok = (mx >= lo) & (mx <= hi)
-            lam[todo[ok]] = draw[ok]
-            todo = todo[~ok]
-            if len(todo) == 0:
-                return lam
+            ok = draw[(mx >= lo) & (mx <= hi)]
+            accepted.append(ok)
+            have += len(ok)
+            if have >= B:
+                return torch.cat(accepted)[:B]
         raise ConfigError(
             f"defense 'instahide': could not draw coefficients with max in {self.p['max_coef']} for k={k}; "
             "widen max_coef"
