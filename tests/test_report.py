@@ -98,6 +98,14 @@ def test_attack_options_reach_the_attacks(tmp_path):
     gc = roc_metrics(sig.members(), sig.cos[3, 0], strict=True)  # round 39 = 4th recorded round
     assert m["attacks"]["grad-cosine"]["round"] == 39
     assert m["attacks"]["grad-cosine"]["tpr@1%"] == pytest.approx(gc.tpr[0.01])
+    # a report on outputs without figures redraws them with the same settings
+    res = runner.invoke(app, ["report", str(d), "-q"])
+    assert res.exit_code == 0, res.output
+    m2 = json.loads((d / "attack" / "metrics.json").read_text())
+    assert (d / "attack" / "roc.png").is_file() and m2["figures"]["roc"] == "roc.png"
+    assert m2["round"] == 39 and m2["fedmia_options"] == m["fedmia_options"] and m2["fpr_convention"] == "<"
+    assert m2["attacks"]["fedmia-ii"]["auc"] == m["attacks"]["fedmia-ii"]["auc"]
+    assert not m2["rotation"]["done"]
 
 
 def test_report_is_self_contained_html_and_markdown(reported):
@@ -193,3 +201,37 @@ def test_run_end_to_end_with_the_real_engine(tmp_path):
     m = json.loads((tmp_path / "run" / "attack" / "metrics.json").read_text())
     assert m["recorded_rounds"] == [0, 1, 2] and len(m["attacks"]) == 10
     assert (tmp_path / "run" / "report.html").stat().st_size > 10_000
+
+
+def test_summarize_is_mean_and_sample_std_over_runs(tmp_path):
+    dirs = [generate_toy_run(tmp_path / f"s{i}", **{**SMALL, "seed": i}) for i in range(3)]
+    for d in dirs:
+        assert runner.invoke(app, ["attack", str(d), "-a", "fedmia-i,blackbox-loss", "--no-figures", "-q"]).exit_code == 0
+    res = runner.invoke(app, ["summarize", *map(str, dirs)])
+    assert res.exit_code == 0, res.output
+    aucs = [roc_metrics(load_signals(d).members(), run_attacks(load_signals(d), "fedmia-i")["fedmia-i"]).auc for d in dirs]
+    row = next(line for line in res.output.splitlines() if line.startswith("| FedMIA-I |"))
+    assert row.split("|")[2].strip() == f"{np.mean(aucs):.3f} ± {np.std(aucs, ddof=1):.3f}"
+    assert "3 run(s)" in res.output
+    rot = runner.invoke(app, ["summarize", "--rotating", *map(str, dirs)])
+    assert rot.exit_code == 0 and "| Blackbox-Loss |" in rot.output
+
+
+def test_verdict_thresholds_on_crafted_metrics():
+    from scipy.stats import binom
+
+    from fedleak.report.document import verdict
+
+    def metrics(tpr, n_pos=1000, n_neg=10000, n_attacks=2):
+        atk = {f"a{i}": {"label": f"A{i}", "kind": "single", "auc": 0.6, "tpr@0.1%": tpr if i == 0 else 0.0,
+                         "tpr@1%": 0.1} for i in range(n_attacks)}
+        return {"attacks": atk, "n_members": n_pos, "n_nonmembers": n_neg, "target": 0, "fpr_convention": "<="}
+
+    assert verdict(metrics(0.004)).level == "none"  # 4 of 1000 at 0.1%: p·2 = 0.038
+    assert 2 * binom.sf(3, 1000, 0.001) > 0.01
+    assert verdict(metrics(0.006)).level == "low"
+    assert verdict(metrics(0.05)).level == "moderate"
+    assert verdict(metrics(0.25)).level == "high"
+    # 959 non-members: the effective FPR is one false positive (0.104%), said in the verdict
+    v = verdict(metrics(0.02, n_neg=959))
+    assert any("0.104%" in s for s in v.sentences)

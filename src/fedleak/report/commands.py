@@ -101,7 +101,16 @@ def make_report(run_dir: Path, quiet: bool = True) -> tuple[Path, Path]:
         _, ev = attack_run(run_dir)
         if not quiet:
             _print_table(ev.metrics)
-    return build_report(run_dir, load_attack_metrics(run_dir))
+    metrics = load_attack_metrics(run_dir)
+    if not metrics.get("figures"):  # attacked with --no-figures: redo it with the same settings, drawing
+        fo = metrics.get("fedmia_options", {})
+        _, ev = attack_run(
+            run_dir, list(metrics["attacks"]), round=metrics["round"], target=metrics["target"],
+            rotate=bool(metrics.get("rotation", {}).get("done")), strict=metrics.get("fpr_convention") == "<",
+            **{k: fo[k] for k in ("aggregation", "ddof", "eps", "outlier_filter", "robust") if k in fo},
+        )
+        metrics = load_attack_metrics(run_dir)
+    return build_report(run_dir, metrics)
 
 
 def run_command(
@@ -126,7 +135,18 @@ def run_command(
     typer.echo(f"report: {html_path}")
 
 
+def summarize_command(
+    run_dirs: List[Path] = typer.Argument(..., help="Run directories to combine (e.g. the same setup with several seeds)."),
+    rotating: bool = typer.Option(False, "--rotating", help="Use each run's mean over rotating targets."),
+) -> None:
+    """Print a Markdown table of attack metrics as mean ± std over several runs."""
+    from fedleak.report.summary import collect, summary_table
+
+    typer.echo(summary_table(collect(run_dirs), rotating=rotating))
+
+
 def register(app: typer.Typer) -> None:
     app.command("attack")(attack_command)
     app.command("report")(report_command)
     app.command("run")(run_command)
+    app.command("summarize")(summarize_command)

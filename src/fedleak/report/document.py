@@ -53,16 +53,17 @@ def verdict(metrics: dict[str, Any]) -> Verdict:
     n_pos, n_neg = metrics["n_members"], metrics["n_nonmembers"]
     tpr = float(b[HEAD_KEY])
     eff_fpr = max(HEAD, 1.0 / n_neg) if metrics.get("fpr_convention") == "<=" else HEAD
-    p = chance_p_value(n_pos, tpr, eff_fpr)
+    n_tried = len(eligible)
+    p = min(1.0, chance_p_value(n_pos, tpr, eff_fpr) * n_tried)  # Bonferroni: the best of n_tried attacks
     t = metrics["target"]
     found = int(round(tpr * n_pos))
     if p >= 0.01 or tpr <= 2 * eff_fpr:
         level = "none"
-        headline = "No measurable membership leakage at low false-positive rates."
-    elif tpr < 0.01:
+        headline = "No clear membership leakage at low false-positive rates."
+    elif tpr < 0.05:
         level = "low"
-        headline = "Low but measurable membership leakage."
-    elif tpr < 0.10:
+        headline = "Low membership leakage: a few of the target's samples can be identified with confidence."
+    elif tpr < 0.20:
         level = "moderate"
         headline = "Moderate membership leakage: a minority of the target's samples can be identified with confidence."
     else:
@@ -72,7 +73,7 @@ def verdict(metrics: dict[str, Any]) -> Verdict:
         f"The strongest attack, <b>{b['label']}</b>, lets a server that only watches the uploaded updates pick out "
         f"<b>{_pct(tpr)}</b> of client {t}'s training samples ({found} of {n_pos}) while wrongly flagging at most "
         f"0.1% of non-members. A blind guess at that false-alarm rate would find about 0.1% "
-        f"(probability of doing this well by chance: {_pfmt(p)}).",
+        f"(probability that the best of these {n_tried} attacks does this well by chance: {_pfmt(p)}).",
         f"Its AUC is {b['auc']:.3f} (0.5 = guessing, 1 = perfect ranking of members above non-members)"
         + (f"; at a 1% false-alarm rate it finds {_pct(b[fpr_key(0.01)])}." if fpr_key(0.01) in b else "."),
     ]
@@ -102,7 +103,7 @@ def verdict(metrics: dict[str, Any]) -> Verdict:
         )
     if 1.0 / n_neg > HEAD:
         s.append(
-            f"Note: with {n_neg} non-members, FPR cannot be resolved below {_pct(1.0 / n_neg)}; "
+            f"Note: with {n_neg} non-members, FPR cannot be resolved below {_pct(1.0 / n_neg, 3)}; "
             "TPR at 0.1% is then the TPR with zero false positives."
         )
     return Verdict(level, headline, s)
@@ -269,7 +270,7 @@ def oracle_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]] |
             rows.append([a["label"], str(a["round"]), _pct(a[HEAD_KEY]), str(o["round"]), _pct(o[HEAD_KEY]), _num(o["auc"])])
     if not rows:
         return None
-    return ["attack", "fixed round", "TPR@0.1% there", "oracle round", "TPR@0.1% there", "AUC there"], rows
+    return ["attack", "fixed round", "TPR@0.1% (fixed)", "oracle round", "TPR@0.1% (oracle)", "AUC (oracle)"], rows
 
 
 def notes(metrics: dict[str, Any]) -> list[str]:
@@ -283,6 +284,8 @@ def notes(metrics: dict[str, Any]) -> list[str]:
         "log-AUC: area under the ROC curve drawn with both axes on a log scale from 1e-5 to 1 (0.5 = chance); "
         "it rewards attacks that work at low FPR.",
         "Balanced accuracy is taken at the best threshold, chosen with the labels (an optimistic summary).",
+        "Verdict levels, from the strongest attack's TPR at 0.1% FPR: none (not significantly above chance, "
+        "p ≥ 0.01 after a Bonferroni correction for the number of attacks), low (< 5%), moderate (5–20%), high (≥ 20%).",
         "Single-round attacks are reported at a fixed round. The oracle round (chosen with the membership labels, "
         "as the original code does) is shown separately and is not an attack a real server could run.",
         "FedMIA: per round and candidate, the target's value is compared with a Gaussian fitted to the other "

@@ -31,6 +31,7 @@ from fedleak.report import figures
 from fedleak.signals.store import atomic_write_text, load_signals, read_metrics, recorded_rounds, round_path
 
 ATTACK_DIR = "attack"
+FIGURE_STEMS = ("roc", "tpr_per_round", "fedmia_scores", "utility")
 
 
 def attack_dir(run_dir: str | Path) -> Path:
@@ -139,6 +140,10 @@ def attack_run(
     out.mkdir(parents=True, exist_ok=True)
     if make_figures:
         ev.metrics["figures"] = write_figures(ev, out, read_metrics(run_dir))
+    else:  # never leave figures of an earlier evaluation next to these metrics
+        for stem in FIGURE_STEMS:
+            for ext in ("pdf", "png"):
+                (out / f"{stem}.{ext}").unlink(missing_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(_finite(ev.metrics), indent=2, default=_json_default))
     atomic_write_text(out / "metrics.csv", metrics_csv(ev.metrics))
     tmp = out / "scores.npz.tmp"

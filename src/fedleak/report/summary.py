@@ -1,0 +1,79 @@
+"""``fedleak summarize RUN_DIR...``: mean ± std of the attack metrics over several runs (e.g. seeds).
+
+Reads each run's ``attack/metrics.json`` (attacking it with defaults first if needed) and prints a
+Markdown table: one row per attack, columns AUC, TPR@1%, TPR@0.1% as mean ± sample std over runs,
+plus the final global test accuracy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from fedleak.errors import FedleakError
+from fedleak.metrics.roc import fpr_key
+from fedleak.signals.store import read_metrics
+
+KEYS = ("auc", fpr_key(0.01), fpr_key(0.001))
+
+
+def _ms(values: list[float], pct: bool) -> str:
+    a = np.asarray(values, float) * (100 if pct else 1)
+    sd = a.std(ddof=1) if a.size > 1 else 0.0
+    return f"{a.mean():.2f} ± {sd:.2f}" if pct else f"{a.mean():.3f} ± {sd:.3f}"
+
+
+def collect(run_dirs: Iterable[str | Path], attack_missing: bool = True) -> list[dict[str, Any]]:
+    from fedleak.report.outputs import attack_run, is_stale, load_attack_metrics
+
+    out = []
+    for d in run_dirs:
+        d = Path(d)
+        if is_stale(d):
+            if not attack_missing:
+                raise FedleakError(f"{d} has no up-to-date attack outputs; run `fedleak attack {d}` first")
+            attack_run(d, make_figures=False)
+        m = load_attack_metrics(d)
+        rows = read_metrics(d)
+        m["final_test_acc"] = next((r["test_acc"] for r in reversed(rows) if r.get("test_acc") is not None), None)
+        out.append(m)
+    if not out:
+        raise FedleakError("give at least one run directory")
+    return out
+
+
+def summary_table(metrics: list[dict[str, Any]], rotating: bool = False) -> str:
+    """Markdown table of mean ± std over runs (``rotating``: use each run's mean over targets)."""
+    names = list(metrics[0]["attacks"])
+    for m in metrics[1:]:
+        if list(m["attacks"]) != names:
+            raise FedleakError("the runs were attacked with different attack lists; re-run `fedleak attack` alike")
+    per: dict[str, dict[str, list[float]]] = {n: {k: [] for k in KEYS} for n in names}
+    for m in metrics:
+        for n in names:
+            a = m["attacks"][n]
+            for k in KEYS:
+                if rotating:
+                    if "rotating" not in a:
+                        raise FedleakError("--rotating needs runs evaluated with a rotating target")
+                    per[n][k].append(a["rotating"][k]["mean"])
+                else:
+                    per[n][k].append(a[k])
+    lines = [
+        "| attack | AUC | TPR@1% (%) | TPR@0.1% (%) |",
+        "|---|---|---|---|",
+    ]
+    order = sorted(names, key=lambda n: -np.mean(per[n][fpr_key(0.001)]))
+    for n in order:
+        label = metrics[0]["attacks"][n]["label"]
+        lines.append(
+            f"| {label} | {_ms(per[n]['auc'], False)} | {_ms(per[n][fpr_key(0.01)], True)} | "
+            f"{_ms(per[n][fpr_key(0.001)], True)} |"
+        )
+    accs = [m["final_test_acc"] for m in metrics if m.get("final_test_acc") is not None]
+    foot = f"\n{len(metrics)} run(s); {metrics[0]['n_members']} members / {metrics[0]['n_nonmembers']} non-members per target"
+    if accs:
+        foot += f"; final global test accuracy {_ms(accs, True)}%"
+    return "\n".join(lines) + foot + "\n"
