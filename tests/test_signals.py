@@ -254,7 +254,21 @@ class _Reused(nn.Module):
         return self.out(torch.tanh(self.lin(torch.tanh(self.lin(x.flatten(1))))))
 
 
-@pytest.mark.parametrize("cls", [_Scaled, _Reused])
+class _Tied(nn.Module):
+    """Two Linear layers sharing one weight (named_parameters lists it once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.b = nn.Linear(6, 6)
+        self.b.weight = self.a.weight
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.b(torch.tanh(self.a(x.flatten(1))))))
+
+
+@pytest.mark.parametrize("cls", [_Scaled, _Reused, _Tied])
 def test_auto_falls_back_to_vmap(cls):
     torch.manual_seed(8)
     model = cls()

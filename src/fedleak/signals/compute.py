@@ -8,22 +8,36 @@ parameters, flattened in ``named_parameters()`` order. For every client update `
     cos[k, n]  = dot / (||g|| ||Δ_k||)
     diff[k, n] = ||Δ_k||² − ||Δ_k − g||² = 2 dot − gnorm2
 
-How (``gradient_signals``): the candidates are cut into chunks of ``c`` samples; for each chunk the per-sample
-gradients are computed with ``torch.func.vmap(torch.func.grad(loss))`` (no per-sample Python loop), then, tensor by
-tensor, ``dot += G_t[c, P_t] @ Δ[:, t]^T[P_t, K]`` (one GEMM per parameter tensor against all K clients at once) and
-``gnorm2 += ||G_t||²`` row-wise. The chunk's gradients are dropped before the next chunk, so peak memory is about
-``c·P·4`` bytes, with ``c`` chosen from ``memory_budget_mb``. The per-sample gradients are computed once per round,
-not once per client (the official code recomputes them K times).
+How (``gradient_signals``): the candidates are cut into chunks of ``c`` samples (``c·P·4`` bytes within
+``memory_budget_mb``). For each chunk the per-sample gradients G [c, P] are formed once — never per sample in a
+Python loop, never once per client — and consumed tensor by tensor: ``dot += Δ[:, t] @ G_tᵀ`` (one GEMM against all K
+clients at once) and ``gnorm2 += ||G_t||²`` row-wise; G is dropped before the next chunk. The official code
+recomputes the per-sample gradients K times and loops over samples in Python (fedmia.md §2.4).
+
+Two engines produce G (``engine=``, default ``"auto"``):
+
+* ``"vmap"``: ``torch.func.vmap(torch.func.grad(loss))`` — generic, for any model without cross-sample coupling.
+* ``"layers"``: one batched forward/backward of the summed loss (so each sample's output gradient is its own), with
+  forward hooks recording each parameterised layer's input and output; the per-sample parameter gradients then have
+  closed forms — Linear ``gW_i = Σ_t gout_i,t ⊗ in_i,t``, Conv2d ``gW_i = gout_i · unfold(in_i)ᵀ`` (a batched GEMM),
+  GroupNorm ``gγ_i = Σ_hw gout_i ⊙ x̂_i``, ``gβ_i = Σ_hw gout_i``. On CPU it is ~1.5-2x faster than vmap for
+  AlexNet-CIFAR, whose conv weight-gradient batching rule becomes a slow grouped convolution.
+* ``"auto"`` uses ``"layers"`` when every trainable parameter belongs to a Linear / Conv2d (groups=1, zero padding)
+  / GroupNorm layer that runs once per forward on a batch-first input (all fedleak models), else ``"vmap"``.
+  Both agree to float32 rounding (tests check both against a per-sample autograd loop).
 
 Why not forward-mode JVPs for ``dot``: ``<g(x), Δ_k> = d/dε CE(f_{θ+εΔ_k}(x), y)`` is one batched ``jvp`` per client
-and never materialises G, but ``gnorm2`` still needs the per-sample gradients (or layer-specific ghost norms), so the
-JVPs are pure extra work: K forward+tangent passes (≈ 3 forwards each) versus one GEMM over the gradients that are
-already in memory. ``benchmarks/signals.py --jvp`` measures it; on CPU for AlexNet-CIFAR at N=500, K=10 the JVP route
-is several times slower than the GEMM (see the README table). ``_dots_jvp`` is kept as an independent check.
+and never materialises G, but ``gnorm2`` still needs the per-sample gradients (or layer-specific ghost norms), so
+the JVPs would be extra work: K forward+tangent passes (≈ 3 forwards each, ≈ 10·3·15 MMAC per candidate for
+AlexNet, K=10) against one memory-bound GEMM over gradients already in memory (K·P = 25 MMAC per candidate, but a
+single pass). ``benchmarks/signals.py`` measures it: on CPU for AlexNet-CIFAR at N=500, K=10 the JVP dots alone
+cost about as much as the whole GEMM route including G. ``_dots_jvp`` is kept as a cross-check.
 
-Accuracy: everything runs in float32 (the models' dtype); the per-tensor GEMM results and squared norms are summed
+Accuracy: gradients run in float32 (the models' dtype); per-tensor GEMM results and squared norms are summed
 across parameter tensors in float64, and ``cos_and_diff`` works in float64. ``diff`` is formed as ``2 dot − gnorm2``,
-which avoids the catastrophic cancellation of ``||Δ||² − ||Δ − g||²`` (both terms ≈ ||Δ||² when ||g|| ≪ ||Δ||).
+which avoids the cancellation in ``||Δ||² − ||Δ − g||²`` (both terms ≈ ||Δ||² when ||g|| ≪ ||Δ||). Against a
+float64 computation the results are within ~3e-6 (relative to the largest value) for AlexNet; the official float32
+``F.cosine_similarity`` / ``torch.norm`` over 2.5M entries is only within ~2-3e-5.
 """
 
 from __future__ import annotations
@@ -140,19 +154,7 @@ def _per_sample_grad_fn(model: nn.Module, rest: dict[str, torch.Tensor]):
     return torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Per-sample gradient engines. Both yield (parameter name, [c, numel] per-sample gradient) for one chunk.
-#
-# "vmap":  torch.func.vmap(torch.func.grad(loss)) — generic, exact for any model without cross-sample coupling.
-# "layers": one ordinary batched forward/backward (summed loss, so each sample's output gradient is its own), with
-#          forward hooks recording every parameterised layer's input and output; the per-sample parameter gradients
-#          are then formed in closed form: Linear  gW_i = Σ_t gout_i,t ⊗ in_i,t;  Conv2d  gW_i = gout_i · unfold(in_i)ᵀ
-#          (a batched GEMM); GroupNorm gγ_i = Σ_hw gout_i ⊙ x̂_i, gβ_i = Σ_hw gout_i. On CPU this is several times
-#          faster than vmap, whose conv weight-gradient batching rule becomes a slow grouped convolution.
-#          Used only when every trainable parameter belongs to a supported layer that runs once per forward.
-# "auto" (default): "layers" when the model qualifies, else "vmap".
-# ----------------------------------------------------------------------------------------------------------------
-
+# Per-sample gradient engines (see the module docstring). Each yields (parameter name, [c, numel]) for a chunk.
 ENGINES = ("auto", "layers", "vmap")
 
 
@@ -174,6 +176,18 @@ def _layer_plan(model: nn.Module, names: list[str]) -> list[tuple[str, nn.Module
         elif not isinstance(mod, (nn.Linear, nn.GroupNorm)):
             return None
         owners[prefix] = mod
+    # a trainable parameter also held by another module (weight tying) would miss that module's contribution
+    name_set = set(names)
+    for prefix, mod in owners.items():
+        for leaf in ("weight", "bias"):
+            p = getattr(mod, leaf, None)
+            if isinstance(p, nn.Parameter) and p.requires_grad and (f"{prefix}.{leaf}" if prefix else leaf) not in name_set:
+                return None
+    planned = {id(m) for m in owners.values()}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    for mod in model.modules():
+        if id(mod) not in planned and any(id(p) in trainable for p in mod.parameters(recurse=False)):
+            return None
     return list(owners.items())
 
 
