@@ -167,7 +167,8 @@ class ExperimentConfig(_Strict):
         return self
 
 
-def _format_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str, what: str = "config") -> str:
+    """One line naming every bad key of a pydantic error (shared by configs and sweep files)."""
     parts = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
@@ -177,7 +178,7 @@ def _format_error(err: ValidationError, source: str) -> str:
             parts.append(f"'{loc}': {e['msg'].replace('Input should be', 'must be')}")
         else:
             parts.append(f"'{loc}': {e['msg']}")
-    return f"invalid config {source}: " + "; ".join(parts)
+    return f"invalid {what} {source}: " + "; ".join(parts)
 
 
 def parse_config(data: dict[str, Any], source: str = "") -> ExperimentConfig:
@@ -185,7 +186,7 @@ def parse_config(data: dict[str, Any], source: str = "") -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data or {})
     except ValidationError as err:
-        raise ConfigError(_format_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, source)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

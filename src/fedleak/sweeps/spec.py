@@ -42,7 +42,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedleak.config import ConfigError, ExperimentConfig, parse_config, resolve_config_path
+from fedleak.config import ConfigError, ExperimentConfig, format_validation_error, parse_config, resolve_config_path
 
 
 class _Strict(BaseModel):
@@ -148,14 +148,7 @@ class RunSpec:
 
 
 def _format_error(err: ValidationError, source: str) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{loc}'")
-        else:
-            parts.append(f"'{loc}': {e['msg']}")
-    return f"invalid sweep {source}: " + "; ".join(parts)
+    return format_validation_error(err, source, "sweep")
 
 
 def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
