@@ -208,3 +208,33 @@ def test_cli_dry_run_and_bad_backend(tmp_path):
     assert "pending   mixup__alpha=0.1__seed0" in r.output and "3 runs" in r.output
     r = CliRunner().invoke(app, ["sweep", str(p), "--backend", "slurm"])
     assert r.exit_code != 0 and "unknown backend 'slurm'" in str(r.exception)
+
+
+def test_stopping_the_driver_stops_its_workers(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    p = _write(tmp_path, {"seeds": [0], "defenses": [], "set": {"fl.rounds": 400}})
+    drv = subprocess.Popen([sys.executable, "-m", "fedleak.cli", "sweep", str(p), "-j", "1"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "out" / "runs" / "none__seed0" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") >= 1):
+        time.sleep(0.5)
+    assert metrics.is_file(), "the worker never started"
+    worker = [int(x) for x in subprocess.run(["pgrep", "-P", str(drv.pid)], capture_output=True,
+                                              text=True).stdout.split()]
+    assert worker
+    drv.send_signal(signal.SIGTERM)
+    drv.wait(timeout=60)
+    time.sleep(1)
+    for pid in worker:
+        try:
+            os.kill(pid, 0)
+            alive = open(f"/proc/{pid}/stat").read().split()[2] not in ("Z", "X")
+        except (ProcessLookupError, FileNotFoundError):
+            alive = False
+        assert not alive, f"worker {pid} outlived the driver"

@@ -58,11 +58,12 @@ def clip_and_noise(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """(noisy mean gradient {name: shape}, per-sample norms [B]) of the clipped per-sample gradients."""
     B = next(iter(grads.values())).shape[0]
-    norms = torch.sqrt(sum(g.reshape(B, -1).double().pow(2).sum(1) for g in grads.values())).to(torch.float32)
+    sq = sum(torch.linalg.vector_norm(g.reshape(B, -1), dim=1).double().square() for g in grads.values())
+    norms = torch.sqrt(sq).to(torch.float32)
     factor = (clip / (norms + 1e-6)).clamp(max=1.0)
     out = {}
     for n, g in grads.items():
-        summed = torch.einsum("b,b...->...", factor.to(g.dtype), g)
+        summed = (factor.to(g.dtype) @ g.reshape(B, -1)).view(g.shape[1:])  # Σ_i f_i g_i as one GEMV
         if sigma > 0:
             summed = summed + (sigma * clip) * torch.randn(summed.shape, generator=gen, dtype=g.dtype)
         out[n] = summed / B

@@ -36,6 +36,10 @@ def _worker_env(threads: int) -> dict[str, str]:
     return env
 
 
+_LIVE: set[subprocess.Popen] = set()  # worker processes of this driver, stopped if the driver is interrupted
+_LIVE_LOCK = threading.Lock()
+
+
 def _run_subprocess(spec: dict[str, Any], timeout: float | None) -> dict[str, Any]:
     run_dir = Path(spec["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -43,16 +47,23 @@ def _run_subprocess(spec: dict[str, Any], timeout: float | None) -> dict[str, An
     _atomic_json(spec_path, spec)
     threads = int(spec["config"].get("fl", {}).get("threads") or 1)
     with open(run_dir / "log.txt", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fedleak.sweeps.runner", str(spec_path)],
+            stdout=log, stderr=subprocess.STDOUT, env=_worker_env(threads),
+        )
+        with _LIVE_LOCK:
+            _LIVE.add(proc)
         try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "fedleak.sweeps.runner", str(spec_path)],
-                stdout=log, stderr=subprocess.STDOUT, env=_worker_env(threads), timeout=timeout,
-            )
-            code = proc.returncode
+            code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
             res = failure(spec, f"timed out after {timeout:g} s (partial progress is kept; re-run to resume)")
             _atomic_json(run_dir / ERROR, res)
             return res
+        finally:
+            with _LIVE_LOCK:
+                _LIVE.discard(proc)
     res_path, err_path = run_dir / RESULT, run_dir / ERROR
     if code == 0 and res_path.is_file():
         return json.loads(res_path.read_text())
@@ -61,9 +72,33 @@ def _run_subprocess(spec: dict[str, Any], timeout: float | None) -> dict[str, An
     return failure(spec, f"worker process exited with code {code} without a result; see {run_dir / 'log.txt'}")
 
 
+def _stop_workers() -> None:
+    with _LIVE_LOCK:
+        procs = list(_LIVE)
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def run_local(specs: list[dict[str, Any]], workers: int, on_done: Callback, timeout: float | None = None) -> None:
+    """Run ``specs`` in worker processes; if the driver is interrupted (Ctrl-C, SIGTERM), its workers are stopped
+    too (their runs keep their checkpoints and resume on the next invocation)."""
+    import signal
+
     lock = threading.Lock()
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        def _term(signum, frame):  # noqa: ARG001
+            raise KeyboardInterrupt
+
+        old = signal.signal(signal.SIGTERM, _term)
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
         futs = {pool.submit(_run_subprocess, s, timeout): s for s in specs}
         for fut in as_completed(futs):
             try:
@@ -72,6 +107,14 @@ def run_local(specs: list[dict[str, Any]], workers: int, on_done: Callback, time
                 res = failure(futs[fut], f"could not run the worker: {type(e).__name__}: {e}")
             with lock:
                 on_done(res)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        _stop_workers()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 def run_inline(specs: list[dict[str, Any]], on_done: Callback) -> None:
