@@ -175,9 +175,10 @@ def test_run_trains_attacks_and_reports(tmp_path, monkeypatch):
     monkeypatch.setattr(simulation, "train", fake_train)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"name": "x", "fl": {"rounds": 3}}))
-    res = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "out"), "--set", "fl.rounds=7", "-q"])
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "out"), "--set", "fl.rounds=7",
+                              "--data-dir", str(tmp_path), "-q"])
     assert res.exit_code == 0, res.output
-    assert seen["cfg"].fl.rounds == 7 and seen["quiet"] is True
+    assert seen["cfg"].fl.rounds == 7 and seen["quiet"] is True and seen["cfg"].data.data_dir == str(tmp_path)
     assert res.output.strip().endswith(str(tmp_path / "out" / "report.html"))
     assert (tmp_path / "out" / "report.html").is_file()
 

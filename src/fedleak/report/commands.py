@@ -117,6 +117,7 @@ def run_command(
     config: str = typer.Argument(..., help="Experiment YAML file, or a preset name from configs/ (e.g. digits-quick)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: <output.dir>/<name>). Resumes if it exists."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Override a config value, e.g. --set fl.rounds=5 (repeatable)."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with dataset files (overrides data.data_dir)."),
     quiet: bool = QUIET_OPT,
 ) -> None:
     """Train, attack and report in one go; prints where the report is."""
@@ -124,8 +125,9 @@ def run_command(
     from fedleak.fl import simulation
     from fedleak.report.outputs import attack_run
 
-    cfg = load_config(config, list(set_ or []))
-    run_dir = Path(out) if out is not None else Path(cfg.output.dir) / cfg.name
+    overrides = list(set_ or []) + ([f"data.data_dir={data_dir}"] if data_dir else [])
+    cfg = load_config(config, overrides)
+    run_dir = Path(out) if out is not None else Path(cfg.output.dir) / cfg.name  # as `fedleak train`
     q = _quiet(quiet)
     simulation.train(cfg, run_dir, quiet=q)
     _, ev = attack_run(run_dir)

@@ -250,7 +250,7 @@ def fedmia_rounds(
     use = np.flatnonzero(part[:, t] & (n_sh >= need))
     if use.size == 0:
         raise StoreError(
-            f"FedMIA needs rounds where target client {target if target is not None else signals.target} "
+            f"FedMIA needs rounds where target client {t} "
             f"took part together with at least {need} other clients; none of the recorded rounds qualifies"
         )
     N = m.shape[2]
