@@ -238,3 +238,19 @@ def test_stopping_the_driver_stops_its_workers(tmp_path):
         except (ProcessLookupError, FileNotFoundError):
             alive = False
         assert not alive, f"worker {pid} outlived the driver"
+
+
+def test_a_run_is_never_executed_by_two_processes(tmp_path):
+    import socket
+
+    from fedleak.sweeps.runner import LOCK, acquire_lock, execute_run
+
+    d = tmp_path / "run"
+    assert acquire_lock(d) is None
+    assert "already being executed by process" in acquire_lock(d)  # held by this (live) process
+    spec = {"run_id": "x", "run_dir": str(d), "config_hash": "h", "config": {}}
+    res = execute_run(spec)
+    assert res["status"] == "failed" and res["held"] and (d / LOCK).is_file()
+    # a lock left by a dead process on this host is stale and taken over
+    (d / LOCK).write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}))
+    assert acquire_lock(d) is None

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fedleak.errors import FedleakError
-from fedleak.sweeps.runner import ERROR, RESULT, SPEC, _atomic_json, execute_run, failure
+from fedleak.sweeps.runner import ERROR, HELD_EXIT, LOCK, RESULT, SPEC, _atomic_json, execute_run, failure
 
 Callback = Callable[[dict[str, Any]], None]
 BACKENDS = ("local", "inline", "ray")
@@ -65,6 +65,8 @@ def _run_subprocess(spec: dict[str, Any], timeout: float | None) -> dict[str, An
             with _LIVE_LOCK:
                 _LIVE.discard(proc)
     res_path, err_path = run_dir / RESULT, run_dir / ERROR
+    if code == HELD_EXIT:
+        return failure(spec, f"run is already being executed by another process (lock {run_dir / LOCK})")
     if code == 0 and res_path.is_file():
         return json.loads(res_path.read_text())
     if err_path.is_file():
@@ -156,7 +158,7 @@ def run_ray(
                 try:
                     run_dir.mkdir(parents=True, exist_ok=True)
                     name = RESULT if res.get("status") == "finished" else ERROR
-                    if not (run_dir / name).is_file():
+                    if not res.get("held") and not (run_dir / name).is_file():
                         _atomic_json(run_dir / name, res)
                 except OSError:
                     pass
