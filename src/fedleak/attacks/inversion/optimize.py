@@ -90,6 +90,51 @@ def milestones(iterations: int) -> list[int]:
     return [3 * iterations // 8, 5 * iterations // 8, 7 * iterations // 8]
 
 
+def resolve_labels(view: ServerView, model: nn.Module, cfg: InversionConfig) -> tuple[torch.Tensor | None, str]:
+    """The labels the attack uses, and where they come from (``None`` labels: optimised jointly)."""
+    mode, side = cfg.labels, view.side
+    if mode == "auto":
+        mode = "known" if side.labels is not None else ("rowsum" if side.num_images == 1 else "joint")
+    if mode == "known":
+        if side.labels is None:
+            raise ValueError("labels='known' but the side information declares the labels unknown")
+        return side.labels.clone(), "known"
+    if mode in ("rowsum", "bias"):
+        return infer_labels(view.update, model, side.num_images, mode, cfg.label_layer), mode
+    return None, "joint"  # optimised jointly, one soft label per image
+
+
+def make_optimizer(cfg: InversionConfig, variables: list[torch.Tensor]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(variables, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(variables, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.LBFGS(
+        variables, lr=cfg.lr, max_iter=cfg.lbfgs_inner,
+        line_search_fn=None if cfg.line_search == "none" else cfg.line_search,
+    )
+
+
+def make_scheduler(cfg: InversionConfig, opt: torch.optim.Optimizer):
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones(cfg.iterations), gamma=0.1)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.iterations)
+    return None
+
+
+def trial_generator(seed: int, trial: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + trial)
+
+
+def init_images(cfg: InversionConfig, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    if cfg.init == "randn":
+        return torch.randn(shape, generator=gen)
+    if cfg.init == "rand":
+        return torch.rand(shape, generator=gen) * 2 - 1
+    return torch.zeros(shape)
+
+
 class GradientInversion:
     """Set up once per (model, server view, config); :meth:`run` executes all restarts."""
 
@@ -125,16 +170,7 @@ class GradientInversion:
 
     # -- labels -------------------------------------------------------------------------------------------
     def _labels(self) -> tuple[torch.Tensor | None, str]:
-        mode, side = self.cfg.labels, self.side
-        if mode == "auto":
-            mode = "known" if side.labels is not None else ("rowsum" if side.num_images == 1 else "joint")
-        if mode == "known":
-            if side.labels is None:
-                raise ValueError("labels='known' but the side information declares the labels unknown")
-            return side.labels.clone(), "known"
-        if mode in ("rowsum", "bias"):
-            return infer_labels(self.view.update, self.model, side.num_images, mode, self.cfg.label_layer), mode
-        return None, "joint"  # optimised jointly, one soft label per image
+        return resolve_labels(self.view, self.model, self.cfg)
 
     # -- objective ----------------------------------------------------------------------------------------
     def _dummy_update(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
@@ -174,33 +210,13 @@ class GradientInversion:
 
     # -- optimisation -------------------------------------------------------------------------------------
     def _init(self, gen: torch.Generator) -> torch.Tensor:
-        shape = (self.side.num_images, *self.side.input_shape)
-        if self.cfg.init == "randn":
-            return torch.randn(shape, generator=gen)
-        if self.cfg.init == "rand":
-            return torch.rand(shape, generator=gen) * 2 - 1
-        return torch.zeros(shape)
+        return init_images(self.cfg, (self.side.num_images, *self.side.input_shape), gen)
 
     def _optimizer(self, variables: list[torch.Tensor]) -> torch.optim.Optimizer:
-        c = self.cfg
-        if c.optimizer == "adam":
-            return torch.optim.Adam(variables, lr=c.lr)
-        if c.optimizer == "sgd":
-            return torch.optim.SGD(variables, lr=c.lr, momentum=c.momentum, nesterov=c.momentum > 0)
-        return torch.optim.LBFGS(
-            variables,
-            lr=c.lr,
-            max_iter=c.lbfgs_inner,
-            line_search_fn=None if c.line_search == "none" else c.line_search,
-        )
+        return make_optimizer(self.cfg, variables)
 
     def _scheduler(self, opt: torch.optim.Optimizer):
-        c = self.cfg
-        if c.schedule == "step":
-            return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones(c.iterations), gamma=0.1)
-        if c.schedule == "cosine":
-            return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.iterations)
-        return None
+        return make_scheduler(self.cfg, opt)
 
     def _project(self, x: torch.Tensor) -> None:
         if self.cfg.boxed:
@@ -211,7 +227,7 @@ class GradientInversion:
         self, trial: int, progress: Callable[[int], None] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None, float, list[tuple[int, float]], int]:
         c = self.cfg
-        gen = torch.Generator().manual_seed(c.seed * 1_000_003 + trial)
+        gen = trial_generator(c.seed, trial)
         x = self._init(gen).requires_grad_(True)
         self._project(x)
         y_logits = None

@@ -85,6 +85,9 @@ class InvertSpec(BaseModel):
         "or drop it and add the closed-form read-out features as a target (FedSGD, one image per update).",
     )
     feature_weight: float = Field(1.0, ge=0, description="Weight of the read-out feature term (adaptive=readout).")
+    parallel: int = Field(
+        8, ge=1, description="One-image FedSGD attacks with Adam/SGD are optimised this many at a time "
+        "(independent, identical to one by one; see attacks.inversion.parallel). 1 = strictly one by one.")
     seed: int = Field(0, description="Seeds the defence noise and the attack's initialisations.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice).")
 

@@ -22,6 +22,7 @@ import torch
 from fedleak.attacks.inversion.adaptive import adaptive_config, read_out_features
 from fedleak.attacks.inversion.grid import save_image_grid
 from fedleak.attacks.inversion.optimize import invert
+from fedleak.attacks.inversion.parallel import ParallelInversion
 from fedleak.attacks.inversion.presets import InvertSpec
 from fedleak.attacks.inversion.victim import LocalHyper, ServerView, client_update
 from fedleak.defenses.gradient import build_transform, last_linear, representation_fn
@@ -110,48 +111,65 @@ def run_inversion(
             on_start(len(batches) * spec.attack.restarts * spec.attack.iterations)
         rows: list[dict[str, Any]] = []
         truth_all, rec_all, batch_summaries = [], [], []
-        for b, pos in enumerate(batches):
+        layer = _defended_layer(spec, model)
+        parallel = (spec.parallel > 1 and spec.batch_size == 1 and spec.local_steps == 0
+                    and spec.attack.optimizer in ("adam", "sgd") and spec.attack.early_stop is None)
+        step = spec.parallel if parallel else 1
+        groups = [list(range(i, min(i + step, len(batches)))) for i in range(0, len(batches), step)]
+        view_mean = torch.tensor(mean).expand(pixels.shape[1]).view(1, -1, 1, 1)
+        view_std = torch.tensor(std).expand(pixels.shape[1]).view(1, -1, 1, 1)
+        for grp in groups:
             t0 = time.perf_counter()
-            xpix, y = pixels[pos], labels[pos]
-            view_mean = torch.tensor(mean).expand(xpix.shape[1]).view(1, -1, 1, 1)
-            view_std = torch.tensor(std).expand(xpix.shape[1]).view(1, -1, 1, 1)
-            x = (xpix - view_mean) / view_std
-            view, truth = client_update(model, x, y, transform=transform, local=local,
-                                        labels_known=spec.labels_known, mean=mean, std=std, generator=gen)
-            cfg = spec.attack.model_copy(update={"seed": spec.seed * 100_003 + b})
-            feature_target = None
-            layer = _defended_layer(spec, model)
-            if spec.adaptive in ("drop", "readout"):
-                cfg = adaptive_config(cfg, model, layer, feature_weight=0.0, drop_layer=True)
-            elif spec.adaptive == "mask":
-                cfg = cfg.model_copy(update={"mask_zeros": True})
-            if spec.adaptive == "readout":
-                feature_target = read_out_features(view, model, layer).target()
-                cfg = cfg.model_copy(update={"feature_weight": spec.feature_weight, "feature_layer": layer})
-            rec = invert(model, view, cfg, progress=progress, feature_target=feature_target)
+            prepared = []
+            for b in grp:  # ---- victims (client side) ----
+                pos = batches[b]
+                xpix, y = pixels[pos], labels[pos]
+                x = (xpix - view_mean) / view_std
+                view, truth = client_update(model, x, y, transform=transform, local=local,
+                                            labels_known=spec.labels_known, mean=mean, std=std, generator=gen)
+                cfg = spec.attack.model_copy(update={"seed": spec.seed * 100_003 + b})
+                feature_target = None
+                if spec.adaptive in ("drop", "readout"):
+                    cfg = adaptive_config(cfg, model, layer, feature_weight=0.0, drop_layer=True)
+                elif spec.adaptive == "mask":
+                    cfg = cfg.model_copy(update={"mask_zeros": True})
+                if spec.adaptive == "readout":
+                    feature_target = read_out_features(view, model, layer).target()
+                    cfg = cfg.model_copy(update={"feature_weight": spec.feature_weight, "feature_layer": layer})
+                prepared.append((b, pos, xpix, y, view, truth, cfg, feature_target))
+            # ---- attacks (server side: views only) ----
+            if len(prepared) > 1:
+                fts = [p[7] for p in prepared]
+                recs = ParallelInversion(model, [p[4] for p in prepared], prepared[0][6],
+                                         seeds=[p[6].seed for p in prepared],
+                                         feature_targets=fts if fts[0] is not None else None).run(progress)
+            else:
+                p0 = prepared[0]
+                recs = [invert(model, p0[4], p0[6], progress=progress, feature_target=p0[7])]
+            seconds_each = (time.perf_counter() - t0) / len(prepared)
             # ---- evaluation (sees the ground truth) ----
-            rec_pix = to_pixels(rec.x, view.side.denormalize)
-            met = image_metrics(rec_pix, xpix, match=len(pos) > 1)
-            order = torch.as_tensor(met["order"])
-            lmse = logit_mse(lambda t: model(t), rec.x[order], truth.x).tolist()
-            acc = label_accuracy(rec.labels, truth.y)
-            pruned = _pruned_fraction(truth.transform_info)
-            leaked, rel_err = (_readout_stats(view, model, truth.x, layer)
-                               if view.kind == "gradient" and len(pos) == 1 else (math.nan, math.nan))
-            seconds = time.perf_counter() - t0
-            for j, p in enumerate(pos):
-                rows.append({
-                    "batch": b, "index": indices[p], "label": int(y[j]),
-                    "predicted_label": int(rec.labels[order[j]]),
-                    "mse": met["mse"][j], "psnr": met["psnr"][j], "ssim": met["ssim"][j], "logit_mse": lmse[j],
-                    "match_cost": rec.score, "pruned_fraction": pruned, "readout_leaked_fraction": leaked,
-                    "readout_rel_error": rel_err, "seconds": seconds / len(pos),
-                })
-            batch_summaries.append({"batch": b, "label_accuracy": acc, "label_source": rec.label_source,
-                                    "trial_scores": rec.trial_scores, "best_trial": rec.best_trial,
-                                    "iterations_run": rec.iterations_run, "history": rec.history})
-            truth_all.append(xpix)
-            rec_all.append(rec_pix[order])
+            for (b, pos, xpix, y, view, truth, cfg, _), rec in zip(prepared, recs):
+                rec_pix = to_pixels(rec.x, view.side.denormalize)
+                met = image_metrics(rec_pix, xpix, match=len(pos) > 1)
+                order = torch.as_tensor(met["order"])
+                lmse = logit_mse(lambda t: model(t), rec.x[order], truth.x).tolist()
+                acc = label_accuracy(rec.labels, truth.y)
+                pruned = _pruned_fraction(truth.transform_info)
+                leaked, rel_err = (_readout_stats(view, model, truth.x, layer)
+                                   if view.kind == "gradient" and len(pos) == 1 else (math.nan, math.nan))
+                for j, p in enumerate(pos):
+                    rows.append({
+                        "batch": b, "index": indices[p], "label": int(y[j]),
+                        "predicted_label": int(rec.labels[order[j]]),
+                        "mse": met["mse"][j], "psnr": met["psnr"][j], "ssim": met["ssim"][j], "logit_mse": lmse[j],
+                        "match_cost": rec.score, "pruned_fraction": pruned, "readout_leaked_fraction": leaked,
+                        "readout_rel_error": rel_err, "seconds": seconds_each / len(pos),
+                    })
+                batch_summaries.append({"batch": b, "label_accuracy": acc, "label_source": rec.label_source,
+                                        "trial_scores": rec.trial_scores, "best_trial": rec.best_trial,
+                                        "iterations_run": rec.iterations_run, "history": rec.history})
+                truth_all.append(xpix)
+                rec_all.append(rec_pix[order])
         summary = {k: aggregate(r[k] for r in rows) for k in ("mse", "psnr", "ssim", "logit_mse")}
         summary["label_accuracy"] = float(sum(s["label_accuracy"] * len(p) for s, p in zip(batch_summaries, batches))
                                           / len(indices))
