@@ -35,6 +35,7 @@ from fedleak.signals.compute import (
     flat_params,
     gradient_signals,
     per_sample_gradients,
+    squared_norms,
 )
 
 
@@ -90,8 +91,7 @@ def original_method(model, glob, deltas, x, y, grads: str = "vmap"):
 
 def fedleak_method(model, glob, deltas, x, y, engine="auto", budget=512):
     out = gradient_signals(model, glob, deltas, x, y, memory_budget_mb=budget, engine=engine)
-    dnorm2 = (deltas.double() ** 2).sum(1)
-    cos, diff = cos_and_diff(out["dot"], out["gnorm2"], dnorm2)
+    cos, diff = cos_and_diff(out["dot"], out["gnorm2"], squared_norms(deltas))
     return cos, diff, out["gnorm2"].expand_as(cos)
 
 
@@ -105,12 +105,14 @@ def local_pass(model, x, y):
 
 
 def timed(fn, repeat: int):
-    times, out = [], None
+    """(median wall seconds, median process CPU seconds, result)."""
+    walls, cpus, out = [], [], None
     for _ in range(repeat):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    return statistics.median(walls), statistics.median(cpus), out
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -151,12 +153,14 @@ def main() -> None:
     fedleak_method(model, glob, deltas[:1], x[:8], y[:8], engine="vmap")
     original_method(model, glob, deltas[:1], x[:10], y[:10], args.original_grads)
 
-    t_b, res_b = timed(lambda: fedleak_method(model, glob, deltas, x, y, "auto", args.budget_mb), args.repeat)
-    t_bv, res_bv = timed(lambda: fedleak_method(model, glob, deltas, x, y, "vmap", args.budget_mb), args.repeat)
-    t_j, dots_j = timed(lambda: _dots_jvp(model, glob, deltas, x, y, batch_size=500), args.repeat)
-    t_c, _ = timed(lambda: local_pass(model, x, y), args.repeat)
+    t_b, c_b, res_b = timed(lambda: fedleak_method(model, glob, deltas, x, y, "auto", args.budget_mb), args.repeat)
+    t_bv, c_bv, res_bv = timed(lambda: fedleak_method(model, glob, deltas, x, y, "vmap", args.budget_mb), args.repeat)
+    t_j, c_j, dots_j = timed(lambda: _dots_jvp(model, glob, deltas, x, y, batch_size=500), args.repeat)
+    t_c, c_c, _ = timed(lambda: local_pass(model, x, y), args.repeat)
     if not args.skip_original:
-        t_a, res_a = timed(lambda: original_method(model, glob, deltas, x, y, args.original_grads), args.repeat)
+        t_a, c_a, res_a = timed(
+            lambda: original_method(model, glob, deltas, x, y, args.original_grads), args.repeat
+        )
     m64 = min(20, args.n)
     ref = float64_reference(model, glob, deltas, x, y, m64)
 
@@ -166,19 +170,22 @@ def main() -> None:
           f"fedleak chunk = {min(chunk_size_for(P, args.budget_mb), args.n)} samples ({args.budget_mb:g} MB); "
           f"median of {args.repeat}")
     print()
-    print("| method | time / recorded round | vs (a) |")
-    print("|---|---:|---:|")
+    print("| method | wall time / recorded round | (a) / this, wall | process CPU time | (a) / this, CPU |")
+    print("|---|---:|---:|---:|---:|")
+    rows = []
     if not args.skip_original:
         grads = "vmap(grad)" if args.original_grads == "vmap" else "closed-form layer grads"
-        print(f"| (a) original: per client, {grads} on batches of 10 + per-sample loop | {t_a:.2f} s | 1.0x |")
-    for label, t in [
-        ("(b) fedleak `gradient_signals` + `cos_and_diff` (engine auto = layers)", t_b),
-        ("(b') fedleak, engine vmap", t_bv),
-        ("(b'') forward-mode JVP dots only (K jvps, no ‖g‖²)", t_j),
-        ("(c) one local-training pass over N (SGD, batch 100)", t_c),
-    ]:
-        ratio = f"{t_a / t:.1f}x" if not args.skip_original else "-"
-        print(f"| {label} | {t:.2f} s | {ratio} |")
+        rows.append((f"(a) original: per client, {grads} on batches of 10 + per-sample loop", t_a, c_a))
+    rows += [
+        ("(b) fedleak `gradient_signals` + `cos_and_diff` (engine auto = layers)", t_b, c_b),
+        ("(b') fedleak, engine vmap", t_bv, c_bv),
+        ("(b'') forward-mode JVP dots only (K jvps, no ‖g‖²)", t_j, c_j),
+        ("(c) one local-training pass over N (SGD, batch 100)", t_c, c_c),
+    ]
+    for label, t, cpu in rows:
+        r_wall = f"{t_a / t:.1f}x" if not args.skip_original else "-"
+        r_cpu = f"{c_a / cpu:.1f}x" if not args.skip_original else "-"
+        print(f"| {label} | {t:.2f} s | {r_wall} | {cpu:.2f} s | {r_cpu} |")
     print()
     print("| max relative difference (max\\|a−b\\| / max\\|b\\|) | cos | diff | ‖g‖² |")
     print("|---|---:|---:|---:|")

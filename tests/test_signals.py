@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedleak.models import build_model
+from fedleak.signals import compute
 from fedleak.signals.compute import (
     _dots_jvp,
     chunk_size_for,
@@ -20,6 +21,7 @@ from fedleak.signals.compute import (
     gradient_signals,
     per_sample_gradients,
     per_sample_losses,
+    squared_norms,
     trainable_names,
 )
 
@@ -96,11 +98,15 @@ def case(request):
     return (request.param, *c, naive(*c))
 
 
-@pytest.mark.parametrize("engine", ["auto", "vmap", "layers"])
-def test_every_signal_matches_naive_loop(case, engine):
+@pytest.mark.parametrize("engine", ["auto", "vmap", "layers-ghost", "layers-materialized"])
+def test_every_signal_matches_naive_loop(case, engine, monkeypatch):
     name, model, glob, deltas, x, y, ref = case
     if engine == "vmap" and name in ("alexnet_cifar", "convnet64"):
         pytest.skip("vmap engine covered on the small models (slow on CPU for big convs)")
+    if engine.startswith("layers"):
+        # force every Linear/Conv2d weight through one path: Δ-weighted layer + Gram norms, or materialised G
+        monkeypatch.setattr(compute, "_GHOST_MARGIN", float("inf") if engine == "layers-ghost" else -float("inf"))
+        engine = "layers"
     out = gradient_signals(model, glob, deltas, x, y, chunk_size=4, engine=engine)
     assert out["dot"].shape == (len(deltas), len(x)) and out["gnorm2"].shape == (len(x),)
     assert out["dot"].dtype == torch.float32
@@ -201,6 +207,15 @@ def test_cos_and_diff_identities():
         cos_and_diff(dot, gn2, dn2[:2])
 
 
+def test_squared_norms_in_float64():
+    torch.manual_seed(10)
+    d = torch.randn(4, 100_003) * torch.tensor([1e-3, 1.0, 1e3, 0.0])[:, None]
+    ref = torch.tensor([sum(float(v) ** 2 for v in row.tolist()) for row in d], dtype=torch.float64)
+    out = squared_norms(d)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=0)
+
+
 def test_flatten_helpers_follow_named_parameters_order():
     torch.manual_seed(7)
     model = build_model("mlp", 3, (1, 4, 4), hidden=[5])
@@ -284,3 +299,30 @@ def test_auto_falls_back_to_vmap(cls):
         gradient_signals(model, glob, deltas, x, y, engine="layers")
     with pytest.raises(ValueError, match="unknown engine"):
         gradient_signals(model, glob, deltas, x, y, engine="opacus")
+
+
+class _Tokens(nn.Module):
+    """Linear layers applied at several positions per sample (input [c, T, I])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(4, 8)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x.reshape(x.shape[0], -1, 4)))  # [c, T=6, 8]
+        return self.out(h).mean(1)
+
+
+@pytest.mark.parametrize("margin", [float("inf"), -float("inf")])
+def test_linear_at_several_positions(margin, monkeypatch):
+    monkeypatch.setattr(compute, "_GHOST_MARGIN", margin)
+    torch.manual_seed(9)
+    model = _Tokens()
+    x, y = torch.randn(5, 1, 4, 6), torch.randint(0, 3, (5,))
+    glob = {n: p.detach() for n, p in model.named_parameters()}
+    deltas = torch.randn(3, sum(p.numel() for p in model.parameters()))
+    ref = naive(model, glob, deltas, x, y)
+    out = gradient_signals(model, glob, deltas, x, y, chunk_size=2, engine="layers")
+    assert_rel(out["dot"], ref["dot"])
+    assert_rel(out["gnorm2"], ref["gnorm2"])

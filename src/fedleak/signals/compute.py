@@ -56,6 +56,7 @@ __all__ = [
     "gradient_signals",
     "cos_and_diff",
     "chunk_size_for",
+    "squared_norms",
     "per_sample_gradients",
     "ENGINES",
 ]
@@ -141,6 +142,11 @@ def per_sample_losses(
     return torch.cat(out) if out else torch.zeros(0)
 
 
+def squared_norms(deltas: torch.Tensor) -> torch.Tensor:
+    """Row-wise ||Δ_k||² of [K, P] updates, accumulated in float64 (no float64 copy of Δ) -> [K] float64."""
+    return torch.linalg.vector_norm(deltas.detach(), dim=1, dtype=torch.float64).square()
+
+
 def chunk_size_for(num_params: int, memory_budget_mb: float) -> int:
     """Largest chunk ``c`` with ``c * P * 4`` bytes of per-sample gradients within the budget (at least 1)."""
     return max(1, int(memory_budget_mb * 2**20) // (4 * max(1, int(num_params))))
@@ -213,14 +219,15 @@ def _pair(v) -> tuple[int, int]:
     return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
-def _layer_grads(
+def _layer_records(
     model: nn.Module,
     plan: list[tuple[str, nn.Module]],
     params: dict[str, torch.Tensor],
     rest: dict[str, torch.Tensor],
     xb: torch.Tensor,
     yb: torch.Tensor,
-):
+) -> list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]]:
+    """One batched forward/backward of the summed loss: (name, layer, layer input, d loss / d layer output)."""
     c = len(xb)
     seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     handles = []
@@ -239,7 +246,7 @@ def _layer_grads(
         p = {n: v.detach().requires_grad_() for n, v in params.items()}
         with torch.enable_grad():
             logits = torch.func.functional_call(model, (p, rest), (xb,))
-            loss = F.cross_entropy(logits, yb, reduction="sum")
+            loss = F.cross_entropy(logits, yb, reduction="sum")  # sum: each sample's output gradient is its own
     finally:
         for h in handles:
             h.remove()
@@ -249,31 +256,92 @@ def _layer_grads(
             raise _Unsupported(f"layer {name!r} ran {len(calls)} times or without a leading batch dimension")
     outs = [seen[name][0][1] for name, _ in plan]
     gouts = torch.autograd.grad(loss, outs, allow_unused=True)
-    for (name, mod), (inp, out), gout in zip(plan, (seen[n][0] for n, _ in plan), gouts):
-        if gout is None:
-            gout = torch.zeros_like(out)
-        gout = gout.detach()
-        pre = f"{name}." if name else ""
-        if isinstance(mod, nn.Linear):
-            go = gout.reshape(c, -1, gout.shape[-1])  # [c, T, O]
-            if mod.weight.requires_grad:
-                yield pre + "weight", torch.bmm(go.transpose(1, 2), inp.reshape(c, -1, inp.shape[-1])).reshape(c, -1)
-            if mod.bias is not None and mod.bias.requires_grad:
-                yield pre + "bias", go.sum(1)
-        elif isinstance(mod, nn.Conv2d):
-            go = gout.reshape(c, gout.shape[1], -1)  # [c, O, T]
-            if mod.weight.requires_grad:
-                u = _unfold(inp, mod.kernel_size, mod.dilation, mod.padding, mod.stride)  # [c, I*kh*kw, T]
-                yield pre + "weight", torch.bmm(go, u.transpose(1, 2)).reshape(c, -1)  # [c, O, I*kh*kw]
-            if mod.bias is not None and mod.bias.requires_grad:
-                yield pre + "bias", go.sum(2)
-        else:  # GroupNorm
-            go = gout.reshape(c, gout.shape[1], -1)
-            if mod.weight is not None and mod.weight.requires_grad:
-                xhat = F.group_norm(inp, mod.num_groups, eps=mod.eps).reshape(c, inp.shape[1], -1)
-                yield pre + "weight", (go * xhat).sum(2)
-            if mod.bias is not None and mod.bias.requires_grad:
-                yield pre + "bias", go.sum(2)
+    return [
+        (name, mod, seen[name][0][0], torch.zeros_like(o) if g is None else g.detach())
+        for (name, mod), o, g in zip(plan, outs, gouts)
+    ]
+
+
+def _positions(mod: nn.Module, inp: torch.Tensor, gout: torch.Tensor) -> int:
+    """T: positions a layer's weight is applied at per sample (1 for a Linear on [c, I] inputs)."""
+    if isinstance(mod, nn.Linear):
+        return inp.numel() // (inp.shape[0] * inp.shape[-1])
+    return gout[0, 0].numel()
+
+
+def _materialize(mod: nn.Module, pre: str, inp: torch.Tensor, gout: torch.Tensor, weight: bool = True):
+    """Closed-form per-sample gradients of one layer: yields (parameter name, [c, numel])."""
+    c = inp.shape[0]
+    if isinstance(mod, nn.Linear):
+        go = gout.reshape(c, -1, gout.shape[-1])  # [c, T, O]
+        if weight and mod.weight.requires_grad:
+            yield pre + "weight", torch.bmm(go.transpose(1, 2), inp.reshape(c, -1, inp.shape[-1])).reshape(c, -1)
+        if mod.bias is not None and mod.bias.requires_grad:
+            yield pre + "bias", go.sum(1)
+    elif isinstance(mod, nn.Conv2d):
+        go = gout.reshape(c, gout.shape[1], -1)  # [c, O, T]
+        if weight and mod.weight.requires_grad:
+            u = _unfold(inp, mod.kernel_size, mod.dilation, mod.padding, mod.stride)  # [c, I*kh*kw, T]
+            yield pre + "weight", torch.bmm(go, u.transpose(1, 2)).reshape(c, -1)  # [c, O, I*kh*kw]
+        if mod.bias is not None and mod.bias.requires_grad:
+            yield pre + "bias", go.sum(2)
+    else:  # GroupNorm
+        go = gout.reshape(c, gout.shape[1], -1)
+        if mod.weight is not None and mod.weight.requires_grad:
+            xhat = F.group_norm(inp, mod.num_groups, eps=mod.eps).reshape(c, inp.shape[1], -1)
+            yield pre + "weight", (go * xhat).sum(2)
+        if mod.bias is not None and mod.bias.requires_grad:
+            yield pre + "bias", go.sum(2)
+
+
+def _layer_grads(model, plan, params, rest, xb, yb):
+    for name, mod, inp, gout in _layer_records(model, plan, params, rest, xb, yb):
+        yield from _materialize(mod, f"{name}." if name else "", inp, gout)
+
+
+# Weight gradients of a Linear/Conv2d applied at T positions cost, materialised, T MACs per entry for the batched
+# GEMM, K for the GEMM against Δ, plus three memory passes over [c, P_t] (write, read for the dots, read for the
+# norm) that are worth about _GHOST_MARGIN MACs on CPU. Without materialising ("ghost"): the dots are the layer
+# applied with Δ_k's weights, <gW_i, ΔW_k> = Σ_t <gout_i,t, ΔW_k · in_i,t> (K·T MACs per entry, one dense conv or
+# GEMM), and ||gW_i||² = Σ_{t,t'} <gout_i,t, gout_i,t'> <in_i,t, in_i,t'> (two T×T Gram matrices). Ghost is used
+# when K·T < T + K + _GHOST_MARGIN: the small-spatial layers, which hold most of the parameters of CIFAR nets.
+_GHOST_MARGIN = 120.0
+
+
+def _use_ghost(K: int, T: int) -> bool:
+    return K * T < T + K + _GHOST_MARGIN
+
+
+def _ghost_weight(
+    mod: nn.Module, inp: torch.Tensor, gout: torch.Tensor, dw: torch.Tensor, K: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dot [K, c], ||gW||² [c]) for a Linear/Conv2d weight without forming the per-sample gradients.
+
+    ``dw``: Δ's weight block reshaped to a stacked weight of K·O output units.
+    """
+    c = inp.shape[0]
+    if isinstance(mod, nn.Linear):
+        x = inp.reshape(c, -1, inp.shape[-1])  # [c, T, I]
+        go = gout.reshape(c, -1, gout.shape[-1])  # [c, T, O]
+        T, O = go.shape[1], go.shape[2]
+        z = F.linear(x, dw)  # [c, T, K*O]
+        dot = torch.bmm(z.reshape(c, T, K, O).transpose(1, 2).reshape(c, K, T * O), go.reshape(c, T * O, 1))
+        if T == 1:
+            gn2 = go.double().square().sum((1, 2)) * x.double().square().sum((1, 2))
+        else:
+            x64, g64 = x.double(), go.double()
+            gn2 = (torch.bmm(g64, g64.transpose(1, 2)) * torch.bmm(x64, x64.transpose(1, 2))).sum((1, 2))
+    else:  # Conv2d
+        go = gout.reshape(c, gout.shape[1], -1)  # [c, O, T]
+        O, T = go.shape[1], go.shape[2]
+        u = _unfold(inp, mod.kernel_size, mod.dilation, mod.padding, mod.stride)  # [c, J, T]
+        J = u.shape[1]
+        # the layer applied with Δ_k's weights, as one GEMM [K*O, J] @ [J, c*T] (mkldnn is slow at tiny T)
+        z = (dw.reshape(K * O, J) @ u.transpose(0, 1).reshape(J, c * T)).reshape(K, O, c, T)
+        dot = (z * go.transpose(0, 1).unsqueeze(0)).sum((1, 3)).T  # [c, K]
+        u64, g64 = u.double(), go.double()
+        gn2 = (torch.bmm(g64.transpose(1, 2), g64) * torch.bmm(u64.transpose(1, 2), u64)).sum((1, 2))
+    return dot.reshape(c, K).T.double(), gn2
 
 
 def _vmap_grads(psg, params: dict[str, torch.Tensor], names: list[str], xb: torch.Tensor, yb: torch.Tensor):
@@ -364,20 +432,46 @@ def gradient_signals(
 
     dot = torch.zeros(K, N, dtype=torch.float64, device=dev)
     gnorm2 = torch.zeros(N, dtype=torch.float64, device=dev)
-    requested = engine
-    if engine == "auto":  # decide once, not per chunk
-        engine = "layers" if _layer_plan(model, names) is not None else "vmap"
+    plan = _layer_plan(model, names) if engine in ("auto", "layers") else None
+    if engine == "layers" and plan is None:
+        raise ValueError("engine 'layers' needs every trainable parameter in a Linear, Conv2d or GroupNorm layer")
+    stacked: dict[str, torch.Tensor] = {}  # Δ weight blocks as stacked [K*O, ...] weights, built once per call
+
+    def stacked_weight(pre: str, mod: nn.Module) -> torch.Tensor:
+        if pre not in stacked:
+            w = mod.weight
+            stacked[pre] = views[pre + "weight"].reshape(K * w.shape[0], *w.shape[1:])
+        return stacked[pre]
+
     with _EvalMode(model):
         for s in range(0, N, c):
             xb, yb = x[s : s + c].to(dev), y[s : s + c].to(dev)
             e = s + len(xb)
-            try:
-                pairs = list(_chunk_grads(model, names, params, rest, xb, yb, engine))
-            except _Unsupported:
-                if requested == "layers":
-                    raise
-                engine = "vmap"
-                pairs = list(_chunk_grads(model, names, params, rest, xb, yb, engine))
+            pairs = []
+            records = None
+            if plan is not None:
+                try:
+                    records = _layer_records(model, plan, params, rest, xb, yb)
+                except _Unsupported:
+                    if engine == "layers":
+                        raise
+                    plan = None  # "auto": this model is not served by the layer engine; vmap from now on
+            if records is not None:
+                for name, mod, inp, gout in records:
+                    pre = f"{name}." if name else ""
+                    ghost = (
+                        isinstance(mod, (nn.Linear, nn.Conv2d))
+                        and mod.weight.requires_grad
+                        and _use_ghost(K, _positions(mod, inp, gout))
+                    )
+                    if ghost:
+                        d_l, n_l = _ghost_weight(mod, inp, gout, stacked_weight(pre, mod), K)
+                        dot[:, s:e] += d_l
+                        gnorm2[s:e] += n_l
+                    pairs.extend(_materialize(mod, pre, inp, gout, weight=not ghost))
+                del records
+            else:
+                pairs.extend(_vmap_grads(_per_sample_grad_fn(model, rest), params, names, xb, yb))
             for n, gt in pairs:
                 dot[:, s:e] += (views[n] @ gt.T).double()
                 gnorm2[s:e] += torch.linalg.vector_norm(gt, dim=1).double().square()
