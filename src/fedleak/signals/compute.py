@@ -9,35 +9,40 @@ parameters, flattened in ``named_parameters()`` order. For every client update `
     diff[k, n] = ||Δ_k||² − ||Δ_k − g||² = 2 dot − gnorm2
 
 How (``gradient_signals``): the candidates are cut into chunks of ``c`` samples (``c·P·4`` bytes within
-``memory_budget_mb``). For each chunk the per-sample gradients G [c, P] are formed once — never per sample in a
-Python loop, never once per client — and consumed tensor by tensor: ``dot += Δ[:, t] @ G_tᵀ`` (one GEMM against all K
-clients at once) and ``gnorm2 += ||G_t||²`` row-wise; G is dropped before the next chunk. The official code
+``memory_budget_mb``). Per chunk, the per-sample gradient information is formed once — never per sample in a Python
+loop, never once per client — and reduced against all K updates at once: ``dot += Δ[:, t] @ G_tᵀ`` (one GEMM per
+parameter tensor t) and ``gnorm2 += ||G_t||²`` row-wise; nothing of G outlives its chunk. The official code
 recomputes the per-sample gradients K times and loops over samples in Python (fedmia.md §2.4).
 
-Two engines produce G (``engine=``, default ``"auto"``):
+Engines (``engine=``, default ``"auto"``):
 
-* ``"vmap"``: ``torch.func.vmap(torch.func.grad(loss))`` — generic, for any model without cross-sample coupling.
-* ``"layers"``: one batched forward/backward of the summed loss (so each sample's output gradient is its own), with
-  forward hooks recording each parameterised layer's input and output; the per-sample parameter gradients then have
-  closed forms — Linear ``gW_i = Σ_t gout_i,t ⊗ in_i,t``, Conv2d ``gW_i = gout_i · unfold(in_i)ᵀ`` (a batched GEMM),
-  GroupNorm ``gγ_i = Σ_hw gout_i ⊙ x̂_i``, ``gβ_i = Σ_hw gout_i``. On CPU it is ~1.5-2x faster than vmap for
-  AlexNet-CIFAR, whose conv weight-gradient batching rule becomes a slow grouped convolution.
-* ``"auto"`` uses ``"layers"`` when every trainable parameter belongs to a Linear / Conv2d (groups=1, zero padding)
-  / GroupNorm layer that runs once per forward on a batch-first input (all fedleak models), else ``"vmap"``.
-  Both agree to float32 rounding (tests check both against a per-sample autograd loop).
+* ``"vmap"``: G from ``torch.func.vmap(torch.func.grad(loss))`` — generic, for any model without cross-sample
+  coupling. On CPU its conv weight-gradient batching rule becomes a slow grouped convolution.
+* ``"layers"``: one batched forward/backward of the *summed* loss (so each sample's output gradient is its own),
+  forward hooks recording every parameterised layer's input and output. Per-sample gradients then have closed forms:
+  Linear ``gW_i = Σ_t gout_i,t ⊗ in_i,t``; Conv2d ``gW_i = gout_i · unfold(in_i)ᵀ`` (a batched GEMM); GroupNorm
+  ``gγ_i = Σ_hw gout_i ⊙ x̂_i``, ``gβ_i = Σ_hw gout_i``; biases ``Σ_t gout_i,t``. For Linear/Conv2d weights applied at
+  few positions T (``K·T < T + K + 120``: in AlexNet-CIFAR conv3-5 and fc, 86% of the parameters) G is not even
+  formed ("ghost" reductions): ``<gW_i, ΔW_k> = Σ_t <gout_i,t, ΔW_k · in_i,t>`` is the layer applied with the K
+  stacked Δ weights (one dense GEMM), and ``||gW_i||² = Σ_{t,t'} <gout_i,t, gout_i,t'> <in_i,t, in_i,t'>`` comes from
+  two T×T Gram matrices (float64). Elsewhere G_t is materialised and reduced by GEMM as above.
+* ``"auto"``: ``"layers"`` when every trainable parameter belongs to a Linear / Conv2d (groups=1, zero padding) /
+  GroupNorm layer that runs once per forward on a batch-first input and is not tied to another module (all fedleak
+  models), else ``"vmap"`` (also when a layer turns out to run twice). Tests check every path against a per-sample
+  autograd loop.
 
-Why not forward-mode JVPs for ``dot``: ``<g(x), Δ_k> = d/dε CE(f_{θ+εΔ_k}(x), y)`` is one batched ``jvp`` per client
-and never materialises G, but ``gnorm2`` still needs the per-sample gradients (or layer-specific ghost norms), so
-the JVPs would be extra work: K forward+tangent passes (≈ 3 forwards each, ≈ 10·3·15 MMAC per candidate for
-AlexNet, K=10) against one memory-bound GEMM over gradients already in memory (K·P = 25 MMAC per candidate, but a
-single pass). ``benchmarks/signals.py`` measures it: on CPU for AlexNet-CIFAR at N=500, K=10 the JVP dots alone
-cost about as much as the whole GEMM route including G. ``_dots_jvp`` is kept as a cross-check.
+Why not forward-mode JVPs for ``dot`` (``<g(x), Δ_k> = d/dε CE(f_{θ+εΔ_k}(x), y)``, one batched ``torch.func.jvp``
+per client, G never formed): ``gnorm2`` still needs per-sample gradient norms, so the JVPs come on top of that work,
+and each costs a full forward plus tangent pass through the whole network per client (≈ 3 forwards × K), whereas the
+ghost dots above apply Δ only at the layer itself, once, with no propagation. ``benchmarks/signals.py`` times it: on
+CPU for AlexNet-CIFAR (N=500, K=10) the JVP dots alone take about 2.6x as long as the complete ``gradient_signals``.
+``_dots_jvp`` is kept as an independent cross-check (tests).
 
 Accuracy: gradients run in float32 (the models' dtype); per-tensor GEMM results and squared norms are summed
 across parameter tensors in float64, and ``cos_and_diff`` works in float64. ``diff`` is formed as ``2 dot − gnorm2``,
-which avoids the cancellation in ``||Δ||² − ||Δ − g||²`` (both terms ≈ ||Δ||² when ||g|| ≪ ||Δ||). Against a
-float64 computation the results are within ~3e-6 (relative to the largest value) for AlexNet; the official float32
-``F.cosine_similarity`` / ``torch.norm`` over 2.5M entries is only within ~2-3e-5.
+which avoids the cancellation in ``||Δ||² − ||Δ − g||²`` (both terms ≈ ||Δ||² when ||g|| ≪ ||Δ||). For AlexNet-CIFAR
+the results are within ~3e-7 of a float64 computation (relative to the largest value); the official float32
+``F.cosine_similarity`` / ``torch.norm`` over 2.5M entries is only within ~3e-5.
 """
 
 from __future__ import annotations
@@ -361,8 +366,9 @@ def per_sample_gradients(
     names, params, rest = _split_params(model, global_params)
     order = {n: i for i, n in enumerate(names)}
     rows: list[torch.Tensor | None] = [None] * len(names)
+    dev = _device_of(model, params)
     with _EvalMode(model):
-        for n, g in _chunk_grads(model, names, params, rest, x, y, engine):
+        for n, g in _chunk_grads(model, names, params, rest, x.to(dev), y.to(dev), engine):
             rows[order[n]] = g
     return torch.cat([r for r in rows if r is not None], dim=1) if names else torch.zeros(len(x), 0)
 
