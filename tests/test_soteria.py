@@ -73,6 +73,9 @@ def test_batched_jacobian_row_norms_equal_per_sample_jacobians(method, net, laye
     assert torch.allclose(norms, J.norm(dim=2), rtol=1e-5, atol=1e-7)
     _, full = jacobian_rows(f, x, chunk_size=7, method=method, full=True)
     assert torch.allclose(full, J, rtol=1e-5, atol=1e-7)
+    feats = torch.tensor([9, 2, 5, 0])
+    _, sub = jacobian_rows(f, x, chunk_size=3, method=method, features=feats)
+    assert torch.allclose(sub, J.norm(dim=2)[:, feats], rtol=1e-5, atol=1e-7)
 
 
 def test_representation_is_input_of_named_linear():

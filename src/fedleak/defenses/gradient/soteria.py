@@ -90,13 +90,15 @@ def jacobian_rows(
     chunk_size: int = 128,
     method: Literal["vmap", "replicate", "loop"] = "vmap",
     full: bool = False,
+    features: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample Jacobian rows of ``r = f(x)``: returns ``(r [B, D], norms [B, D])``, or with ``full=True``
     ``(r, J [B, D, n])`` where ``J[b, i] = ∂r[b, i]/∂x[b]`` flattened.
 
     ``vmap``: one VJP closure, vmapped over chunks of ``chunk_size`` one-hot cotangents. ``replicate``: the batch
     repeated ``chunk_size`` times, one forward and one backward per chunk. ``loop``: one backward pass per
-    feature (reference only).
+    feature (reference only). ``features`` restricts the computation to those feature indices (the output then
+    has ``len(features)`` columns, in that order).
     """
     x = x.detach()
     B = x.shape[0]
@@ -107,36 +109,39 @@ def jacobian_rows(
         with torch.no_grad():
             r = f(x)
     D = r.shape[1]
-    out = torch.empty(B, D, n, dtype=x.dtype) if full else torch.empty(B, D, dtype=x.dtype)
+    feats = torch.arange(D) if features is None else torch.as_tensor(features, dtype=torch.long)
+    K = feats.numel()
+    out = torch.empty(B, K, n, dtype=x.dtype) if full else torch.empty(B, K, dtype=x.dtype)
 
-    def store(idx: torch.Tensor, rows: torch.Tensor) -> None:  # rows [k, B, n]
+    def store(pos: torch.Tensor, rows: torch.Tensor) -> None:  # rows [k, B, n] for output columns pos
         if full:
-            out[:, idx] = rows.transpose(0, 1)
+            out[:, pos] = rows.transpose(0, 1)
         else:
-            out[:, idx] = rows.norm(dim=2).T
+            out[:, pos] = rows.norm(dim=2).T
 
     if method == "loop":
         xg = x.clone().requires_grad_(True)
         rr = f(xg)
-        for i in range(D):
+        for j, i in enumerate(feats.tolist()):
             v = torch.zeros_like(rr)
             v[:, i] = 1.0
-            (g,) = torch.autograd.grad(rr, xg, v, retain_graph=i < D - 1)
-            store(torch.tensor([i]), g.reshape(1, B, n))
+            (g,) = torch.autograd.grad(rr, xg, v, retain_graph=j < K - 1)
+            store(torch.tensor([j]), g.reshape(1, B, n))
         return r.detach(), out
-    for start in range(0, D, chunk_size):
-        idx = torch.arange(start, min(D, start + chunk_size))
+    for start in range(0, K, chunk_size):
+        pos = torch.arange(start, min(K, start + chunk_size))
+        idx = feats[pos]
         k = idx.numel()
         if method == "vmap":
             (rows,) = vmap(pullback)(_onehot_cotangents(idx, B, D, r))
-            store(idx, rows.reshape(k, B, n))
+            store(pos, rows.reshape(k, B, n))
         elif method == "replicate":
             xr = x.repeat(k, *([1] * (x.dim() - 1))).requires_grad_(True)  # row j*B + b = sample b, feature idx[j]
             rr = f(xr)
             v = torch.zeros_like(rr).view(k, B, D)
             v[torch.arange(k), :, idx] = 1.0
             (g,) = torch.autograd.grad(rr, xr, v.view(k * B, D))
-            store(idx, g.reshape(k, B, n))
+            store(pos, g.reshape(k, B, n))
         else:
             raise ValueError(f"unknown Jacobian method {method!r}; choose vmap, replicate or loop")
     return r.detach(), out
