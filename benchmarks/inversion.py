@@ -15,7 +15,7 @@
 
 Usage::
 
-    python benchmarks/inversion.py                       # ConvNet-64, defaults below
+    python benchmarks/inversion.py                       # LeNet and ConvNet-64; ratios printed for ConvNet-64
     python benchmarks/inversion.py --quick               # tiny settings, seconds
     python benchmarks/inversion.py --json out.json
 """
@@ -123,7 +123,11 @@ def bench_soteria(model_name: str, shape, loop_features: int, chunk: int, method
     x = torch.rand(1, *shape)
     f = representation_fn(model, "linear" if model_name == "convnet64" else "fc")
     D = f(x).shape[1]
-    chunks = [torch.arange(i, min(D, i + chunk)) for i in range(0, D, chunk)]
+    from fedleak.defenses.gradient.soteria import auto_chunk_size
+
+    used_chunk = chunk if chunk else auto_chunk_size(f, x)
+    block = max(128, used_chunk)
+    chunks = [torch.arange(i, min(D, i + block)) for i in range(0, D, block)]  # interleaving blocks
     per_chunk = max(1, -(-loop_features // len(chunks)))
     # x-only loop: one forward kept alive, one autograd.grad w.r.t. x per feature
     xg = x.clone().requires_grad_(True)
@@ -136,6 +140,8 @@ def bench_soteria(model_name: str, shape, loop_features: int, chunk: int, method
                             {k: v for k, v in model_o.named_parameters()})
     xo = x.clone().requires_grad_(True)
     r_orig = f_o(xo)
+    for m in methods:  # warm-up (first-call costs of vmap / the allocator are not part of the steady state)
+        jacobian_rows(f, x, chunk_size=used_chunk, method=m, features=chunks[0][: min(len(chunks[0]), used_chunk)])
     t_batched = {m: 0.0 for m in methods}
     t_loop = t_orig = 0.0
     n_loop = 0
@@ -144,7 +150,7 @@ def bench_soteria(model_name: str, shape, loop_features: int, chunk: int, method
         norms = {}
         for m in methods:
             t = time.perf_counter()
-            _, norms[m] = jacobian_rows(f, x, chunk_size=chunk, method=m, features=idx)
+            _, norms[m] = jacobian_rows(f, x, chunk_size=used_chunk, method=m, features=idx)
             t_batched[m] += time.perf_counter() - t
         sample = idx[:per_chunk].tolist()
         ref = []
@@ -168,7 +174,7 @@ def bench_soteria(model_name: str, shape, loop_features: int, chunk: int, method
         for m in methods:
             max_diff[m] = max(max_diff[m], float(((norms[m][0, : len(sample)] - ref_t).abs() / ref_t).max()))
     per_feature, per_feature_orig = t_loop / n_loop, t_orig / n_loop
-    out: dict = {"model": model_name, "D": D, "loop_features_timed": n_loop,
+    out: dict = {"model": model_name, "D": D, "chunk": used_chunk, "loop_features_timed": n_loop,
                  "loop_seconds_per_feature": per_feature, "loop_seconds_full_D_extrapolated": per_feature * D,
                  "original_style_seconds_per_feature": per_feature_orig}
     for m in methods:
@@ -183,10 +189,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="convnet64")
     ap.add_argument("--ig-models", default="lenet_soteria,convnet64", help="Comma-separated models for part 1.")
+    ap.add_argument("--soteria-models", default="lenet_soteria,convnet64", help="Comma-separated models for part 2.")
     ap.add_argument("--ig-iters", type=int, default=0, help="Iterations per timing block (default per model).")
     ap.add_argument("--blocks", type=int, default=5)
     ap.add_argument("--loop-features", type=int, default=64)
-    ap.add_argument("--chunk", type=int, default=128)
+    ap.add_argument("--chunk", type=int, default=0, help="Features per batched VJP (0: auto from memory).")
     ap.add_argument("--methods", default="vmap,replicate")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="Tiny settings (a smoke run).")
@@ -210,22 +217,27 @@ def main() -> None:
         print(f"[IG] {m:14s} fedleak {r['fedleak_it_per_s']:8.2f} it/s | straightforward "
               f"{r['straightforward_it_per_s']:8.2f} it/s | ratio {r['ratio']:.2f}x (cost diff {r['cost_check']:.1e})",
               flush=True)
-    s_model = "lenet_soteria" if a.quick else a.model
-    s = bench_soteria(s_model, shape, a.loop_features, a.chunk, a.methods.split(","))
+    s_models = ["lenet_soteria"] if a.quick else a.soteria_models.split(",")
+    res["soteria_all"] = []
+    for s_model in s_models:
+        s = bench_soteria(s_model, shape, a.loop_features, a.chunk, a.methods.split(","))
+        res["soteria_all"].append(s)
+        print(f"[Soteria] {s_model} D={s['D']} (batched chunk {s['chunk']}): one backward per feature "
+              f"{s['loop_seconds_per_feature'] * 1e3:.1f} ms (timed on {s['loop_features_timed']} features) -> "
+              f"{s['loop_seconds_full_D_extrapolated']:.1f} s for D")
+        print(f"[Soteria]   original-style loop (.backward, parameter grads accumulated too): "
+              f"{s['original_style_seconds_per_feature'] * 1e3:.1f} ms per feature")
+        for m in a.methods.split(","):
+            print(f"[Soteria]   batched {m:9s}: {s[f'{m}_seconds_full_D']:.1f} s for all D -> speedup "
+                  f"{s[f'{m}_speedup']:.1f}x vs the x-only loop, {s[f'{m}_speedup_vs_original_style']:.1f}x vs the "
+                  f"original-style loop (max rel diff {s[f'{m}_max_rel_diff_vs_loop']:.1e})", flush=True)
+    s = next((x for x in res["soteria_all"] if x["model"] == a.model), res["soteria_all"][-1])
     res["soteria"] = s
-    print(f"[Soteria] {s_model} D={s['D']}: one backward per feature {s['loop_seconds_per_feature'] * 1e3:.1f} ms "
-          f"(timed on {s['loop_features_timed']} features) -> {s['loop_seconds_full_D_extrapolated']:.1f} s for D")
-    print(f"[Soteria] original-style loop (.backward, parameter grads accumulated too): "
-          f"{s['original_style_seconds_per_feature'] * 1e3:.1f} ms per feature")
-    for m in a.methods.split(","):
-        print(f"[Soteria]   batched {m:9s}: {s[f'{m}_seconds_full_D']:.1f} s for all D -> speedup "
-              f"{s[f'{m}_speedup']:.1f}x vs the x-only loop, {s[f'{m}_speedup_vs_original_style']:.1f}x vs the "
-              f"original-style loop (max rel diff {s[f'{m}_max_rel_diff_vs_loop']:.1e})")
     res["loadavg_end"] = os.getloadavg()
     ig_main = next((r for r in res["ig"] if r["model"] == a.model), res["ig"][-1])
     best = max(a.methods.split(","), key=lambda m: s[f"{m}_speedup"])
     print(f"RATIOS: IG iterations/s {ig_main['ratio']:.2f}x ({ig_main['model']}); "
-          f"Soteria mask {s[f'{best}_speedup']:.1f}x ({best}, D={s['D']})")
+          f"Soteria mask {s[f'{best}_speedup']:.1f}x ({best}, {s['model']}, D={s['D']})")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
 
