@@ -20,13 +20,12 @@ from fedleak.attacks.inversion import (
     idlg_config,
     infer_labels,
     invert,
-    local_update,
     milestones,
     read_out_features,
     reference_cost,
     total_variation,
 )
-from fedleak.defenses.gradient import GradientContext, GradientPruning, Soteria, representation_fn
+from fedleak.defenses.gradient import GradientPruning, Soteria, representation_fn
 from fedleak.metrics.image import mse
 
 

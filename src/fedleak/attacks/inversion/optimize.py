@@ -25,7 +25,6 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from torch.func import functional_call
 
 from fedleak.attacks.inversion.costs import GradientMatcher, total_variation
 from fedleak.attacks.inversion.labels import infer_labels
