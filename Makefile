@@ -30,6 +30,8 @@ test: $(VENV)/.extras
 
 bench: venv
 	$(PY) benchmarks/signals.py
+	$(PY) benchmarks/attacks.py
+	$(PY) benchmarks/inversion.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
