@@ -42,11 +42,25 @@ from fedleak.models import build_model  # noqa: E402
 from fedleak.attacks.inversion.optimize import ig_config  # noqa: E402
 
 
+DEVICE = torch.device("cpu")
+
+
+def _sync() -> None:
+    """Wait for queued GPU work, so that wall-clock timings cover it (no-op on the CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _clock() -> float:
+    _sync()
+    return time.perf_counter()
+
+
 def _setup(model_name: str, shape: tuple[int, int, int], seed: int = 0):
     torch.manual_seed(seed)
-    model = build_model(model_name, 10, shape).eval()
-    x = torch.rand(1, *shape) * 4 - 2
-    view, _ = client_update(model, x, torch.tensor([3]), labels_known=True, mean=(0.5,), std=(0.25,))
+    model = build_model(model_name, 10, shape).eval().to(DEVICE)
+    x = torch.rand(1, *shape, device=DEVICE) * 4 - 2
+    view, _ = client_update(model, x, torch.tensor([3], device=DEVICE), labels_known=True, mean=(0.5,), std=(0.25,))
     return model, view
 
 
@@ -57,7 +71,7 @@ def bench_ig(model_name: str, shape, iters_per_block: int, blocks: int) -> dict:
     lo, hi = gi.lo, gi.hi
 
     # --- fedleak's step -------------------------------------------------------------------------------------
-    xa = torch.randn(1, *shape).requires_grad_(True)
+    xa = torch.randn(1, *shape, device=DEVICE).requires_grad_(True)
     opt_a = torch.optim.Adam([xa], lr=0.1)
 
     def step_fast():
@@ -76,7 +90,7 @@ def bench_ig(model_name: str, shape, iters_per_block: int, blocks: int) -> dict:
             p.copy_(view.params[k])
     target = [view.update[k] for k, _ in net.named_parameters()]
     y = view.side.labels
-    xb = torch.randn(1, *shape).requires_grad_(True)
+    xb = torch.randn(1, *shape, device=DEVICE).requires_grad_(True)
     opt_b = torch.optim.Adam([xb], lr=0.1)
 
     def step_naive():
@@ -102,10 +116,10 @@ def bench_ig(model_name: str, shape, iters_per_block: int, blocks: int) -> dict:
     fast, naive = [], []
     for _ in range(blocks):
         for f, acc in ((step_fast, fast), (step_naive, naive)):
-            t = time.perf_counter()
+            t = _clock()
             for _ in range(iters_per_block):
                 f()
-            acc.append((time.perf_counter() - t) / iters_per_block)
+            acc.append((_clock() - t) / iters_per_block)
     return {
         "model": model_name, "params": sum(p.numel() for p in model.parameters()),
         "fedleak_it_per_s": 1 / min(fast), "straightforward_it_per_s": 1 / min(naive),
@@ -120,7 +134,7 @@ def bench_soteria(model_name: str, shape, loop_features: int, chunk: int, method
     model, view = _setup(model_name, shape, seed=1)
     for p in model.parameters():
         p.requires_grad_(False)
-    x = torch.rand(1, *shape)
+    x = torch.rand(1, *shape, device=DEVICE)
     f = representation_fn(model, "linear" if model_name == "convnet64" else "fc")
     D = f(x).shape[1]
     from fedleak.defenses.gradient.soteria import auto_chunk_size
@@ -149,26 +163,26 @@ def bench_soteria(model_name: str, shape, loop_features: int, chunk: int, method
     for idx in chunks:
         norms = {}
         for m in methods:
-            t = time.perf_counter()
+            t = _clock()
             _, norms[m] = jacobian_rows(f, x, chunk_size=used_chunk, method=m, features=idx)
-            t_batched[m] += time.perf_counter() - t
+            t_batched[m] += _clock() - t
         sample = idx[:per_chunk].tolist()
         ref = []
-        t = time.perf_counter()
+        t = _clock()
         for i in sample:
             v = torch.zeros_like(r_loop)
             v[:, i] = 1.0
             (g,) = torch.autograd.grad(r_loop, xg, v, retain_graph=True)
             ref.append(g.norm())
-        t_loop += time.perf_counter() - t
-        t = time.perf_counter()
+        t_loop += _clock() - t
+        t = _clock()
         for i in sample:
             v = torch.zeros_like(r_orig)
             v[:, i] = 1.0
             r_orig.backward(v, retain_graph=True)
             _ = xo.grad.norm()
             xo.grad = None
-        t_orig += time.perf_counter() - t
+        t_orig += _clock() - t
         n_loop += len(sample)
         ref_t = torch.stack(ref)
         for m in methods:
@@ -196,16 +210,21 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=0, help="Features per batched VJP (0: auto from memory).")
     ap.add_argument("--methods", default="vmap,replicate")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronise the GPU).")
     ap.add_argument("--quick", action="store_true", help="Tiny settings (a smoke run).")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    global DEVICE
+    DEVICE = torch.device(a.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch; run on a GPU machine or use --device cpu")
     shape = (3, 32, 32)
     if a.quick:
         a.ig_models, a.blocks, a.loop_features = "lenet_soteria", 2, 8
     res: dict = {
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__, "device": str(DEVICE), "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
         "loadavg_start": os.getloadavg(), "ig": [], "soteria": None,
     }
     for m in a.ig_models.split(","):

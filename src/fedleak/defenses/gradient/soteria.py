@@ -113,7 +113,7 @@ def jacobian_rows(
     D = r.shape[1]
     feats = torch.arange(D) if features is None else torch.as_tensor(features, dtype=torch.long)
     K = feats.numel()
-    out = torch.empty(B, K, n, dtype=x.dtype) if full else torch.empty(B, K, dtype=x.dtype)
+    out = torch.empty((B, K, n) if full else (B, K), dtype=x.dtype, device=x.device)
 
     def store(pos: torch.Tensor, rows: torch.Tensor) -> None:  # rows [k, B, n] for output columns pos
         if full:
