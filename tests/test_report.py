@@ -218,6 +218,28 @@ def test_summarize_is_mean_and_sample_std_over_runs(tmp_path):
     assert rot.exit_code == 0 and "| Blackbox-Loss |" in rot.output
 
 
+def test_summarize_by_origin_splits_nonmembers_against_sklearn(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    dirs = [generate_toy_run(tmp_path / f"s{i}", **{**SMALL, "seed": i}) for i in range(2)]
+    for d in dirs:
+        assert runner.invoke(app, ["attack", str(d), "-a", "fedmia-i,blackbox-loss", "--no-figures", "-q"]).exit_code == 0
+    res = runner.invoke(app, ["summarize", "--by-origin", *map(str, dirs)])
+    assert res.exit_code == 0, res.output
+    expect = {"test": [], "other": []}
+    for d in dirs:
+        rows = list(csv.DictReader(open(d / "attack" / "scores.csv")))
+        mem = [float(r["fedmia-i"]) for r in rows if r["member"] == "1"]
+        test = [float(r["fedmia-i"]) for r in rows if r["member"] == "0" and r["owner"] == "-1"]
+        other = [float(r["fedmia-i"]) for r in rows if r["member"] == "0" and r["owner"] != "-1"]
+        assert test and other
+        for kind, neg in (("test", test), ("other", other)):
+            expect[kind].append(roc_auc_score([1] * len(mem) + [0] * len(neg), mem + neg))
+    row = next(line for line in res.output.splitlines()[::-1] if line.startswith("| FedMIA-I |")).split("|")
+    assert row[2].strip() == f"{np.mean(expect['test']):.3f} ± {np.std(expect['test'], ddof=1):.3f}"
+    assert row[3].strip() == f"{np.mean(expect['other']):.3f} ± {np.std(expect['other'], ddof=1):.3f}"
+
+
 def test_verdict_thresholds_on_crafted_metrics():
     from scipy.stats import binom
 

@@ -140,11 +140,16 @@ def run_command(
 def summarize_command(
     run_dirs: List[Path] = typer.Argument(..., help="Run directories to combine (e.g. the same setup with several seeds)."),
     rotating: bool = typer.Option(False, "--rotating", help="Use each run's mean over rotating targets."),
+    by_origin: bool = typer.Option(
+        False, "--by-origin", help="Also split the non-members: held-out test samples vs. other clients' training samples."
+    ),
 ) -> None:
     """Print a Markdown table of attack metrics as mean ± std over several runs."""
-    from fedleak.report.summary import collect, summary_table
+    from fedleak.report.summary import by_origin_table, collect, summary_table
 
     typer.echo(summary_table(collect(run_dirs), rotating=rotating))
+    if by_origin:
+        typer.echo(by_origin_table(run_dirs))
 
 
 def register(app: typer.Typer) -> None:

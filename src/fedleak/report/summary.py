@@ -2,7 +2,8 @@
 
 Reads each run's ``attack/metrics.json`` (attacking it with defaults first if needed) and prints a
 Markdown table: one row per attack, columns AUC, TPR@1%, TPR@0.1% as mean ± sample std over runs,
-plus the final global test accuracy.
+plus the final global test accuracy. ``by_origin_table`` splits the non-members by where they come from:
+held-out test samples (owner -1) versus other clients' training samples, which the global model has seen.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from fedleak.errors import FedleakError
-from fedleak.metrics.roc import fpr_key
+from fedleak.metrics.roc import fpr_key, roc_metrics
 from fedleak.signals.store import read_metrics
 
 KEYS = ("auc", fpr_key(0.01), fpr_key(0.001))
@@ -77,3 +78,50 @@ def summary_table(metrics: list[dict[str, Any]], rotating: bool = False) -> str:
     if accs:
         foot += f"; final global test accuracy {_ms(accs, True)}%"
     return "\n".join(lines) + foot + "\n"
+
+
+def by_origin_table(run_dirs: Iterable[str | Path]) -> str:
+    """Markdown table: each attack's AUC and TPR@1% on the default target's members against (a) the held-out test
+    non-members only and (b) the other clients' training samples only, mean ± std over runs.
+
+    A target-only loss attack separates members from unseen test data but much less from samples that other
+    clients trained on (the global model fits those too); the FedMIA null is built from the other clients'
+    uploads and is meant to close exactly that gap, so the split shows which attack sees membership of *this*
+    client rather than "seen by the federation".
+    """
+    from fedleak.report.outputs import load_attack_metrics
+
+    dirs = [Path(d) for d in run_dirs]
+    if not dirs:
+        raise FedleakError("give at least one run directory")
+    per: dict[str, dict[str, list[float]]] = {}
+    labels: dict[str, str] = {}
+    for d in dirs:
+        f = d / "attack" / "scores.npz"
+        if not f.exists():
+            raise FedleakError(f"{d} has no attack/scores.npz; run `fedleak attack {d}` first")
+        with np.load(f, allow_pickle=False) as z:
+            owner, member = z["owner"], z["member"].astype(bool)
+            scores = {k: z[k] for k in z.files if k not in ("ids", "owner", "member", "target")}
+        groups = {"test": ~member & (owner == -1), "other": ~member & (owner != -1)}
+        for kind, neg in groups.items():
+            if not neg.any():
+                raise FedleakError(f"{d}: no {'test' if kind == 'test' else 'other-client'} non-members to compare with")
+        meta = load_attack_metrics(d)["attacks"]
+        for key, s in scores.items():
+            name = key.replace("_", "-")
+            labels[name] = meta.get(name, {}).get("label", name)
+            for kind, neg in groups.items():
+                sel = member | neg
+                m = roc_metrics(member[sel], s[sel])
+                per.setdefault(name, {}).setdefault(f"{kind}_auc", []).append(m.auc)
+                per[name].setdefault(f"{kind}_tpr1", []).append(m.tpr[0.01])
+    lines = [
+        "| attack | AUC vs test | AUC vs other clients | TPR@1% vs test (%) | TPR@1% vs other clients (%) |",
+        "|---|---|---|---|---|",
+    ]
+    for n in sorted(per, key=lambda n: -np.mean(per[n]["other_auc"])):
+        v = per[n]
+        lines.append(f"| {labels[n]} | {_ms(v['test_auc'], False)} | {_ms(v['other_auc'], False)} | "
+                     f"{_ms(v['test_tpr1'], True)} | {_ms(v['other_tpr1'], True)} |")
+    return "\n".join(lines) + f"\n{len(dirs)} run(s); members of the default target against each kind of non-member\n"
