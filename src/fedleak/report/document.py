@@ -157,7 +157,9 @@ def setup_rows(run_dir: Path, metrics: dict[str, Any]) -> list[tuple[str, str]]:
                 "training",
                 f"FedAvg, {fl.get('rounds')} rounds, participation {fl.get('participation', 1.0):g}, "
                 f"{fl.get('local_epochs')} local epoch(s), batch {fl.get('batch_size')}, {fl.get('optimizer')} "
-                f"lr {fl.get('lr')} ({sch.get('kind', '?')} schedule), momentum {fl.get('momentum')}, weight decay {fl.get('weight_decay')}",
+                f"lr {fl.get('lr')} ({sch.get('kind', '?')} schedule), "
+                + (f"momentum {fl.get('momentum')}, " if fl.get("optimizer", "sgd") == "sgd" else "")
+                + f"weight decay {fl.get('weight_decay')}",
             )
         )
     dfn = g("defense", d={}) or {}
