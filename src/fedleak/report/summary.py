@@ -74,7 +74,11 @@ def summary_table(metrics: list[dict[str, Any]], rotating: bool = False) -> str:
             f"{_ms(per[n][fpr_key(0.001)], True)} |"
         )
     accs = [m["final_test_acc"] for m in metrics if m.get("final_test_acc") is not None]
-    foot = f"\n{len(metrics)} run(s); default target: {metrics[0]['n_members']} members / {metrics[0]['n_nonmembers']} non-members"
+    def span(key: str) -> str:
+        v = sorted({int(m[key]) for m in metrics})
+        return str(v[0]) if len(v) == 1 else f"{v[0]}–{v[-1]}"
+
+    foot = f"\n{len(metrics)} run(s); default target: {span('n_members')} members / {span('n_nonmembers')} non-members"
     if accs:
         foot += f"; final global test accuracy {_ms(accs, True)}%"
     return "\n".join(lines) + foot + "\n"
