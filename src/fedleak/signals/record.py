@@ -15,7 +15,7 @@ import torch
 from fedleak.fl.local import ParamDict, evaluate
 from fedleak.signals import store
 from fedleak.signals.candidates import gather, redraw_nonmembers
-from fedleak.signals.compute import cos_and_diff, gradient_signals, per_sample_losses
+from fedleak.signals.compute import cos_and_diff, gradient_signals, per_sample_losses, squared_norms
 
 if TYPE_CHECKING:
     from fedleak.fl.simulation import Federation
@@ -48,7 +48,7 @@ def record_round(
     test_acc = np.full(K, np.nan, np.float64)
     ks = sorted(uploaded)
     deltas = torch.stack([torch.cat([(global_params[n] - uploaded[k][n]).reshape(-1) for n in names]) for k in ks])
-    dn2 = (deltas.double() ** 2).sum(1)
+    dn2 = squared_norms(deltas)  # float64 accumulation, no float64 copy of the [K, P] updates
 
     compat = cfg.candidates.protocol == "official-compat"
     if compat:
