@@ -39,7 +39,16 @@ from fedleak.signals.compute import (
 )
 
 
+DEVICE = torch.device("cpu")
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def make_setup(n: int, k: int, seed: int = 0):
+    """Built on the CPU with a fixed seed (same numbers on any device), then moved to DEVICE."""
     torch.manual_seed(seed)
     model = build_model("alexnet_cifar", 100, (3, 32, 32))
     x = (torch.rand(n, 3, 32, 32) - 0.5) / 0.25  # roughly normalised pixels
@@ -59,13 +68,14 @@ def make_setup(n: int, k: int, seed: int = 0):
             F.cross_entropy(local(xs[s : s + 50]), ys[s : s + 50]).backward()
             opt.step()
         deltas.append(theta - flat_params(local))  # Δ = old − new
-    return model, glob, torch.stack(deltas), x, y
+    glob = {name: v.to(DEVICE) for name, v in glob.items()}
+    return model.to(DEVICE), glob, torch.stack(deltas).to(DEVICE), x.to(DEVICE), y.to(DEVICE)
 
 
 def original_method(model, glob, deltas, x, y, grads: str = "vmap"):
     """FedMIA get_all_cos, once per client: per-sample grads in batches of 10, then a per-sample Python loop."""
     K, N = deltas.shape[0], len(x)
-    cos, diff, norm = torch.zeros(K, N), torch.zeros(K, N), torch.zeros(K, N)
+    cos, diff, norm = (torch.zeros(K, N, device=DEVICE) for _ in range(3))
     psg = _per_sample_grad_fn(model, {})
     names = list(glob)
     for k in range(K):
@@ -108,8 +118,10 @@ def timed(fn, repeat: int):
     """(median wall seconds, median process CPU seconds, result)."""
     walls, cpus, out = [], [], None
     for _ in range(repeat):
+        sync()
         t, c = time.perf_counter(), time.process_time()
         out = fn()
+        sync()
         walls.append(time.perf_counter() - t)
         cpus.append(time.process_time() - c)
     return statistics.median(walls), statistics.median(cpus), out
@@ -141,7 +153,12 @@ def main() -> None:
     ap.add_argument("--original-grads", choices=["vmap", "layers"], default="vmap",
                     help="how the original's batch-10 per-sample gradients are emulated (default vmap)")
     ap.add_argument("--skip-original", action="store_true", help="time only fedleak's variants")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronise the GPU)")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch; use --device cpu")
     torch.set_num_threads(args.threads)
     load0 = os.getloadavg()[0]
     model, glob, deltas, x, y = make_setup(args.n, args.k)
@@ -164,7 +181,8 @@ def main() -> None:
     m64 = min(20, args.n)
     ref = float64_reference(model, glob, deltas, x, y, m64)
 
-    print(f"AlexNet-CIFAR, P = {P:,}, N = {args.n}, K = {args.k}, 3x32x32, 100 classes; torch {torch.__version__}, "
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu"
+    print(f"AlexNet-CIFAR on {where}, P = {P:,}, N = {args.n}, K = {args.k}, 3x32x32, 100 classes; torch {torch.__version__}, "
           f"{args.threads} threads on {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
           f"1-min load average {load0:.1f} at start / {os.getloadavg()[0]:.1f} at end; "
           f"fedleak chunk = {min(chunk_size_for(P, args.budget_mb), args.n)} samples ({args.budget_mb:g} MB); "
