@@ -161,7 +161,8 @@ class GradientInversion:
                 b.copy_(view.buffers[k])
         self._net_params = dict(self.net.named_parameters())
         self.labels, self.label_source = self._labels()
-        self.lo, self.hi = (b.view(1, -1, 1, 1) for b in self.side.pixel_bounds())
+        dev = next(iter(self.params.values())).device  # the pixel box lives where the attack runs
+        self.lo, self.hi = (b.view(1, -1, 1, 1).to(dev) for b in self.side.pixel_bounds())
         self.feature_target = feature_target
         if cfg.feature_weight > 0 and feature_target is None:
             raise ValueError("feature_weight > 0 needs a feature target (the read-out representation)")

@@ -92,7 +92,8 @@ class ParallelInversion:
         self.label_source = labels[0][1]
         self.labels = None if labels[0][0] is None else torch.stack([lab for lab, _ in labels])  # [N, 1]
         lo, hi = self.side.pixel_bounds()
-        self.lo, self.hi = lo.view(1, -1, 1, 1), hi.view(1, -1, 1, 1)
+        dev = next(iter(views[0].params.values())).device  # the pixel box lives where the attack runs
+        self.lo, self.hi = lo.view(1, -1, 1, 1).to(dev), hi.view(1, -1, 1, 1).to(dev)
         self.feature_targets = feature_targets
         if cfg.feature_weight > 0:
             if feature_targets is None or len(feature_targets) != self.N:
