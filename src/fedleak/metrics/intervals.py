@@ -65,7 +65,9 @@ def cp_upper(k: int | np.ndarray, n: int | np.ndarray, alpha: float) -> np.ndarr
     return np.where(k < n, hi, 1.0)
 
 
-def clopper_pearson(k: int | np.ndarray, n: int | np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+def clopper_pearson(
+    k: int | np.ndarray, n: int | np.ndarray, confidence: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact two-sided interval ``(lower, upper)`` for a binomial proportion (module docstring)."""
     alpha = _check_level(confidence)
     return cp_lower(k, n, alpha / 2.0), cp_upper(k, n, alpha / 2.0)
