@@ -1,0 +1,124 @@
+"""(ε, δ) of the Poisson-subsampled Gaussian mechanism with Google's ``dp-accounting`` library (RDP and PLD).
+
+Mechanism (one step): every record — a sample for DP-SGD, a whole client for client-level DP — is included
+independently with probability ``q`` (Poisson sampling), each included record contributes a vector clipped to L2
+norm ``C``, and ``sum + N(0, (σ·C)² I)`` is released; ``steps`` such releases compose adaptively. Neighbouring
+inputs differ by adding or removing one record (``NeighboringRelation.ADD_OR_REMOVE_ONE``).
+
+Accountants:
+
+* ``"rdp"`` — Rényi DP of the sampled Gaussian mechanism (Mironov, Talwar & Zhang 2019), converted to (ε, δ) with
+  Balle et al. 2020 (Prop. 12), over the order grid of :mod:`fedleak.defenses.accountant` (Opacus's grid), so it
+  is directly comparable with fedleak's own accountant. On integer orders the two agree to 1e-9; on fractional
+  orders dp-accounting (0.6) sums the series without the alternating signs of the generalised binomial
+  coefficients — an upper bound, and orders whose sum does not converge are dropped — so its ε is slightly
+  larger (≤ 1% in the tests) than fedleak's, which matches numerical integration.
+* ``"pld"`` — privacy-loss distributions (Koskela, Jälkö & Honkela 2020; as implemented by dp-accounting),
+  pessimistically discretised with interval ``pld_discretization``: a numerically tight upper bound on ε, below
+  the RDP value (tests: within 0.03 of Opacus's PRV accountant, and of the exact ε for q = 1).
+
+``q = 1`` is the plain Gaussian mechanism: the composition of ``T`` releases is then exactly μ-GDP with
+``μ = √T / σ`` (``tests/test_dp_accounting.py`` checks both accountants against that closed form).
+
+Client-level DP (:func:`client_level_epsilon`) is the same mechanism with clients as records: the server adds
+``N(0, (σC)²)`` to the sum of the clipped updates of the clients that take part, each independently with
+probability ``q`` per round (DP-FedAvg, McMahan et al. 2018). When the noise is instead added to each upload and
+the server sees individual uploads (fedleak's ``perturb`` with ``clip``), no sampling amplification applies:
+call it with ``q = 1`` and ``rounds`` = the number of rounds the client took part in. A fixed number of clients
+per round (sampling without replacement) is not Poisson sampling; the Poisson figure is then an approximation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from fedleak.defenses.accountant import DEFAULT_ORDERS
+
+ACCOUNTANTS: tuple[str, ...] = ("rdp", "pld")
+
+
+def _lib():
+    try:
+        import dp_accounting
+    except ImportError as exc:  # a declared dependency; only a broken install gets here
+        raise ImportError("the 'dp-accounting' package is missing: pip install dp-accounting") from exc
+    return dp_accounting
+
+
+def _check_step(q: float, sigma: float, count: int) -> None:
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"sampling rate q must lie in [0, 1], got {q}")
+    if not sigma >= 0.0:
+        raise ValueError(f"noise multiplier must be >= 0, got {sigma}")
+    if int(count) != count or count < 0:
+        raise ValueError(f"number of steps/rounds must be a non-negative integer, got {count}")
+
+
+def sampled_gaussian_event(q: float, sigma: float, count: int):
+    """The ``dp_accounting`` event of ``count`` steps of the Poisson-sampled Gaussian mechanism (σ > 0)."""
+    _check_step(q, sigma, count)
+    dpa = _lib()
+    if q == 0.0 or count == 0:
+        return dpa.NoOpDpEvent()
+    step = dpa.GaussianDpEvent(float(sigma))
+    if q < 1.0:
+        step = dpa.PoissonSampledDpEvent(float(q), step)
+    return dpa.SelfComposedDpEvent(step, int(count))
+
+
+def _accountant(accountant: str, pld_discretization: float):
+    dpa = _lib()
+    if accountant == "rdp":
+        return dpa.rdp.RdpAccountant(list(DEFAULT_ORDERS))
+    if accountant == "pld":
+        if not pld_discretization > 0:
+            raise ValueError(f"pld_discretization must be > 0, got {pld_discretization}")
+        return dpa.pld.PLDAccountant(value_discretization_interval=pld_discretization)
+    raise ValueError(f"unknown accountant {accountant!r}; use one of {', '.join(ACCOUNTANTS)}")
+
+
+def history_epsilon(
+    history: Sequence[tuple[float, float, int]],
+    delta: float,
+    accountant: str = "pld",
+    pld_discretization: float = 1e-4,
+) -> float:
+    """ε at δ after the steps ``[(q, σ, count), ...]`` (heterogeneous, composed in order)."""
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must lie in (0, 1), got {delta}")
+    acc = _accountant(accountant, pld_discretization)
+    active = False
+    for q, sigma, count in history:
+        _check_step(q, sigma, count)
+        if q == 0.0 or count == 0:
+            continue
+        if sigma == 0.0:
+            return math.inf  # an un-noised release of a record's contribution
+        acc.compose(sampled_gaussian_event(q, sigma, count))
+        active = True
+    return max(0.0, float(acc.get_epsilon(delta))) if active else 0.0
+
+
+def dpsgd_epsilon(
+    q: float, sigma: float, steps: int, delta: float, accountant: str = "pld", pld_discretization: float = 1e-4
+) -> float:
+    """Sample-level ε of DP-SGD: ``steps`` steps, Poisson sampling rate ``q`` (= B/n), noise multiplier ``σ``."""
+    return history_epsilon([(q, sigma, steps)], delta, accountant, pld_discretization)
+
+
+def client_level_epsilon(
+    q: float, sigma: float, rounds: int, delta: float, accountant: str = "pld", pld_discretization: float = 1e-4
+) -> float:
+    """Client-level ε of DP-FedAvg: Gaussian noise σ·C on the sum of updates clipped to C, Poisson client
+    participation with rate ``q`` per round, ``rounds`` rounds (module docstring for per-upload noise)."""
+    return history_epsilon([(q, sigma, rounds)], delta, accountant, pld_discretization)
+
+
+__all__ = [
+    "ACCOUNTANTS",
+    "client_level_epsilon",
+    "dpsgd_epsilon",
+    "history_epsilon",
+    "sampled_gaussian_event",
+]
