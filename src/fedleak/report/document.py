@@ -10,103 +10,22 @@ from __future__ import annotations
 import base64
 import html
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fedleak.metrics.roc import chance_p_value, fpr_key
+from fedleak.attacks.mia.attacks import ATTACK_INFO
+from fedleak.metrics.roc import fpr_key
+from fedleak.report.ranking import HEAD_KEY, ranked, rotating_key
+from fedleak.report.verdict import Verdict, pct as _pct, verdict
 from fedleak.signals.store import atomic_write_text, read_meta, read_metrics
 
-HEAD = 0.001
-HEAD_KEY = fpr_key(HEAD)
-TEMPORAL_TARGET_ONLY = ("loss-series", "avg-cosine", "avg-diff", "avg-norm")
-
-
-def _pct(x: float | None, digits: int = 2) -> str:
-    if x is None:
-        return "–"
-    return f"{100 * float(x):.{digits}f}%"
+__all__ = ["Verdict", "build_report", "verdict"]
 
 
 def _num(x: float | None, digits: int = 3) -> str:
     return "–" if x is None else f"{float(x):.{digits}f}"
-
-
-# --------------------------------------------------------------------------- verdict
-
-
-@dataclass
-class Verdict:
-    level: str  # none | low | moderate | high
-    headline: str
-    sentences: list[str]
-
-
-def verdict(metrics: dict[str, Any]) -> Verdict:
-    attacks = metrics["attacks"]
-    compat = metrics.get("protocol") == "official-compat"
-    eligible = {n: a for n, a in attacks.items() if not (compat and n in TEMPORAL_TARGET_ONLY)} or attacks
-    best_name = max(eligible, key=lambda n: (eligible[n][HEAD_KEY], eligible[n]["auc"]))
-    b = eligible[best_name]
-    n_pos, n_neg = metrics["n_members"], metrics["n_nonmembers"]
-    tpr = float(b[HEAD_KEY])
-    eff_fpr = max(HEAD, 1.0 / n_neg) if metrics.get("fpr_convention") == "<=" else HEAD
-    n_tried = len(eligible)
-    p = min(1.0, chance_p_value(n_pos, tpr, eff_fpr) * n_tried)  # Bonferroni: the best of n_tried attacks
-    t = metrics["target"]
-    found = int(round(tpr * n_pos))
-    if p >= 0.01 or tpr <= 2 * eff_fpr:
-        level = "none"
-        headline = "No clear membership leakage at low false-positive rates."
-    elif tpr < 0.05:
-        level = "low"
-        headline = "Low membership leakage: a few of the target's samples can be identified with confidence."
-    elif tpr < 0.20:
-        level = "moderate"
-        headline = "Moderate membership leakage: a minority of the target's samples can be identified with confidence."
-    else:
-        level = "high"
-        headline = "High membership leakage: many of the target's training samples can be identified with confidence."
-    s = [
-        f"The strongest attack, <b>{b['label']}</b>, lets a server that only watches the uploaded updates pick out "
-        f"<b>{_pct(tpr)}</b> of client {t}'s training samples ({found} of {n_pos}) while wrongly flagging at most "
-        f"0.1% of non-members. A blind guess at that false-alarm rate would find about 0.1% "
-        f"(probability that the best of these {n_tried} attacks does this well by chance: {_pfmt(p)}).",
-        f"Its AUC is {b['auc']:.3f} (0.5 = guessing, 1 = perfect ranking of members above non-members)"
-        + (f"; at a 1% false-alarm rate it finds {_pct(b[fpr_key(0.01)])}." if fpr_key(0.01) in b else "."),
-    ]
-    fed = [a for n, a in attacks.items() if a["kind"] == "fedmia"]
-    base = [a for n, a in eligible.items() if a["kind"] != "fedmia"]
-    if fed and base:
-        bf = max(fed, key=lambda a: a[HEAD_KEY])
-        bb = max(base, key=lambda a: a[HEAD_KEY])
-        rel = "more" if bf[HEAD_KEY] > bb[HEAD_KEY] else "less"
-        s.append(
-            f"Comparing the target's updates with the other clients' (FedMIA) reveals {rel} than looking at the "
-            f"target alone: {bf['label']} {_pct(bf[HEAD_KEY])} vs {bb['label']} {_pct(bb[HEAD_KEY])} at 0.1% FPR."
-        )
-    rot = metrics.get("rotation", {})
-    if rot.get("done"):
-        r = b.get("rotating", {}).get(HEAD_KEY)
-        if r:
-            s.append(
-                f"With every one of the {len(rot['targets'])} clients in turn as the target, {b['label']} reaches "
-                f"{_pct(r['mean'])} ± {_pct(r['std'])} (mean ± std over clients)."
-            )
-    if compat:
-        s.append(
-            "⚠ This run used the <i>official-compat</i> candidate protocol: non-member rows change sample from round "
-            "to round, which inflates the target-only temporal attacks (Loss-Series, Avg-*) at low FPR. They are left "
-            "out of this verdict; rerun with candidates.protocol=aligned for valid numbers."
-        )
-    if 1.0 / n_neg > HEAD:
-        s.append(
-            f"Note: with {n_neg} non-members, FPR cannot be resolved below {_pct(1.0 / n_neg, 3)}; "
-            "TPR at 0.1% is then the TPR with zero false positives."
-        )
-    return Verdict(level, headline, s)
 
 
 # --------------------------------------------------------------------------- content
@@ -174,7 +93,8 @@ def setup_rows(run_dir: Path, metrics: dict[str, Any]) -> list[tuple[str, str]]:
     rows.append(("candidate protocol", metrics.get("protocol", "?")))
     rr = metrics["recorded_rounds"]
     rows.append(("recorded rounds", f"{len(rr)}: {_short_list(rr)} (0-based)"))
-    rows.append(("target client", f"{metrics['target']}; single-round attacks at round {metrics['round']}"))
+    rows.append(("target client", f"{metrics['target']}; single-round attacks at round {metrics['round']} (0-based)"))
+    rows.append(("attacks", basis(metrics)))
     fo = metrics.get("fedmia_options", {})
     rows.append(
         (
@@ -226,7 +146,11 @@ def utility_rows(rows: list[dict[str, Any]], recorded: list[int], target: int, m
     return out
 
 
-UTILITY_HEAD = ["round", "lr", "train acc (global)", "test acc (global)", "test acc (target's upload)", "train loss", "test loss"]
+ORDER_NOTE = (
+    "Sorted by TPR@0.1%, ties by AUC, then by name (the verdict's strongest attack is the first row); "
+    "the best value in each column is highlighted."
+)
+UTILITY_HEAD = ["round (0-based)", "lr", "train acc (global)", "test acc (global)", "test acc (target's upload)", "train loss", "test loss"]
 
 
 def attack_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]], dict[tuple[int, int], bool]]:
@@ -234,7 +158,8 @@ def attack_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]], d
     head = ["attack", "type", "AUC", "log-AUC", *[f"TPR@{100 * f:g}%" for f in fprs], "balanced acc."]
     rows, raw = [], []
     kinds = {"single": "one round", "temporal": "all rounds, target only", "fedmia": "all rounds, vs. other clients"}
-    for name, a in sorted(metrics["attacks"].items(), key=lambda kv: -kv[1][HEAD_KEY]):
+    for name in ranked(metrics["attacks"]):
+        a = metrics["attacks"][name]
         kind = kinds[a["kind"]] + (f" (round {a['round']})" if a["kind"] == "single" else "")
         vals = [a["auc"], a["log_auc"], *[a[fpr_key(f)] for f in fprs], a["balanced_accuracy"]]
         raw.append(vals)
@@ -256,7 +181,8 @@ def rotating_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     keys = ["auc", fpr_key(0.01), HEAD_KEY]
     head = ["attack", "AUC", "TPR@1%", "TPR@0.1%"]
     rows = []
-    for name, a in sorted(metrics["attacks"].items(), key=lambda kv: -kv[1]["rotating"][HEAD_KEY]["mean"]):
+    for name in ranked(metrics["attacks"], rotating_key):
+        a = metrics["attacks"][name]
         r = a["rotating"]
         cells = [a["label"], f"{r['auc']['mean']:.3f} ± {r['auc']['std']:.3f}"]
         cells += [f"{_pct(r[k]['mean'])} ± {_pct(r[k]['std'])}" for k in keys[1:]]
@@ -275,10 +201,21 @@ def oracle_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]] |
     return ["attack", "fixed round", "TPR@0.1% (fixed)", "oracle round", "TPR@0.1% (oracle)", "AUC (oracle)"], rows
 
 
+def basis(metrics: dict[str, Any]) -> str:
+    """Which attacks the report is based on, and how many."""
+    attacks = metrics["attacks"]
+    n, n_all = len(attacks), len(ATTACK_INFO)
+    what = f"all {n} attacks fedleak implements" if set(attacks) >= set(ATTACK_INFO) else f"{n} of the {n_all} attacks"
+    return f"{what}: " + ", ".join(attacks[k]["label"] for k in ranked(attacks))
+
+
 def notes(metrics: dict[str, Any]) -> list[str]:
     n_neg = metrics["n_nonmembers"]
     conv = metrics.get("fpr_convention", "<=")
+    last = metrics["recorded_rounds"][-1] if metrics.get("recorded_rounds") else 0
     out = [
+        f"Rounds are numbered from 0 everywhere (terminal, report, figures, files): round {last} is the "
+        f"{_ordinal(last + 1)} round and its signals are in signals/round_{last:04d}.npz.",
         f"Scores: higher = more likely a member. TPR@x% is the largest true-positive rate whose false-positive rate is "
         f"{'≤' if conv == '<=' else 'strictly below'} x% (the original FedMIA code uses strictly below).",
         f"With {n_neg} non-members, one false positive is {_pct(1 / n_neg, 3)} FPR, so TPR@0.01% "
@@ -302,13 +239,18 @@ def notes(metrics: dict[str, Any]) -> list[str]:
     return out
 
 
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def reproduce_lines(run_dir: Path, metrics: dict[str, Any]) -> list[str]:
     cfg = _config(run_dir)
     lines = []
     if cfg and not read_meta(run_dir).get("synthetic"):
         lines.append(f"fedleak train {run_dir / 'config.yaml'} --out {run_dir}")
-    names = ",".join(metrics["attacks"])
-    lines.append(f"fedleak attack {run_dir} --attacks {names} --round {metrics['round']}")
+    names = "" if set(metrics["attacks"]) >= set(ATTACK_INFO) else f" --attacks {','.join(metrics['attacks'])}"
+    lines.append(f"fedleak attack {run_dir}{names} --round {metrics['round']}")
     lines.append(f"fedleak report {run_dir}")
     return lines
 
@@ -336,12 +278,19 @@ ul.notes li{margin:3px 0;color:#39424b}
 """
 
 FIG_CAPTIONS = {
-    "roc": "ROC curves of every attack on log-log axes (from 1e-5). The dotted diagonal is chance; the further up-left, "
-    "the more members are found at few false alarms. Shaded: FPRs below one false positive.",
-    "tpr_per_round": "TPR at 0.1% FPR in each recorded round (lines with markers) and for the attacks that combine all "
-    "rounds (horizontal lines). The paper's figure.",
-    "fedmia_scores": "Distribution of the FedMIA scores of members and non-members of the target client.",
-    "utility": "Accuracy of the global model per round (and of the target's uploaded model where signals were recorded).",
+    "roc": "How many of the target's samples each attack finds (true positive rate, up) for a given share of "
+    "non-members wrongly flagged (false positive rate, right), both on log scales from 1e-5. The dotted diagonal "
+    "is guessing; a curve further up and to the left finds more members at fewer false alarms. The shaded band is "
+    "below one false positive, which this number of non-members cannot resolve. Each attack has its own colour "
+    "and marker; attacks that combine all rounds are dashed, FedMIA is drawn thick.",
+    "tpr_per_round": "Share of the target's samples found at 0.1% false positives, attacking each recorded round "
+    "on its own (lines with markers; FedMIA's per-round test paler), and for the attacks that combine all rounds "
+    "(horizontal lines across the plot). The dotted line at 0.1% is guessing. Rounds are numbered from 0.",
+    "fedmia_scores": "Histograms of the FedMIA scores of the target's training samples (members) and of the other "
+    "candidates (non-members); the less the two overlap, the easier members are to tell apart.",
+    "utility": "Accuracy of the global model per round on training and held-out test data, and, in the rounds "
+    "whose signals were recorded, the test accuracy of the model the target client uploaded. Rounds are numbered "
+    "from 0.",
 }
 FIG_TITLES = {"roc": "ROC curves", "tpr_per_round": "TPR@0.1% per round", "fedmia_scores": "FedMIA score distributions", "utility": "Utility"}
 
@@ -418,7 +367,7 @@ def build_report(run_dir: str | Path, metrics: dict[str, Any]) -> tuple[Path, Pa
     H += [
         "<h2>Attack results</h2>",
         f"<p>Target client {metrics['target']}: {metrics['n_members']} members vs {metrics['n_nonmembers']} non-members. "
-        "Sorted by TPR@0.1%; the best value in each column is highlighted.</p>",
+        f"Based on {html.escape(basis(metrics))}. {ORDER_NOTE}</p>",
         _html_table(at_head, at_rows, at_best),
     ]
     if rot:
@@ -469,7 +418,15 @@ def build_report(run_dir: str | Path, metrics: dict[str, Any]) -> tuple[Path, Pa
         M += [f"![utility](attack/{figs['utility'].name})", ""]
     if util_rows:
         M += [_md_table(UTILITY_HEAD, util_rows), ""]
-    M += ["## Attack results", "", f"Target client {metrics['target']}: {metrics['n_members']} members vs {metrics['n_nonmembers']} non-members.", "", _md_table(at_head, at_rows), ""]
+    M += [
+        "## Attack results",
+        "",
+        f"Target client {metrics['target']}: {metrics['n_members']} members vs {metrics['n_nonmembers']} non-members. "
+        f"Based on {basis(metrics)}. {ORDER_NOTE}",
+        "",
+        _md_table(at_head, at_rows),
+        "",
+    ]
     if rot:
         M += ["### Every client as the target (mean ± std over clients)", "", _md_table(*rot), ""]
     if orc:
@@ -484,13 +441,7 @@ def build_report(run_dir: str | Path, metrics: dict[str, Any]) -> tuple[Path, Pa
     return html_path, md_path
 
 
-FIG_WIDTH = {"roc": 640, "tpr_per_round": 820, "fedmia_scores": 860, "utility": 640}
-
-
-def _pfmt(p: float) -> str:
-    if p < 1e-10:
-        return "p < 1e-10"
-    return f"p = {p:.2g}"
+FIG_WIDTH = {"roc": 880, "tpr_per_round": 860, "fedmia_scores": 840, "utility": 800}
 
 
 def _html_fig(png: Path, key: str, heading: bool = True) -> str:
