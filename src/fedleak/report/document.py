@@ -7,7 +7,6 @@ oracle round as a labelled extra), figures, notes on conventions, how to reprodu
 
 from __future__ import annotations
 
-import base64
 import html
 import time
 from pathlib import Path
@@ -18,10 +17,11 @@ import yaml
 from fedleak.attacks.mia.attacks import ATTACK_INFO
 from fedleak.metrics.roc import fpr_key
 from fedleak.report.ranking import HEAD_KEY, ranked, rotating_key
+from fedleak.report.render import CSS, FIG_CAPTIONS, FIG_TITLES, html_fig, html_table, md_table, strip_tags
 from fedleak.report.verdict import Verdict, pct as _pct, verdict
 from fedleak.signals.store import atomic_write_text, read_meta, read_metrics
 
-__all__ = ["Verdict", "build_report", "verdict"]
+__all__ = ["FIG_CAPTIONS", "Verdict", "build_report", "verdict"]
 
 
 def _num(x: float | None, digits: int = 3) -> str:
@@ -255,77 +255,6 @@ def reproduce_lines(run_dir: Path, metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
-# --------------------------------------------------------------------------- renderers
-
-CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1060px;margin:24px auto;padding:0 20px;color:#1d2329;line-height:1.5}
-h1{font-size:1.7em;margin-bottom:0}h2{margin-top:1.8em;border-bottom:1px solid #dde3ea;padding-bottom:4px;font-size:1.3em}
-.sub{color:#5b6670;margin-top:2px}
-.verdict{border-radius:8px;padding:14px 18px;margin:18px 0;border-left:6px solid}
-.verdict h3{margin:0 0 6px 0;font-size:1.15em}.verdict p{margin:6px 0}
-.v-none{background:#eef7ee;border-color:#3c9a3c}.v-low{background:#f4f8e8;border-color:#8aae2d}
-.v-moderate{background:#fff6e5;border-color:#e39b1b}.v-high{background:#fdecec;border-color:#d23c3c}
-table{border-collapse:collapse;margin:10px 0;font-size:.92em}
-th,td{padding:5px 10px;border-bottom:1px solid #e6ebf0;text-align:left;vertical-align:top}
-th{background:#f4f6f8;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}
-td.best{font-weight:700;background:#eef4ff}
-table.kv td:first-child{color:#5b6670;white-space:nowrap;width:170px}
-.fig{margin:16px 0}.fig img{max-width:100%;border:1px solid #e6ebf0;border-radius:4px}
-.fig .cap{color:#5b6670;font-size:.9em;margin-top:4px}
-.label-oracle{display:inline-block;background:#fff0c2;border:1px solid #e3c25b;border-radius:4px;padding:0 6px;font-size:.85em}
-code,pre{background:#f4f6f8;border-radius:4px}pre{padding:10px;overflow-x:auto;font-size:.88em}
-ul.notes li{margin:3px 0;color:#39424b}
-"""
-
-FIG_CAPTIONS = {
-    "roc": "How many of the target's samples each attack finds (true positive rate, up) for a given share of "
-    "non-members wrongly flagged (false positive rate, right), both on log scales from 1e-5. The dotted diagonal "
-    "is guessing; a curve further up and to the left finds more members at fewer false alarms. The shaded band is "
-    "below one false positive, which this number of non-members cannot resolve. Each attack has its own colour "
-    "and marker; attacks that combine all rounds are dashed, FedMIA is drawn thick.",
-    "tpr_per_round": "Share of the target's samples found at 0.1% false positives, attacking each recorded round "
-    "on its own (lines with markers; FedMIA's per-round test paler), and for the attacks that combine all rounds "
-    "(horizontal lines across the plot). The dotted line at 0.1% is guessing. Rounds are numbered from 0.",
-    "fedmia_scores": "Histograms of the FedMIA scores of the target's training samples (members) and of the other "
-    "candidates (non-members); the less the two overlap, the easier members are to tell apart.",
-    "utility": "Accuracy of the global model per round on training and held-out test data, and, in the rounds "
-    "whose signals were recorded, the test accuracy of the model the target client uploaded. Rounds are numbered "
-    "from 0.",
-}
-FIG_TITLES = {"roc": "ROC curves", "tpr_per_round": "TPR@0.1% per round", "fedmia_scores": "FedMIA score distributions", "utility": "Utility"}
-
-
-def _html_table(head: list[str], rows: list[list[str]], best: dict | None = None, cls: str = "") -> str:
-    h = "".join(f"<th>{html.escape(c)}</th>" for c in head)
-    body = []
-    for i, r in enumerate(rows):
-        tds = []
-        for j, c in enumerate(r):
-            classes = []
-            if cls != "kv" and j >= 1 and (c[:1].isdigit() or c[:1] in "–-"):
-                classes.append("n")
-            if best and best.get((i, j)):
-                classes.append("best")
-            ca = f' class="{" ".join(classes)}"' if classes else ""
-            tds.append(f"<td{ca}>{html.escape(c)}</td>")
-        body.append("<tr>" + "".join(tds) + "</tr>")
-    ca = f' class="{cls}"' if cls else ""
-    return f"<table{ca}><thead><tr>{h}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _md_table(head: list[str], rows: list[list[str]]) -> str:
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(esc(h) for h in head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _strip_tags(s: str) -> str:
-    for a, b in (("<b>", "**"), ("</b>", "**"), ("<i>", "*"), ("</i>", "*")):
-        s = s.replace(a, b)
-    return s
-
-
 def build_report(run_dir: str | Path, metrics: dict[str, Any]) -> tuple[Path, Path]:
     """Write RUN/report.html (self-contained) and RUN/report.md from the attack metrics."""
     run_dir = Path(run_dir)
@@ -355,38 +284,38 @@ def build_report(run_dir: str | Path, metrics: dict[str, Any]) -> tuple[Path, Pa
         *[f"<p>{s}</p>" for s in v.sentences],
         "</div>",
         "<h2>Setup</h2>",
-        _html_table(["", ""], [[a, b] for a, b in setup], cls="kv").replace("<thead><tr><th></th><th></th></tr></thead>", ""),
+        html_table(["", ""], [[a, b] for a, b in setup], cls="kv").replace("<thead><tr><th></th><th></th></tr></thead>", ""),
         "<h2>Utility</h2>",
     ]
     if "utility" in figs:
-        H.append(_html_fig(figs["utility"], "utility", heading=False))
+        H.append(html_fig(figs["utility"], "utility", heading=False))
     if util_rows:
-        H.append(_html_table(UTILITY_HEAD, util_rows))
+        H.append(html_table(UTILITY_HEAD, util_rows))
     else:
         H.append("<p>No per-round metrics (metrics.jsonl) in this run directory.</p>")
     H += [
         "<h2>Attack results</h2>",
         f"<p>Target client {metrics['target']}: {metrics['n_members']} members vs {metrics['n_nonmembers']} non-members. "
         f"Based on {html.escape(basis(metrics))}. {ORDER_NOTE}</p>",
-        _html_table(at_head, at_rows, at_best),
+        html_table(at_head, at_rows, at_best),
     ]
     if rot:
         H += [
             f"<h3>Every client as the target</h3><p>Mean ± std over the {len(metrics['rotation']['targets'])} clients "
             "(each client's samples are the members, all other candidates the non-members).</p>",
-            _html_table(*rot),
+            html_table(*rot),
         ]
     if orc:
         H += [
             "<h3>Oracle best round <span class='label-oracle'>optimistic · uses the labels</span></h3>",
             "<p>The round at which each single-round attack happens to work best, picked with the membership labels, as the "
             "original FedMIA code reports. A real attacker cannot make this choice; shown for comparison with the paper only.</p>",
-            _html_table(*orc),
+            html_table(*orc),
         ]
     H.append("<h2>Figures</h2>")
     for k in ("roc", "tpr_per_round", "fedmia_scores"):
         if k in figs:
-            H.append(_html_fig(figs[k], k))
+            H.append(html_fig(figs[k], k))
     H += ["<h2>Notes</h2><ul class='notes'>", *[f"<li>{html.escape(n)}</li>" for n in nts], "</ul>"]
     H += ["<h2>Reproduce</h2><pre>" + html.escape("\n".join(repro)) + "</pre>"]
     H.append(
@@ -406,10 +335,10 @@ def build_report(run_dir: str | Path, metrics: dict[str, Any]) -> tuple[Path, Pa
         "",
         f"**{v.headline}**",
         "",
-        *[_strip_tags(s) + "\n" for s in v.sentences],
+        *[strip_tags(s) + "\n" for s in v.sentences],
         "## Setup",
         "",
-        _md_table(["item", "value"], [[a, b] for a, b in setup]),
+        md_table(["item", "value"], [[a, b] for a, b in setup]),
         "",
         "## Utility",
         "",
@@ -417,20 +346,20 @@ def build_report(run_dir: str | Path, metrics: dict[str, Any]) -> tuple[Path, Pa
     if "utility" in figs:
         M += [f"![utility](attack/{figs['utility'].name})", ""]
     if util_rows:
-        M += [_md_table(UTILITY_HEAD, util_rows), ""]
+        M += [md_table(UTILITY_HEAD, util_rows), ""]
     M += [
         "## Attack results",
         "",
         f"Target client {metrics['target']}: {metrics['n_members']} members vs {metrics['n_nonmembers']} non-members. "
         f"Based on {basis(metrics)}. {ORDER_NOTE}",
         "",
-        _md_table(at_head, at_rows),
+        md_table(at_head, at_rows),
         "",
     ]
     if rot:
-        M += ["### Every client as the target (mean ± std over clients)", "", _md_table(*rot), ""]
+        M += ["### Every client as the target (mean ± std over clients)", "", md_table(*rot), ""]
     if orc:
-        M += ["### Oracle best round (optimistic: chosen with the labels)", "", _md_table(*orc), ""]
+        M += ["### Oracle best round (optimistic: chosen with the labels)", "", md_table(*orc), ""]
     M += ["## Figures", ""]
     for k in ("roc", "tpr_per_round", "fedmia_scores"):
         if k in figs:
@@ -439,17 +368,3 @@ def build_report(run_dir: str | Path, metrics: dict[str, Any]) -> tuple[Path, Pa
     md_path = run_dir / "report.md"
     atomic_write_text(md_path, "\n".join(M))
     return html_path, md_path
-
-
-FIG_WIDTH = {"roc": 880, "tpr_per_round": 860, "fedmia_scores": 840, "utility": 800}
-
-
-def _html_fig(png: Path, key: str, heading: bool = True) -> str:
-    b64 = base64.b64encode(png.read_bytes()).decode("ascii")
-    head = f"<h3>{html.escape(FIG_TITLES[key])}</h3>" if heading else ""
-    return (
-        f"<div class='fig'>{head}"
-        f"<img alt='{html.escape(FIG_TITLES[key])}' style='width:{FIG_WIDTH[key]}px' "
-        f"src='data:image/png;base64,{b64}'>"
-        f"<div class='cap'>{html.escape(FIG_CAPTIONS[key])}</div></div>"
-    )
