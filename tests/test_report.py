@@ -87,9 +87,11 @@ def test_attack_options_reach_the_attacks(tmp_path):
     res = runner.invoke(app, ["attack", str(d), "-a", "fedmia-ii,loss-series,grad-cosine", "--round", "39", "--aggregation", "fisher",
                               "--ddof", "1", "--strict-fpr", "--no-rotate", "--no-figures", "-q"])
     assert res.exit_code == 0, res.output
-    m = json.loads((d / "attack" / "metrics.json").read_text())
+    sub = d / "attack" / "fedmia-ii+grad-cosine+loss-series"  # a subset has its own folder
+    assert f"attack outputs: {sub}" in res.output and not (d / "attack" / "metrics.json").exists()
+    m = json.loads((sub / "metrics.json").read_text())
     assert list(m["attacks"]) == ["fedmia-ii", "loss-series", "grad-cosine"]
-    assert not (d / "attack" / "roc.png").exists()
+    assert not (sub / "roc.png").exists()
     assert m["fedmia_options"]["aggregation"] == "fisher" and m["fedmia_options"]["ddof"] == 1
     assert m["fpr_convention"] == "<" and not m["rotation"]["done"]
     sig = load_signals(d)
@@ -98,13 +100,16 @@ def test_attack_options_reach_the_attacks(tmp_path):
     gc = roc_metrics(sig.members(), sig.cos[3, 0], strict=True)  # round 39 = 4th recorded round
     assert m["attacks"]["grad-cosine"]["round"] == 39
     assert m["attacks"]["grad-cosine"]["tpr@1%"] == pytest.approx(gc.tpr[0.01])
-    # a report on outputs without figures redraws them with the same settings
+    # all attacks with the same options and no figures: a report redraws them with the same settings
+    res = runner.invoke(app, ["attack", str(d), "--round", "39", "--aggregation", "fisher", "--ddof", "1", "--strict-fpr",
+                              "--no-rotate", "--no-figures", "-q"])
+    assert res.exit_code == 0 and res.output.strip() == f"attack outputs: {d / 'attack'}", res.output
     res = runner.invoke(app, ["report", str(d), "-q"])
     assert res.exit_code == 0, res.output
     m2 = json.loads((d / "attack" / "metrics.json").read_text())
     assert (d / "attack" / "roc.png").is_file() and m2["figures"]["roc"] == "roc.png"
     assert m2["round"] == 39 and m2["fedmia_options"] == m["fedmia_options"] and m2["fpr_convention"] == "<"
-    assert m2["attacks"]["fedmia-ii"]["auc"] == m["attacks"]["fedmia-ii"]["auc"]
+    assert m2["attacks"]["fedmia-ii"]["auc"] == m["attacks"]["fedmia-ii"]["auc"] and len(m2["attacks"]) == 10
     assert not m2["rotation"]["done"]
 
 
@@ -207,7 +212,7 @@ def test_run_end_to_end_with_the_real_engine(tmp_path):
 def test_summarize_is_mean_and_sample_std_over_runs(tmp_path):
     dirs = [generate_toy_run(tmp_path / f"s{i}", **{**SMALL, "seed": i}) for i in range(3)]
     for d in dirs:
-        assert runner.invoke(app, ["attack", str(d), "-a", "fedmia-i,blackbox-loss", "--no-figures", "-q"]).exit_code == 0
+        assert runner.invoke(app, ["attack", str(d), "--no-figures", "-q"]).exit_code == 0
     res = runner.invoke(app, ["summarize", *map(str, dirs)])
     assert res.exit_code == 0, res.output
     aucs = [roc_metrics(load_signals(d).members(), run_attacks(load_signals(d), "fedmia-i")["fedmia-i"]).auc for d in dirs]
@@ -223,7 +228,7 @@ def test_summarize_by_origin_splits_nonmembers_against_sklearn(tmp_path):
 
     dirs = [generate_toy_run(tmp_path / f"s{i}", **{**SMALL, "seed": i}) for i in range(2)]
     for d in dirs:
-        assert runner.invoke(app, ["attack", str(d), "-a", "fedmia-i,blackbox-loss", "--no-figures", "-q"]).exit_code == 0
+        assert runner.invoke(app, ["attack", str(d), "--no-figures", "--no-rotate", "-q"]).exit_code == 0
     res = runner.invoke(app, ["summarize", "--by-origin", *map(str, dirs)])
     assert res.exit_code == 0, res.output
     expect = {"test": [], "other": []}

@@ -5,9 +5,29 @@ The CLI owner wires it in with ``app.command("datasets")(datasets_command)`` (or
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+
+
+def _status(found: bool | None) -> str:
+    word = {True: "yes", False: "no", None: "-"}[found]
+    color = {True: typer.colors.GREEN, False: typer.colors.RED, None: None}[found]
+    return typer.style(word, fg=color, bold=found is not None) if color else word
+
+
+def format_dataset(r: dict[str, Any]) -> list[str]:
+    """One block per dataset: a head line, then one indented line per field, never wrapped mid-word
+    (click strips the colours when the output is not a terminal)."""
+    found = _status(r["found"])
+    if r["found"] and r["location"]:
+        found += f" ({r['location']})"
+    head = f"{typer.style(r['name'], bold=True)}  found: {found}  download: {'yes' if r['downloadable'] else 'no'}"
+    lines = [head, f"    {r['description']}", f"    files: {r['files']}"]
+    if r.get("aliases"):
+        lines.append(f"    also called: {', '.join(r['aliases'])}")
+    lines.append(f"    source: {r['source']} (licence: {r['license']})")
+    return lines
 
 
 def datasets_command(
@@ -18,33 +38,14 @@ def datasets_command(
     ),
 ) -> None:
     """List the registered datasets, the files each expects and whether they are in the data dir."""
-    from rich.console import Console
-    from rich.table import Table
-
     from fedleak.data import describe_datasets
 
     rows = describe_datasets(data_dir)
     where = rows[0]["data_dir"] if rows else ""
-    table = Table(title=f"datasets (data dir: {where})", show_lines=False)
-    table.add_column("name", style="bold", no_wrap=True)
-    table.add_column("found", overflow="fold")
-    table.add_column("download")
-    table.add_column("expected files / layout", overflow="fold")
-    table.add_column("description", overflow="fold")
-    table.add_column("source / licence", overflow="fold")
+    out = [f"datasets (data dir: {where})", ""]
     for r in rows:
-        found = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}[r["found"]]
-        if r["found"] and r["location"]:
-            found += f"\n{r['location']}"
-        table.add_row(
-            r["name"],
-            found,
-            "yes" if r["downloadable"] else "no",
-            r["files"],
-            r["description"],
-            f"{r['source']}\n{r['license']}",
-        )
-    Console().print(table)
+        out += [*format_dataset(r), ""]
+    typer.echo("\n".join(out).rstrip())
 
 
 def register(app: typer.Typer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -30,29 +31,32 @@ def _print_table(metrics: dict) -> None:
     from rich.table import Table
 
     from fedleak.metrics.roc import fpr_key
+    from fedleak.report.ranking import ranked
 
     fprs = metrics["fpr_targets"]
     rot = metrics.get("rotation", {}).get("done", False)
-    tab = Table(
-        title=f"Target client {metrics['target']}: {metrics['n_members']} members / {metrics['n_nonmembers']} "
-        f"non-members; single-round attacks at round {metrics['round']}; protocol {metrics['protocol']}. "
-        "TPR in % at the given FPR.",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
+    title = (
+        f"Target client {metrics['target']}: {metrics['n_members']} members / {metrics['n_nonmembers']} "
+        f"non-members; single-round attacks at round {metrics['round']} (0-based); protocol {metrics['protocol']}. "
+        "TPR in % at the given FPR."
     )
+    tab = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     tab.add_column("attack", no_wrap=True)
     for c in ("AUC", *[f"@{100 * f:g}%" for f in fprs]):
         tab.add_column(c, justify="right", no_wrap=True)
     if rot:
         tab.add_column("@0.1% all targets", justify="right", no_wrap=True)
-    for name, a in sorted(metrics["attacks"].items(), key=lambda kv: -kv[1][fpr_key(0.001)]):
+    for name in ranked(metrics["attacks"]):
+        a = metrics["attacks"][name]
         cells = [a["label"], f"{a['auc']:.3f}", *[f"{100 * a[fpr_key(f)]:.2f}" for f in fprs]]
         if rot:
             r = a["rotating"][fpr_key(0.001)]
             cells.append(f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}")
         tab.add_row(*cells)
-    Console().print(tab)
+    # a pipe or a log file gets the table's natural width, not rich's 80-column default
+    con = Console() if sys.stdout.isatty() else Console(width=200)
+    con.print(title, soft_wrap=True, highlight=False, markup=False)
+    con.print(tab)
 
 
 def attack_command(
@@ -70,8 +74,12 @@ def attack_command(
     make_figures: bool = typer.Option(True, "--figures/--no-figures", help="Also draw the figures (PDF + PNG)."),
     quiet: bool = QUIET_OPT,
 ) -> None:
-    """Score a run with the membership attacks: metrics (JSON, CSV), per-candidate scores and figures in RUN/attack/."""
-    from fedleak.report.outputs import attack_run
+    """Score a run with the membership attacks: metrics (JSON, CSV), per-candidate scores and figures in RUN/attack/.
+
+    A subset of the attacks (--attacks) is written to RUN/attack/<names joined by '+'>/ and leaves the
+    full result, which `fedleak report` uses, untouched.
+    """
+    from fedleak.report.outputs import attack_dir, attack_run
 
     out, ev = attack_run(
         run_dir, attacks or None, round=round, target=target, rotate=rotate, strict=strict_fpr,
@@ -81,6 +89,11 @@ def attack_command(
     if not _quiet(quiet):
         _print_table(ev.metrics)
     typer.echo(f"attack outputs: {out}")
+    if out != attack_dir(run_dir):
+        typer.echo(
+            f"(only these {len(ev.metrics['attacks'])} attacks; `fedleak report` uses all attacks, "
+            f"from {attack_dir(run_dir)})"
+        )
 
 
 def report_command(
@@ -94,7 +107,7 @@ def report_command(
 
 def make_report(run_dir: Path, quiet: bool = True) -> tuple[Path, Path]:
     from fedleak.report.document import build_report
-    from fedleak.report.outputs import attack_run, is_stale, load_attack_metrics
+    from fedleak.report.outputs import attack_run, is_full, is_stale, load_attack_metrics
 
     run_dir = Path(run_dir)
     if is_stale(run_dir):
@@ -102,10 +115,12 @@ def make_report(run_dir: Path, quiet: bool = True) -> tuple[Path, Path]:
         if not quiet:
             _print_table(ev.metrics)
     metrics = load_attack_metrics(run_dir)
-    if not metrics.get("figures"):  # attacked with --no-figures: redo it with the same settings, drawing
+    if not metrics.get("figures") or not is_full(metrics):
+        # attacked with --no-figures (or, before subsets had their own folder, with a subset of the
+        # attacks): redo it with the same settings, all attacks, drawing the figures
         fo = metrics.get("fedmia_options", {})
         _, ev = attack_run(
-            run_dir, list(metrics["attacks"]), round=metrics["round"], target=metrics["target"],
+            run_dir, None, round=metrics["round"], target=metrics["target"],
             rotate=bool(metrics.get("rotation", {}).get("done")), strict=metrics.get("fpr_convention") == "<",
             **{k: fo[k] for k in ("aggregation", "ddof", "eps", "outlier_filter", "robust") if k in fo},
         )

@@ -7,106 +7,25 @@ oracle round as a labelled extra), figures, notes on conventions, how to reprodu
 
 from __future__ import annotations
 
-import base64
 import html
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fedleak.metrics.roc import chance_p_value, fpr_key
+from fedleak.attacks.mia.attacks import ATTACK_INFO
+from fedleak.metrics.roc import fpr_key
+from fedleak.report.ranking import HEAD_KEY, ranked, rotating_key
+from fedleak.report.render import CSS, FIG_CAPTIONS, FIG_TITLES, html_fig, html_table, md_table, strip_tags
+from fedleak.report.verdict import Verdict, pct as _pct, verdict
 from fedleak.signals.store import atomic_write_text, read_meta, read_metrics
 
-HEAD = 0.001
-HEAD_KEY = fpr_key(HEAD)
-TEMPORAL_TARGET_ONLY = ("loss-series", "avg-cosine", "avg-diff", "avg-norm")
-
-
-def _pct(x: float | None, digits: int = 2) -> str:
-    if x is None:
-        return "–"
-    return f"{100 * float(x):.{digits}f}%"
+__all__ = ["FIG_CAPTIONS", "Verdict", "build_report", "verdict"]
 
 
 def _num(x: float | None, digits: int = 3) -> str:
     return "–" if x is None else f"{float(x):.{digits}f}"
-
-
-# --------------------------------------------------------------------------- verdict
-
-
-@dataclass
-class Verdict:
-    level: str  # none | low | moderate | high
-    headline: str
-    sentences: list[str]
-
-
-def verdict(metrics: dict[str, Any]) -> Verdict:
-    attacks = metrics["attacks"]
-    compat = metrics.get("protocol") == "official-compat"
-    eligible = {n: a for n, a in attacks.items() if not (compat and n in TEMPORAL_TARGET_ONLY)} or attacks
-    best_name = max(eligible, key=lambda n: (eligible[n][HEAD_KEY], eligible[n]["auc"]))
-    b = eligible[best_name]
-    n_pos, n_neg = metrics["n_members"], metrics["n_nonmembers"]
-    tpr = float(b[HEAD_KEY])
-    eff_fpr = max(HEAD, 1.0 / n_neg) if metrics.get("fpr_convention") == "<=" else HEAD
-    n_tried = len(eligible)
-    p = min(1.0, chance_p_value(n_pos, tpr, eff_fpr) * n_tried)  # Bonferroni: the best of n_tried attacks
-    t = metrics["target"]
-    found = int(round(tpr * n_pos))
-    if p >= 0.01 or tpr <= 2 * eff_fpr:
-        level = "none"
-        headline = "No clear membership leakage at low false-positive rates."
-    elif tpr < 0.05:
-        level = "low"
-        headline = "Low membership leakage: a few of the target's samples can be identified with confidence."
-    elif tpr < 0.20:
-        level = "moderate"
-        headline = "Moderate membership leakage: a minority of the target's samples can be identified with confidence."
-    else:
-        level = "high"
-        headline = "High membership leakage: many of the target's training samples can be identified with confidence."
-    s = [
-        f"The strongest attack, <b>{b['label']}</b>, lets a server that only watches the uploaded updates pick out "
-        f"<b>{_pct(tpr)}</b> of client {t}'s training samples ({found} of {n_pos}) while wrongly flagging at most "
-        f"0.1% of non-members. A blind guess at that false-alarm rate would find about 0.1% "
-        f"(probability that the best of these {n_tried} attacks does this well by chance: {_pfmt(p)}).",
-        f"Its AUC is {b['auc']:.3f} (0.5 = guessing, 1 = perfect ranking of members above non-members)"
-        + (f"; at a 1% false-alarm rate it finds {_pct(b[fpr_key(0.01)])}." if fpr_key(0.01) in b else "."),
-    ]
-    fed = [a for n, a in attacks.items() if a["kind"] == "fedmia"]
-    base = [a for n, a in eligible.items() if a["kind"] != "fedmia"]
-    if fed and base:
-        bf = max(fed, key=lambda a: a[HEAD_KEY])
-        bb = max(base, key=lambda a: a[HEAD_KEY])
-        rel = "more" if bf[HEAD_KEY] > bb[HEAD_KEY] else "less"
-        s.append(
-            f"Comparing the target's updates with the other clients' (FedMIA) reveals {rel} than looking at the "
-            f"target alone: {bf['label']} {_pct(bf[HEAD_KEY])} vs {bb['label']} {_pct(bb[HEAD_KEY])} at 0.1% FPR."
-        )
-    rot = metrics.get("rotation", {})
-    if rot.get("done"):
-        r = b.get("rotating", {}).get(HEAD_KEY)
-        if r:
-            s.append(
-                f"With every one of the {len(rot['targets'])} clients in turn as the target, {b['label']} reaches "
-                f"{_pct(r['mean'])} ± {_pct(r['std'])} (mean ± std over clients)."
-            )
-    if compat:
-        s.append(
-            "⚠ This run used the <i>official-compat</i> candidate protocol: non-member rows change sample from round "
-            "to round, which inflates the target-only temporal attacks (Loss-Series, Avg-*) at low FPR. They are left "
-            "out of this verdict; rerun with candidates.protocol=aligned for valid numbers."
-        )
-    if 1.0 / n_neg > HEAD:
-        s.append(
-            f"Note: with {n_neg} non-members, FPR cannot be resolved below {_pct(1.0 / n_neg, 3)}; "
-            "TPR at 0.1% is then the TPR with zero false positives."
-        )
-    return Verdict(level, headline, s)
 
 
 # --------------------------------------------------------------------------- content
@@ -174,7 +93,8 @@ def setup_rows(run_dir: Path, metrics: dict[str, Any]) -> list[tuple[str, str]]:
     rows.append(("candidate protocol", metrics.get("protocol", "?")))
     rr = metrics["recorded_rounds"]
     rows.append(("recorded rounds", f"{len(rr)}: {_short_list(rr)} (0-based)"))
-    rows.append(("target client", f"{metrics['target']}; single-round attacks at round {metrics['round']}"))
+    rows.append(("target client", f"{metrics['target']}; single-round attacks at round {metrics['round']} (0-based)"))
+    rows.append(("attacks", basis(metrics)))
     fo = metrics.get("fedmia_options", {})
     rows.append(
         (
@@ -226,7 +146,11 @@ def utility_rows(rows: list[dict[str, Any]], recorded: list[int], target: int, m
     return out
 
 
-UTILITY_HEAD = ["round", "lr", "train acc (global)", "test acc (global)", "test acc (target's upload)", "train loss", "test loss"]
+ORDER_NOTE = (
+    "Sorted by TPR@0.1%, ties by AUC, then by name (the verdict's strongest attack is the first row); "
+    "the best value in each column is highlighted."
+)
+UTILITY_HEAD = ["round (0-based)", "lr", "train acc (global)", "test acc (global)", "test acc (target's upload)", "train loss", "test loss"]
 
 
 def attack_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]], dict[tuple[int, int], bool]]:
@@ -234,7 +158,8 @@ def attack_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]], d
     head = ["attack", "type", "AUC", "log-AUC", *[f"TPR@{100 * f:g}%" for f in fprs], "balanced acc."]
     rows, raw = [], []
     kinds = {"single": "one round", "temporal": "all rounds, target only", "fedmia": "all rounds, vs. other clients"}
-    for name, a in sorted(metrics["attacks"].items(), key=lambda kv: -kv[1][HEAD_KEY]):
+    for name in ranked(metrics["attacks"]):
+        a = metrics["attacks"][name]
         kind = kinds[a["kind"]] + (f" (round {a['round']})" if a["kind"] == "single" else "")
         vals = [a["auc"], a["log_auc"], *[a[fpr_key(f)] for f in fprs], a["balanced_accuracy"]]
         raw.append(vals)
@@ -256,7 +181,8 @@ def rotating_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     keys = ["auc", fpr_key(0.01), HEAD_KEY]
     head = ["attack", "AUC", "TPR@1%", "TPR@0.1%"]
     rows = []
-    for name, a in sorted(metrics["attacks"].items(), key=lambda kv: -kv[1]["rotating"][HEAD_KEY]["mean"]):
+    for name in ranked(metrics["attacks"], rotating_key):
+        a = metrics["attacks"][name]
         r = a["rotating"]
         cells = [a["label"], f"{r['auc']['mean']:.3f} ± {r['auc']['std']:.3f}"]
         cells += [f"{_pct(r[k]['mean'])} ± {_pct(r[k]['std'])}" for k in keys[1:]]
@@ -275,10 +201,21 @@ def oracle_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]] |
     return ["attack", "fixed round", "TPR@0.1% (fixed)", "oracle round", "TPR@0.1% (oracle)", "AUC (oracle)"], rows
 
 
+def basis(metrics: dict[str, Any]) -> str:
+    """Which attacks the report is based on, and how many."""
+    attacks = metrics["attacks"]
+    n, n_all = len(attacks), len(ATTACK_INFO)
+    what = f"all {n} attacks fedleak implements" if set(attacks) >= set(ATTACK_INFO) else f"{n} of the {n_all} attacks"
+    return f"{what}: " + ", ".join(attacks[k]["label"] for k in ranked(attacks))
+
+
 def notes(metrics: dict[str, Any]) -> list[str]:
     n_neg = metrics["n_nonmembers"]
     conv = metrics.get("fpr_convention", "<=")
+    last = metrics["recorded_rounds"][-1] if metrics.get("recorded_rounds") else 0
     out = [
+        f"Rounds are numbered from 0 everywhere (terminal, report, figures, files): round {last} is the "
+        f"{_ordinal(last + 1)} round and its signals are in signals/round_{last:04d}.npz.",
         f"Scores: higher = more likely a member. TPR@x% is the largest true-positive rate whose false-positive rate is "
         f"{'≤' if conv == '<=' else 'strictly below'} x% (the original FedMIA code uses strictly below).",
         f"With {n_neg} non-members, one false positive is {_pct(1 / n_neg, 3)} FPR, so TPR@0.01% "
@@ -302,79 +239,20 @@ def notes(metrics: dict[str, Any]) -> list[str]:
     return out
 
 
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def reproduce_lines(run_dir: Path, metrics: dict[str, Any]) -> list[str]:
     cfg = _config(run_dir)
     lines = []
     if cfg and not read_meta(run_dir).get("synthetic"):
         lines.append(f"fedleak train {run_dir / 'config.yaml'} --out {run_dir}")
-    names = ",".join(metrics["attacks"])
-    lines.append(f"fedleak attack {run_dir} --attacks {names} --round {metrics['round']}")
+    names = "" if set(metrics["attacks"]) >= set(ATTACK_INFO) else f" --attacks {','.join(metrics['attacks'])}"
+    lines.append(f"fedleak attack {run_dir}{names} --round {metrics['round']}")
     lines.append(f"fedleak report {run_dir}")
     return lines
-
-
-# --------------------------------------------------------------------------- renderers
-
-CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1060px;margin:24px auto;padding:0 20px;color:#1d2329;line-height:1.5}
-h1{font-size:1.7em;margin-bottom:0}h2{margin-top:1.8em;border-bottom:1px solid #dde3ea;padding-bottom:4px;font-size:1.3em}
-.sub{color:#5b6670;margin-top:2px}
-.verdict{border-radius:8px;padding:14px 18px;margin:18px 0;border-left:6px solid}
-.verdict h3{margin:0 0 6px 0;font-size:1.15em}.verdict p{margin:6px 0}
-.v-none{background:#eef7ee;border-color:#3c9a3c}.v-low{background:#f4f8e8;border-color:#8aae2d}
-.v-moderate{background:#fff6e5;border-color:#e39b1b}.v-high{background:#fdecec;border-color:#d23c3c}
-table{border-collapse:collapse;margin:10px 0;font-size:.92em}
-th,td{padding:5px 10px;border-bottom:1px solid #e6ebf0;text-align:left;vertical-align:top}
-th{background:#f4f6f8;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}
-td.best{font-weight:700;background:#eef4ff}
-table.kv td:first-child{color:#5b6670;white-space:nowrap;width:170px}
-.fig{margin:16px 0}.fig img{max-width:100%;border:1px solid #e6ebf0;border-radius:4px}
-.fig .cap{color:#5b6670;font-size:.9em;margin-top:4px}
-.label-oracle{display:inline-block;background:#fff0c2;border:1px solid #e3c25b;border-radius:4px;padding:0 6px;font-size:.85em}
-code,pre{background:#f4f6f8;border-radius:4px}pre{padding:10px;overflow-x:auto;font-size:.88em}
-ul.notes li{margin:3px 0;color:#39424b}
-"""
-
-FIG_CAPTIONS = {
-    "roc": "ROC curves of every attack on log-log axes (from 1e-5). The dotted diagonal is chance; the further up-left, "
-    "the more members are found at few false alarms. Shaded: FPRs below one false positive.",
-    "tpr_per_round": "TPR at 0.1% FPR in each recorded round (lines with markers) and for the attacks that combine all "
-    "rounds (horizontal lines). The paper's figure.",
-    "fedmia_scores": "Distribution of the FedMIA scores of members and non-members of the target client.",
-    "utility": "Accuracy of the global model per round (and of the target's uploaded model where signals were recorded).",
-}
-FIG_TITLES = {"roc": "ROC curves", "tpr_per_round": "TPR@0.1% per round", "fedmia_scores": "FedMIA score distributions", "utility": "Utility"}
-
-
-def _html_table(head: list[str], rows: list[list[str]], best: dict | None = None, cls: str = "") -> str:
-    h = "".join(f"<th>{html.escape(c)}</th>" for c in head)
-    body = []
-    for i, r in enumerate(rows):
-        tds = []
-        for j, c in enumerate(r):
-            classes = []
-            if cls != "kv" and j >= 1 and (c[:1].isdigit() or c[:1] in "–-"):
-                classes.append("n")
-            if best and best.get((i, j)):
-                classes.append("best")
-            ca = f' class="{" ".join(classes)}"' if classes else ""
-            tds.append(f"<td{ca}>{html.escape(c)}</td>")
-        body.append("<tr>" + "".join(tds) + "</tr>")
-    ca = f' class="{cls}"' if cls else ""
-    return f"<table{ca}><thead><tr>{h}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _md_table(head: list[str], rows: list[list[str]]) -> str:
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(esc(h) for h in head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _strip_tags(s: str) -> str:
-    for a, b in (("<b>", "**"), ("</b>", "**"), ("<i>", "*"), ("</i>", "*")):
-        s = s.replace(a, b)
-    return s
 
 
 def build_report(run_dir: str | Path, metrics: dict[str, Any]) -> tuple[Path, Path]:
@@ -406,38 +284,38 @@ def build_report(run_dir: str | Path, metrics: dict[str, Any]) -> tuple[Path, Pa
         *[f"<p>{s}</p>" for s in v.sentences],
         "</div>",
         "<h2>Setup</h2>",
-        _html_table(["", ""], [[a, b] for a, b in setup], cls="kv").replace("<thead><tr><th></th><th></th></tr></thead>", ""),
+        html_table(["", ""], [[a, b] for a, b in setup], cls="kv").replace("<thead><tr><th></th><th></th></tr></thead>", ""),
         "<h2>Utility</h2>",
     ]
     if "utility" in figs:
-        H.append(_html_fig(figs["utility"], "utility", heading=False))
+        H.append(html_fig(figs["utility"], "utility", heading=False))
     if util_rows:
-        H.append(_html_table(UTILITY_HEAD, util_rows))
+        H.append(html_table(UTILITY_HEAD, util_rows))
     else:
         H.append("<p>No per-round metrics (metrics.jsonl) in this run directory.</p>")
     H += [
         "<h2>Attack results</h2>",
         f"<p>Target client {metrics['target']}: {metrics['n_members']} members vs {metrics['n_nonmembers']} non-members. "
-        "Sorted by TPR@0.1%; the best value in each column is highlighted.</p>",
-        _html_table(at_head, at_rows, at_best),
+        f"Based on {html.escape(basis(metrics))}. {ORDER_NOTE}</p>",
+        html_table(at_head, at_rows, at_best),
     ]
     if rot:
         H += [
             f"<h3>Every client as the target</h3><p>Mean ± std over the {len(metrics['rotation']['targets'])} clients "
             "(each client's samples are the members, all other candidates the non-members).</p>",
-            _html_table(*rot),
+            html_table(*rot),
         ]
     if orc:
         H += [
             "<h3>Oracle best round <span class='label-oracle'>optimistic · uses the labels</span></h3>",
             "<p>The round at which each single-round attack happens to work best, picked with the membership labels, as the "
             "original FedMIA code reports. A real attacker cannot make this choice; shown for comparison with the paper only.</p>",
-            _html_table(*orc),
+            html_table(*orc),
         ]
     H.append("<h2>Figures</h2>")
     for k in ("roc", "tpr_per_round", "fedmia_scores"):
         if k in figs:
-            H.append(_html_fig(figs[k], k))
+            H.append(html_fig(figs[k], k))
     H += ["<h2>Notes</h2><ul class='notes'>", *[f"<li>{html.escape(n)}</li>" for n in nts], "</ul>"]
     H += ["<h2>Reproduce</h2><pre>" + html.escape("\n".join(repro)) + "</pre>"]
     H.append(
@@ -457,10 +335,10 @@ def build_report(run_dir: str | Path, metrics: dict[str, Any]) -> tuple[Path, Pa
         "",
         f"**{v.headline}**",
         "",
-        *[_strip_tags(s) + "\n" for s in v.sentences],
+        *[strip_tags(s) + "\n" for s in v.sentences],
         "## Setup",
         "",
-        _md_table(["item", "value"], [[a, b] for a, b in setup]),
+        md_table(["item", "value"], [[a, b] for a, b in setup]),
         "",
         "## Utility",
         "",
@@ -468,12 +346,20 @@ def build_report(run_dir: str | Path, metrics: dict[str, Any]) -> tuple[Path, Pa
     if "utility" in figs:
         M += [f"![utility](attack/{figs['utility'].name})", ""]
     if util_rows:
-        M += [_md_table(UTILITY_HEAD, util_rows), ""]
-    M += ["## Attack results", "", f"Target client {metrics['target']}: {metrics['n_members']} members vs {metrics['n_nonmembers']} non-members.", "", _md_table(at_head, at_rows), ""]
+        M += [md_table(UTILITY_HEAD, util_rows), ""]
+    M += [
+        "## Attack results",
+        "",
+        f"Target client {metrics['target']}: {metrics['n_members']} members vs {metrics['n_nonmembers']} non-members. "
+        f"Based on {basis(metrics)}. {ORDER_NOTE}",
+        "",
+        md_table(at_head, at_rows),
+        "",
+    ]
     if rot:
-        M += ["### Every client as the target (mean ± std over clients)", "", _md_table(*rot), ""]
+        M += ["### Every client as the target (mean ± std over clients)", "", md_table(*rot), ""]
     if orc:
-        M += ["### Oracle best round (optimistic: chosen with the labels)", "", _md_table(*orc), ""]
+        M += ["### Oracle best round (optimistic: chosen with the labels)", "", md_table(*orc), ""]
     M += ["## Figures", ""]
     for k in ("roc", "tpr_per_round", "fedmia_scores"):
         if k in figs:
@@ -482,23 +368,3 @@ def build_report(run_dir: str | Path, metrics: dict[str, Any]) -> tuple[Path, Pa
     md_path = run_dir / "report.md"
     atomic_write_text(md_path, "\n".join(M))
     return html_path, md_path
-
-
-FIG_WIDTH = {"roc": 640, "tpr_per_round": 820, "fedmia_scores": 860, "utility": 640}
-
-
-def _pfmt(p: float) -> str:
-    if p < 1e-10:
-        return "p < 1e-10"
-    return f"p = {p:.2g}"
-
-
-def _html_fig(png: Path, key: str, heading: bool = True) -> str:
-    b64 = base64.b64encode(png.read_bytes()).decode("ascii")
-    head = f"<h3>{html.escape(FIG_TITLES[key])}</h3>" if heading else ""
-    return (
-        f"<div class='fig'>{head}"
-        f"<img alt='{html.escape(FIG_TITLES[key])}' style='width:{FIG_WIDTH[key]}px' "
-        f"src='data:image/png;base64,{b64}'>"
-        f"<div class='cap'>{html.escape(FIG_CAPTIONS[key])}</div></div>"
-    )

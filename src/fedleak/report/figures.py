@@ -6,29 +6,40 @@ Each function returns a ``matplotlib.figure.Figure``; :func:`save` writes it as 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from fedleak.metrics.roc import fpr_key
+from fedleak.report.ranking import ranked
 
 LOG_MIN = 1e-5
 
-# one stable colour per attack; FedMIA drawn thick
+# one colour, marker and line style per attack, none repeated: single-round attacks solid, attacks over
+# all rounds dashed, FedMIA thick. SPARE styles go to attacks added later, in order.
 STYLE: dict[str, dict[str, Any]] = {
-    "blackbox-loss": {"color": "#1f77b4", "ls": "-"},
-    "grad-cosine": {"color": "#d62728", "ls": "-"},
-    "grad-diff": {"color": "#2ca02c", "ls": "-"},
-    "grad-norm": {"color": "#ff7f0e", "ls": "-"},
-    "loss-series": {"color": "#1f77b4", "ls": "--"},
-    "avg-cosine": {"color": "#d62728", "ls": "--"},
-    "avg-diff": {"color": "#2ca02c", "ls": "--"},
-    "avg-norm": {"color": "#ff7f0e", "ls": "--"},
-    "fedmia-i": {"color": "#9467bd", "ls": "-", "lw": 2.4},
-    "fedmia-ii": {"color": "#b8860b", "ls": "-", "lw": 2.4},
+    "blackbox-loss": {"color": "#1f77b4", "ls": "-", "marker": "o"},
+    "grad-cosine": {"color": "#d62728", "ls": "-", "marker": "s"},
+    "grad-diff": {"color": "#2ca02c", "ls": "-", "marker": "^"},
+    "grad-norm": {"color": "#ff7f0e", "ls": "-", "marker": "v"},
+    "loss-series": {"color": "#17becf", "ls": "--", "marker": "D"},
+    "avg-cosine": {"color": "#e377c2", "ls": "--", "marker": "P"},
+    "avg-diff": {"color": "#bcbd22", "ls": "--", "marker": "X"},
+    "avg-norm": {"color": "#8c564b", "ls": "--", "marker": "<"},
+    "fedmia-i": {"color": "#9467bd", "ls": "-", "marker": "*", "lw": 2.6},
+    "fedmia-ii": {"color": "#111111", "ls": "-", "marker": "h", "lw": 2.6},
 }
+SPARE: tuple[dict[str, Any], ...] = (
+    {"color": "#393b79", "ls": "-.", "marker": ">"},
+    {"color": "#637939", "ls": "-.", "marker": "p"},
+    {"color": "#ad494a", "ls": ":", "marker": "d"},
+    {"color": "#7b4173", "ls": ":", "marker": "8"},
+    {"color": "#8c6d31", "ls": "-.", "marker": "H"},
+)
+LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 0.0, "frameon": False}
 
 
 def _new(w: float, h: float, **margins: float) -> Figure:
@@ -39,10 +50,19 @@ def _new(w: float, h: float, **margins: float) -> Figure:
     return fig
 
 
-def _style(name: str) -> dict[str, Any]:
-    s = dict(STYLE.get(name, {"color": "0.3", "ls": "-"}))
-    s.setdefault("lw", 1.5)
-    return s
+def styles(names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """A distinct style for every attack: the fixed one where known, else the next unused spare."""
+    names = list(names)
+    spare = iter(SPARE)
+    out: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(names):
+        st = STYLE.get(name) or next(spare, None) or {"color": f"C{i % 10}", "ls": (0, (1, 1 + i % 4)), "marker": "."}
+        out[name] = {"lw": 1.5, **st}
+    return out
+
+
+def _integer_rounds(ax: Any) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def save(fig: Figure, stem: Path) -> list[Path]:
@@ -56,25 +76,30 @@ def save(fig: Figure, stem: Path) -> list[Path]:
     return out
 
 
+def _z(st: dict[str, Any]) -> float:
+    """Thick lines underneath, so a thin line with the same values stays visible on top."""
+    return 2.0 if st["lw"] > 2 else 3.0
+
+
 def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], metrics: dict[str, Any], title: str = "") -> Figure:
-    """Log-log ROC curves of every attack, axes from 1e-5, with the chance diagonal."""
-    fig = _new(6.4, 5.6)
+    """Log-log ROC curves of every attack, axes from 1e-5, with the chance diagonal; legend beside the axes."""
+    fig = _new(8.8, 5.6, left=0.087, right=0.633, bottom=0.1, top=0.93)
     ax = fig.add_subplot()
     grid = np.logspace(-5, 0, 200)
     ax.plot(grid, grid, color="0.55", ls=":", lw=1.2, label="chance (TPR = FPR)")
     key = fpr_key(0.001)
-    order = sorted(curves, key=lambda n: -metrics["attacks"][n][key])
-    for name in order:
+    order = ranked(metrics["attacks"])
+    order = [n for n in order if n in curves]
+    sty = styles(order)
+    for i, name in enumerate(order):
         fpr, tpr = curves[name]
-        m = metrics["attacks"][name]
-        st = _style(name)
-        # points at FPR = 0 or TPR = 0 sit on the axes' lower edge (1e-5)
+        m, st = metrics["attacks"][name], sty[name]
+        # points at FPR = 0 or TPR = 0 sit on the axes' lower edge (1e-5); markers at staggered places
+        # along each curve keep curves with equal values apart
         ax.plot(
-            np.clip(fpr, LOG_MIN, 1),
-            np.clip(tpr, LOG_MIN, 1),
-            color=st["color"],
-            ls=st["ls"],
-            lw=st["lw"],
+            np.clip(fpr, LOG_MIN, 1), np.clip(tpr, LOG_MIN, 1), color=st["color"], ls=st["ls"], lw=st["lw"],
+            marker=st["marker"], ms=5.5, mec="white", mew=0.5, markevery=(0.015 + 0.1 * i / max(len(order), 1), 0.1),
+            zorder=_z(st), clip_on=False,
             label=f"{m['label']}  (AUC {m['auc']:.3f}, TPR@0.1% {100 * m[key]:.2f}%)",
         )
     ax.set_xscale("log")
@@ -88,42 +113,55 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], metrics: dict[s
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=7.2, framealpha=0.9)
+    ax.legend(fontsize=7.5, title="strongest first", title_fontsize=8, **LEGEND_OUTSIDE)
     ax.set_title(title or "ROC curves (log-log)", fontsize=11)
     return fig
 
 
 def tpr_per_round_figure(metrics: dict[str, Any], fpr: float = 0.001, title: str = "") -> Figure:
-    """TPR at one FPR against the round (the paper's figure): per-round attacks as lines, temporal
-    attacks and FedMIA's aggregate as horizontal lines."""
+    """TPR at one FPR against the round: per-round attacks as lines with markers, the attacks that
+    combine all rounds (temporal, FedMIA) as horizontal lines."""
     key = fpr_key(fpr)
-    fig = _new(7.6, 4.6, left=0.08, right=0.66, bottom=0.12)
+    fig = _new(8.0, 4.6, left=0.086, right=0.667, bottom=0.12)
     ax = fig.add_subplot()
     rounds_all = metrics.get("recorded_rounds") or [0]
     x0, x1 = min(rounds_all), max(rounds_all)
-    for name, m in metrics["attacks"].items():
-        st = _style(name)
+    order = ranked(metrics["attacks"])
+    sty = styles(order)
+    n_flat = 0
+    for name in order:
+        m, st = metrics["attacks"][name], sty[name]
         pr = m.get("per_round")
         if pr and pr["rounds"]:
             lab = m["label"] + (" (each round alone)" if m["kind"] == "fedmia" else "")
             ax.plot(
-                pr["rounds"], 100 * np.asarray(pr[key]), color=st["color"], ls="-", lw=1.2,
-                marker="o", ms=3, alpha=0.85 if m["kind"] == "single" else 0.55, label=lab,
+                pr["rounds"], 100 * np.asarray(pr[key]), color=st["color"], ls="-", lw=1.2, marker=st["marker"], ms=5,
+                mfc="none", mew=1.1, alpha=0.9 if m["kind"] == "single" else 0.5, zorder=4, clip_on=False, label=lab,
             )
         if m["kind"] in ("temporal", "fedmia"):
-            ax.hlines(
-                100 * m[key], x0, x1, color=st["color"], ls="--" if m["kind"] == "temporal" else "-",
-                lw=st["lw"], label=f"{m['label']} (all rounds)",
+            xs = np.linspace(x0, x1, 61)
+            ax.plot(
+                xs, np.full_like(xs, 100 * m[key]), color=st["color"], ls=st["ls"], lw=st["lw"], marker=st["marker"],
+                ms=6, mec="white", mew=0.5, markevery=((2 * n_flat + 1) % 15, 15), zorder=_z(st), clip_on=False,
+                label=f"{m['label']} (all rounds)",
             )
+            n_flat += 1
     ax.axhline(100 * fpr, color="0.5", ls=":", lw=1, label=f"chance ({100 * fpr:g}%)")
     ax.set_xlabel("communication round (0-based)")
     ax.set_ylabel(f"TPR at FPR {100 * fpr:g}% (%)")
     ax.set_xlim(x0 - 0.03 * max(x1 - x0, 1), x1 + 0.03 * max(x1 - x0, 1))
     ax.set_ylim(bottom=0)
+    if len(rounds_all) <= 12:
+        ax.set_xticks(rounds_all)  # the recorded rounds themselves
+    else:
+        _integer_rounds(ax)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.legend(fontsize=7.5, **LEGEND_OUTSIDE)
     ax.set_title(title or f"TPR@{100 * fpr:g}% per round", fontsize=11)
     return fig
+
+
+MEMBER_COLOR, NONMEMBER_COLOR = "#e6550d", "#3182bd"
 
 
 def score_hist_figure(scores: dict[str, np.ndarray], labels: np.ndarray, metrics: dict[str, Any], names: list[str]) -> Figure:
@@ -137,8 +175,8 @@ def score_hist_figure(scores: dict[str, np.ndarray], labels: np.ndarray, metrics
         if hi <= lo:
             hi = lo + 1.0
         bins = np.linspace(lo, hi, 51)
-        ax.hist(s[~labels & fin], bins=bins, density=True, alpha=0.55, color="#7f7f7f", label=f"non-members ({int((~labels).sum())})")
-        ax.hist(s[labels & fin], bins=bins, density=True, alpha=0.55, color=_style(name)["color"], label=f"members ({int(labels.sum())})")
+        ax.hist(s[~labels & fin], bins=bins, density=True, alpha=0.5, color=NONMEMBER_COLOR, label=f"non-members ({int((~labels).sum())})")
+        ax.hist(s[labels & fin], bins=bins, density=True, alpha=0.5, color=MEMBER_COLOR, label=f"members ({int(labels.sum())})")
         m = metrics["attacks"][name]
         ax.set_title(f"{m['label']}  (AUC {m['auc']:.3f})", fontsize=10)
         agg = metrics.get("fedmia_options", {}).get("aggregation", "mean") if m["kind"] == "fedmia" else None
@@ -149,38 +187,45 @@ def score_hist_figure(scores: dict[str, np.ndarray], labels: np.ndarray, metrics
     return fig
 
 
+def _series(rows: list[dict[str, Any]], value: Any) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for r in rows:
+        v = value(r)
+        if v is not None and np.isfinite(v):
+            xs.append(int(r["round"]))
+            ys.append(100 * float(v))
+    return xs, ys
+
+
+def _client_acc(target: int) -> Any:
+    def get(r: dict[str, Any]) -> float | None:
+        cta = r.get("client_test_acc")
+        return cta[target] if isinstance(cta, list) and target < len(cta) else None
+
+    return get
+
+
 def utility_figure(rows: list[dict[str, Any]], target: int | None = None) -> Figure | None:
     """Global train/test accuracy per round (and the target's local model where recorded)."""
     if not rows:
         return None
-    fig = _new(6.4, 3.6, left=0.1, bottom=0.14, top=0.9)
+    fig = _new(8.0, 3.6, left=0.08, right=0.7, bottom=0.14, top=0.9)
     ax = fig.add_subplot()
-
-    def series(key: str) -> tuple[list[int], list[float]]:
-        xs, ys = [], []
-        for r in rows:
-            if r.get(key) is not None:
-                xs.append(int(r["round"]))
-                ys.append(100 * float(r[key]))
-        return xs, ys
-
     for key, lab, col in (("train_acc", "global model, train", "#2ca02c"), ("test_acc", "global model, test", "#1f77b4")):
-        xs, ys = series(key)
+        xs, ys = _series(rows, lambda r, k=key: r.get(k))
         if xs:
-            ax.plot(xs, ys, color=col, lw=1.6, label=lab)
+            ax.plot(xs, ys, color=col, lw=1.6, label=lab, clip_on=False)
     if target is not None:
-        xs, ys = [], []
-        for r in rows:
-            cta = r.get("client_test_acc")
-            if isinstance(cta, list) and target < len(cta) and cta[target] is not None and np.isfinite(cta[target]):
-                xs.append(int(r["round"]))
-                ys.append(100 * float(cta[target]))
+        xs, ys = _series(rows, _client_acc(target))
         if xs:
-            ax.plot(xs, ys, "o", ms=3.5, color="#9467bd", alpha=0.8, zorder=3, label=f"target client {target}'s upload, test")
+            ax.plot(xs, ys, "o", ms=3.5, color="#9467bd", alpha=0.8, zorder=3, clip_on=False,
+                    label=f"target client {target}'s upload, test")
     ax.set_xlabel("communication round (0-based)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 102)  # room for a curve at 100%
+    ax.set_yticks(range(0, 101, 20))
+    _integer_rounds(ax)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, **LEGEND_OUTSIDE)
     ax.set_title("Utility per round", fontsize=11)
     return fig

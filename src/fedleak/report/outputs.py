@@ -1,6 +1,8 @@
 """``fedleak attack``: score a run directory and write metrics, scores and figures.
 
-Everything goes to ``RUN/attack/``::
+All attacks (the default) go to ``RUN/attack/``, which ``fedleak report`` reads; a subset
+(``--attacks a,b``) goes to its own folder ``RUN/attack/<names, sorted, joined by '+'>/`` (e.g.
+``RUN/attack/fedmia-ii+loss-series/``) with the same files, so it never replaces the full result::
 
     metrics.json        all metrics (per attack: AUC, log-AUC, TPR@FPR, balanced accuracy, per-round
                         curves, the labelled oracle round, rotating-target mean ± std) + settings
@@ -24,7 +26,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from fedleak.attacks.mia.attacks import ATTACK_INFO
+from fedleak.attacks.mia.attacks import ATTACK_INFO, resolve_names
 from fedleak.attacks.mia.evaluate import HEADLINE_FPR, Evaluation, evaluate
 from fedleak.metrics.roc import fpr_key
 from fedleak.report import figures
@@ -34,8 +36,18 @@ ATTACK_DIR = "attack"
 FIGURE_STEMS = ("roc", "tpr_per_round", "fedmia_scores", "utility")
 
 
-def attack_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / ATTACK_DIR
+def attack_dir(run_dir: str | Path, names: Iterable[str] | str | None = None) -> Path:
+    """Where ``fedleak attack`` writes: ``RUN/attack/`` for all attacks, a sub-folder for a subset."""
+    base = Path(run_dir) / ATTACK_DIR
+    if names is None:
+        return base
+    sel = resolve_names(names)
+    return base if set(sel) == set(ATTACK_INFO) else base / "+".join(sorted(sel))
+
+
+def is_full(metrics: dict[str, Any]) -> bool:
+    """True when the metrics cover every attack fedleak implements."""
+    return set(metrics["attacks"]) >= set(ATTACK_INFO)
 
 
 def _json_default(o: Any) -> Any:
@@ -128,15 +140,16 @@ def attack_run(
     make_figures: bool = True,
     **fedmia_options: Any,
 ) -> tuple[Path, Evaluation]:
-    """Evaluate the attacks on a run directory and write all outputs to ``RUN/attack/``."""
+    """Evaluate the attacks on a run directory and write all outputs to :func:`attack_dir`."""
     run_dir = Path(run_dir)
+    names = resolve_names(names)
     t0 = time.time()
     sig = load_signals(run_dir)
     t_load = time.time() - t0
     ev = evaluate(sig, names, round=round, target=target, rotate=rotate, strict=strict, **fedmia_options)
     ev.metrics["run_dir"] = str(run_dir)
     ev.metrics["seconds"] = {"load": round_(t_load), "attacks": round_(time.time() - t0 - t_load)}
-    out = attack_dir(run_dir)
+    out = attack_dir(run_dir, names)
     out.mkdir(parents=True, exist_ok=True)
     if make_figures:
         ev.metrics["figures"] = write_figures(ev, out, read_metrics(run_dir))

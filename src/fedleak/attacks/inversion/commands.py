@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from enum import Enum
 from pathlib import Path
@@ -202,22 +203,34 @@ def invert_command(
         _print_summary(result, out)
 
 
+def summary_lines(result: dict[str, Any], out: Path) -> tuple[str, str]:
+    """The title above the metric table and the closing line; pruning is mentioned only when the
+    defence pruned something (no defence or DP noise: nothing to say)."""
+    spec, s = result["spec"], result["summary"]
+    title = f"{spec['name']} — defense {spec['defense']}" + (f" {spec['defense_params']}" if spec["defense_params"] else "")
+    tail = f"label accuracy {s['label_accuracy']:.3f}; "
+    pruned = s.get("pruned_fraction")
+    if isinstance(pruned, (int, float)) and math.isfinite(pruned):
+        tail += f"pruned fraction {pruned:.3f}; "
+    return title, tail + f"outputs in {out}"
+
+
 def _print_summary(result: dict[str, Any], out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
     s = result["summary"]
-    t = Table(title=f"{result['spec']['name']} — defense {result['spec']['defense']} "
-                    f"{result['spec']['defense_params']}", show_lines=False)
+    title, tail = summary_lines(result, out)
+    t = Table(show_lines=False)
     for col in ("metric", "mean", "median", "min", "max"):
         t.add_column(col)
     for k in ("mse", "psnr", "ssim", "logit_mse"):
         a = s[k]
         t.add_row(k, *(f"{a[c]:.4g}" for c in ("mean", "median", "min", "max")))
     con = Console()
+    con.print(title, soft_wrap=True, highlight=False, markup=False)
     con.print(t)
-    con.print(f"label accuracy {s['label_accuracy']:.3f}; pruned fraction {s['pruned_fraction']:.3f}; "
-              f"outputs in {out}")
+    con.print(tail, soft_wrap=True, highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:
