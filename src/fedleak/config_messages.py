@@ -38,13 +38,15 @@ def suggest_key(model: type[BaseModel] | None, loc: Loc) -> str:
     return f" (did you mean '{'.'.join(map(str, (*loc[:-1], close[0])))}'?)" if close else ""
 
 
+UNKNOWN_KEY = "unknown key"
+
+
 def _describe(e: dict[str, Any]) -> str:
-    msg = e["msg"].replace("Input should be", "must be").removeprefix("Value error, ")
-    if e["type"] in ("int_type", "int_parsing", "int_from_float") or (e["type"] == "int_parsing_size"):
+    if e["type"] in ("int_type", "int_parsing", "int_from_float", "int_parsing_size"):
         return f"must be a whole number written as one (e.g. 20, not 20.0 or 1e20), got {e.get('input')!r}"
     if e["type"] == "finite_number":
         return f"must be a finite number, got {e.get('input')!r}"
-    return msg
+    return e["msg"].replace("Input should be", "must be").removeprefix("Value error, ")
 
 
 def validation_problems(err: ValidationError, model: type[BaseModel] | None = None) -> list[tuple[Loc, str]]:
@@ -54,19 +56,22 @@ def validation_problems(err: ValidationError, model: type[BaseModel] | None = No
         loc = tuple(e["loc"])
         inner = (e.get("ctx") or {}).get("error")
         if isinstance(inner, KeyedProblems):
-            out += [(tuple(loc) + tuple(l), m) for l, m in inner.problems]
+            out += [(loc + tuple(where), msg) for where, msg in inner.problems]
         elif e["type"] == "extra_forbidden":
-            out.append((loc, "unknown key" + suggest_key(model, loc)))
+            out.append((loc, UNKNOWN_KEY + suggest_key(model, loc)))
         else:
             out.append((loc, _describe(e)))
     return out
 
 
 def _fmt(loc: Loc, msg: str) -> str:
+    """``'fl.lr': must be ...``, or ``unknown key 'fl.rouds' (did you mean ...)``."""
     key = ".".join(str(x) for x in loc)
     if not key:
         return msg
-    return f"unknown key '{key}'{msg[len('unknown key'):]}" if msg.startswith("unknown key") else f"'{key}': {msg}"
+    if msg.startswith(UNKNOWN_KEY):
+        return f"{UNKNOWN_KEY} '{key}'{msg[len(UNKNOWN_KEY):]}"
+    return f"'{key}': {msg}"
 
 
 def format_problems(problems: list[tuple[Loc, str]], source: str, what: str = "config",

@@ -105,14 +105,15 @@ class InvertSpec(BaseModel):
     @classmethod
     def _finite_and_whole(cls, v: Any, info: ValidationInfo) -> Any:
         """Nested settings: no inf/nan anywhere, and the attack's int knobs must be written as ints."""
-        bad = non_finite(v, (info.field_name,))
+        data = v.model_dump() if isinstance(v, BaseModel) else v
+        bad = non_finite(data, (info.field_name,))
         if bad:
             raise ValueError("; ".join(f"{'.'.join(map(str, loc))} {msg}" for loc, msg in bad))
-        if info.field_name == "attack" and isinstance(v, dict):
+        if info.field_name == "attack" and isinstance(data, dict):
             ints = [k for k, f in InversionConfig.model_fields.items() if f.annotation is int]
-            floats = [k for k in ints if isinstance(v.get(k), float)]
+            floats = [k for k in ints if isinstance(data.get(k), float)]
             if floats:
-                raise ValueError(f"attack.{floats[0]} must be a whole number written as one, got {v[floats[0]]!r}")
+                raise ValueError(f"attack.{floats[0]} must be a whole number written as one, got {data[floats[0]]!r}")
         return v
 
     @field_validator("attack")
