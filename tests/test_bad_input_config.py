@@ -291,7 +291,7 @@ def test_model_that_does_not_fit_the_images_says_the_size_it_needs(tmp_path, mon
     path = write_config(tmp_path / "cfg.yaml", model={"name": "alexnet_cifar"})
     code, _, err = run_cli(monkeypatch, capsys, "train", str(path), "-o", str(tmp_path / "r"))
     assert_one_error_line(
-        code, err, "model 'alexnet_cifar' needs images of at least 13x13", "the data has 8x8", "data.image_size=32"
+        code, err, "model 'alexnet_cifar' needs images of at least 13x13", "the data's 8x8 is too small", "data.image_size=32"
     )
     assert not (tmp_path / "r").exists()
     # independent check of 13 = the smallest side: real forwards of the architecture itself
@@ -316,7 +316,7 @@ def test_model_fit_advice_is_followed_successfully(tmp_path):
 def test_convnet_too_small_and_bad_options(tmp_path, monkeypatch, capsys):
     path = write_config(tmp_path / "cfg.yaml", model={"name": "convnet64"}, data__synthetic__size=6)
     code, _, err = run_cli(monkeypatch, capsys, "train", str(path), "-o", str(tmp_path / "r"))
-    assert_one_error_line(code, err, "model 'convnet64' needs images of at least 9x9", "the data has 6x6")
+    assert_one_error_line(code, err, "model 'convnet64' needs images of at least 9x9", "the data's 6x6 is too small")
     for options, needle in (({"hidden": 5}, "hidden must be a list of positive integers"),
                             ({"hidden": [1.5]}, "hidden must be a list of positive integers")):
         path = write_config(tmp_path / "cfg.yaml", model={"name": "mlp", "options": options})

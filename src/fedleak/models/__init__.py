@@ -158,8 +158,8 @@ def _misfit_message(name: str, build, shape: tuple[int, int, int], num_classes: 
         return f"model {name!r} with options {options or {}} does not work on {c}x{h}x{w} inputs: {error}"
     design = DESIGN_SIDE.get(name)
     want = max(side, design or side)
-    made = f", it was designed for {design}x{design}" if design else ""
+    made = f"; it was designed for {design}x{design}" if design else ""
     return (
-        f"model {name!r} needs images of at least {side}x{side} (the data has {h}x{w}{made}); "
+        f"model {name!r} needs images of at least {side}x{side}: the data's {h}x{w} is too small{made}; "
         f"resize them, e.g. set data.image_size={want}"
     )
