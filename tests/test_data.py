@@ -270,8 +270,8 @@ def test_mnist_layouts_limits_and_missing(tmp_path):
     with pytest.raises(DataError) as e:
         load_dataset(cfg(name="mnist", data_dir=str(empty)))
     msg = str(e.value)
-    assert "--download" in msg and "t10k-labels-idx1-ubyte.gz" in msg and "lacks" in msg and "\n" not in msg
-    with pytest.raises(DataError, match=r"not found in .*nowhere: put the official files .* or pass --download"):
+    assert "--set data.download=true" in msg and "t10k-labels-idx1-ubyte.gz" in msg and "lacks" in msg and "\n" not in msg
+    with pytest.raises(DataError, match=r"not found in .*nowhere: put the official files .* or download them: fedleak train .* --set data.download=true"):
         load_dataset(cfg(name="mnist", data_dir=str(tmp_path / "nowhere")))
 
 
@@ -465,7 +465,7 @@ def test_cifar_pickle_with_foreign_object_is_refused(tmp_path):
     with pytest.raises(DataError) as e:
         load_dataset(cfg(name="cifar10", data_dir=str(tmp_path)))
     assert "cifar-10-python.tar.gz" in str(e.value) and "cifar-10-batches-py/" in str(e.value)
-    assert "--download" in str(e.value)
+    assert "--set data.download=true" in str(e.value)
 
 
 # ---------------------------------------------------------------------------------- download
@@ -503,8 +503,8 @@ def test_download_mnist_from_file_mirror(tmp_path):
     for rf in dl.MNIST_FILES:
         assert dl.md5_of(data_dir / "MNIST" / "raw" / rf.name) == rf.md5
     assert ds.train.y[:4].tolist() == [5, 0, 4, 1] and len(ds.test) == 5
-    # without --download a missing dataset says what to do
-    with pytest.raises(DataError, match="--download"):
+    # without data.download a missing dataset says what to do
+    with pytest.raises(DataError, match="--set data.download=true"):
         load_dataset(cfg(name="mnist", data_dir=str(tmp_path)))
 
 

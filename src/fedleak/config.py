@@ -6,19 +6,47 @@ key's name instead of being silently ignored (the original code had many dead ar
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+
+from fedleak.config_messages import (
+    KeyedProblems,
+    Loc,
+    format_problems,
+    format_validation_error,  # noqa: F401 - re-exported for sweep files
+    non_finite,
+    suggest_key,
+    validation_problems,
+)
 
 
 class ConfigError(ValueError):
     """A configuration problem, with a one-line message that says what to change."""
 
 
+# Upper limits, checked before anything is allocated (``fl.rounds: 1.0e+20`` must not eat memory until killed).
+MAX_ROUNDS = 100_000
+MAX_CLIENTS = 10_000
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536
+MAX_SAMPLES = 100_000_000
+MAX_IMAGE_SIZE = 1024
+MAX_THREADS = 1024
+MAX_MEMORY_MB = 1_048_576
+MAX_SEED = 2**63 - 1
+
+#: An int that must be written as one: ``1e20`` (a YAML string) or ``5.0`` (a float) are rejected, not coerced.
+SInt = Annotated[int, Strict()]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys are errors; ints must be ints; floats must be finite (no ``.inf`` / ``.nan``)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -30,16 +58,18 @@ class DataConfig(_Strict):
     )
     download: bool = Field(False, description="Download missing official files (md5-verified).")
     mirror: str | None = Field(None, description="Base URL that replaces the official download host.")
-    image_size: int | None = Field(None, ge=4, description="Resize images to this side length (bilinear).")
-    channels: int | None = Field(None, description="Force 1 (grayscale) or 3 (RGB) channels.")
+    image_size: SInt | None = Field(
+        None, ge=4, le=MAX_IMAGE_SIZE, description="Resize images to this side length (bilinear)."
+    )
+    channels: SInt | None = Field(None, description="Force 1 (grayscale) or 3 (RGB) channels.")
     normalization: str = Field(
         "default",
         description="'default' (the dataset's documented constants), 'cifar10', 'cifar100', 'none' or 'dataset'.",
     )
     root: str | None = Field(None, description="imagefolder: the class-per-folder directory.")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Held-out fraction where a dataset has no test split.")
-    max_train: int | None = Field(None, ge=1, description="Keep only the first N training samples.")
-    max_test: int | None = Field(None, ge=1, description="Keep only the first N test samples.")
+    max_train: SInt | None = Field(None, ge=1, le=MAX_SAMPLES, description="Keep only the first N training samples.")
+    max_test: SInt | None = Field(None, ge=1, le=MAX_SAMPLES, description="Keep only the first N test samples.")
     synthetic: dict[str, Any] = Field(default_factory=dict, description="Options of the 'synthetic' dataset.")
 
     @field_validator("channels")
@@ -53,22 +83,30 @@ class DataConfig(_Strict):
 class PartitionConfig(_Strict):
     """How the training set is split among the K clients."""
 
-    num_clients: int = Field(10, ge=2)
+    num_clients: SInt = Field(10, ge=2, le=MAX_CLIENTS)
     scheme: Literal["iid", "dirichlet"] = "iid"
     beta: float = Field(1.0, gt=0, description="Dirichlet concentration (smaller = more skewed).")
-    samples_per_client: int | None = Field(
-        None, ge=1, description="IID shard size; default len(train) // num_clients (the whole set, as the original)."
+    samples_per_client: SInt | None = Field(
+        None, ge=1, le=MAX_SAMPLES, description="IID shard size; default len(train) // num_clients (the whole set, as the original)."
     )
-    min_size: int = Field(1, ge=0, description="Dirichlet: redraw until every client has at least this many.")
+    min_size: SInt = Field(1, ge=0, le=MAX_SAMPLES, description="Dirichlet: redraw until every client has at least this many.")
 
 
 class CandidatesConfig(_Strict):
     """The fixed candidate set scored every recorded round (see docs/architecture.md)."""
 
-    target_client: int = Field(0, ge=0)
-    max_members: int | None = Field(None, ge=1, description="Cap on the target's samples used as members.")
-    n_test: int = Field(1000, ge=0, description="Held-out test samples used as non-members.")
-    n_other: int = Field(1000, ge=0, description="Samples taken from each other client as non-members.")
+    target_client: SInt = Field(0, ge=0)
+    max_members: SInt | None = Field(
+        None, ge=1, le=MAX_SAMPLES, description="Cap on the target's samples used as members (null: all of them)."
+    )
+    n_test: SInt = Field(
+        1000, ge=0, le=MAX_SAMPLES, description="At most this many held-out test samples are non-members (all of the "
+        "test split when it is smaller; an explicit value above it is warned about).",
+    )
+    n_other: SInt = Field(
+        1000, ge=0, le=MAX_SAMPLES, description="At most this many samples of each other client are non-members (all "
+        "of a smaller client's; an explicit value above it is warned about). meta.json records the counts used.",
+    )
     protocol: Literal["aligned", "official-compat"] = Field(
         "aligned",
         description="aligned: one fixed candidate list for every client and round. official-compat: non-member "
@@ -87,23 +125,25 @@ class ModelConfig(_Strict):
 class ScheduleConfig(_Strict):
     kind: Literal["constant", "exponential", "cosine", "cosine-official", "milestones"] = "exponential"
     gamma: float = Field(0.99, gt=0, description="exponential: lr <- gamma*lr after each round; milestones: factor.")
-    milestones: list[int] = Field(default_factory=list, description="0-based rounds after which lr *= gamma.")
+    milestones: list[Annotated[int, Strict(), Field(ge=0, le=MAX_ROUNDS)]] = Field(
+        default_factory=list, description="0-based rounds after which lr *= gamma (each below fl.rounds)."
+    )
 
 
 class FLConfig(_Strict):
-    rounds: int = Field(20, ge=1)
+    rounds: SInt = Field(20, ge=1, le=MAX_ROUNDS)
     participation: float = Field(1.0, gt=0, le=1, description="Fraction of clients sampled each round.")
-    local_epochs: int = Field(1, ge=1)
-    batch_size: int = Field(32, ge=1)
+    local_epochs: SInt = Field(1, ge=1, le=MAX_EPOCHS)
+    batch_size: SInt = Field(32, ge=1, le=MAX_BATCH)
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     fresh_optimizer: bool = Field(True, description="Re-create the optimizer each round, as the original does.")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    eval_batch_size: int = Field(512, ge=1)
-    eval_train_every: int = Field(1, ge=0, description="Evaluate the global model on train data every N rounds (0: never).")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice).")
+    eval_batch_size: SInt = Field(512, ge=1, le=MAX_BATCH)
+    eval_train_every: SInt = Field(1, ge=0, le=MAX_ROUNDS, description="Evaluate the global model on train data every N rounds (0: never).")
+    threads: SInt | None = Field(None, ge=1, le=MAX_THREADS, description="torch CPU threads (default: torch's choice).")
 
 
 class DefenseConfig(_Strict):
@@ -111,20 +151,22 @@ class DefenseConfig(_Strict):
 
     name: str = "none"
     params: dict[str, Any] = Field(default_factory=dict)
-    clients: list[int] | None = Field(None, description="Clients that apply the defense (default: all).")
+    clients: list[SInt] | None = Field(
+        None, description="Clients that apply the defense, each in 0..partition.num_clients-1 (default: all)."
+    )
 
 
 class SignalsConfig(_Strict):
-    rounds: list[int] | None = Field(
+    rounds: list[SInt] | None = Field(
         None, description="0-based rounds to record; default every `every`-th round and the last."
     )
-    every: int = Field(10, ge=1)
+    every: SInt = Field(10, ge=1, le=MAX_ROUNDS)
     include_first: bool = Field(False, description="Also record round 0 (the original records it, never uses it).")
-    chunk_size: int | None = Field(
-        None, ge=1, description="Per-sample gradient chunk; default chosen from memory_budget_mb."
+    chunk_size: SInt | None = Field(
+        None, ge=1, le=MAX_BATCH, description="Per-sample gradient chunk; default chosen from memory_budget_mb."
     )
-    memory_budget_mb: int = Field(512, ge=16, description="Bound on the per-sample gradient chunk's memory.")
-    batch_size: int = Field(512, ge=1, description="Batch size of the loss forwards.")
+    memory_budget_mb: SInt = Field(512, ge=16, le=MAX_MEMORY_MB, description="Bound on the per-sample gradient chunk's memory.")
+    batch_size: SInt = Field(512, ge=1, le=MAX_BATCH, description="Batch size of the loss forwards.")
 
     def recorded_rounds(self, total: int) -> list[int]:
         if self.rounds is not None:
@@ -141,12 +183,12 @@ class SignalsConfig(_Strict):
 
 class OutputConfig(_Strict):
     dir: str = Field("runs", description="Parent folder of run directories (a CLI --out overrides).")
-    checkpoint_every: int = Field(1, ge=1, description="Save a resumable checkpoint every N rounds.")
+    checkpoint_every: SInt = Field(1, ge=1, le=MAX_ROUNDS, description="Save a resumable checkpoint every N rounds.")
 
 
 class ExperimentConfig(_Strict):
     name: str = "experiment"
-    seed: int = 0
+    seed: SInt = Field(0, ge=0, le=MAX_SEED)
     device: str = "cpu"
     data: DataConfig = Field(default_factory=DataConfig)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
@@ -159,62 +201,108 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "ExperimentConfig":
-        if self.candidates.target_client >= self.partition.num_clients:
-            raise ValueError(
-                f"candidates.target_client={self.candidates.target_client} but only "
-                f"{self.partition.num_clients} clients (0..{self.partition.num_clients - 1})"
-            )
+        problems = cross_field_problems(self)
+        if problems:
+            raise KeyedProblems(problems)
         return self
 
 
-def format_validation_error(err: ValidationError, source: str, what: str = "config") -> str:
-    """One line naming every bad key of a pydantic error (shared by configs and sweep files)."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{loc}'")
-        elif e["type"] == "literal_error":
-            parts.append(f"'{loc}': {e['msg'].replace('Input should be', 'must be')}")
-        else:
-            parts.append(f"'{loc}': {e['msg']}")
-    return f"invalid {what} {source}: " + "; ".join(parts)
+def cross_field_problems(cfg: ExperimentConfig) -> list[tuple[Loc, str]]:
+    """Checks that need more than one section (client ids against num_clients, schedule against rounds)."""
+    out: list[tuple[Loc, str]] = []
+    k = cfg.partition.num_clients
+    if cfg.candidates.target_client >= k:
+        out.append((("candidates", "target_client"), f"is {cfg.candidates.target_client} but there are only {k} "
+                    f"clients (0..{k - 1}, partition.num_clients)"))
+    clients = cfg.defense.clients or []
+    bad = sorted({c for c in clients if not 0 <= c < k})
+    if bad:
+        out.append((("defense", "clients"), f"names client(s) {bad} that do not exist; valid ids are 0..{k - 1} "
+                    f"(partition.num_clients={k})"))
+    dup = sorted({c for c in clients if clients.count(c) > 1})
+    if dup:
+        out.append((("defense", "clients"), f"lists client(s) {dup} more than once"))
+    sched, rounds = cfg.fl.schedule, cfg.fl.rounds
+    late = [m for m in sched.milestones if m >= rounds]
+    if sched.kind == "milestones" and late:
+        out.append((("fl", "schedule", "milestones"), f"{late} are not rounds of this run (0..{rounds - 1}, fl.rounds)"))
+    steps = (rounds - 1) if sched.kind == "exponential" else len(sched.milestones) if sched.kind == "milestones" else 0
+    if sched.gamma > 1 and math.log10(cfg.fl.lr) + steps * math.log10(sched.gamma) > 300:
+        out.append((("fl", "schedule", "gamma"), f"{sched.gamma:g} grows fl.lr={cfg.fl.lr:g} past 1e300 within "
+                    f"{rounds} rounds; use gamma <= 1"))
+    return out
 
 
-def parse_config(data: dict[str, Any], source: str = "") -> ExperimentConfig:
-    """Validate a dict; raise ConfigError with a one-line message naming each bad key."""
+def parse_config(data: dict[str, Any], source: str = "", overrides: dict[Loc, str] | None = None) -> ExperimentConfig:
+    """Validate a dict; raise ConfigError with a one-line message naming each bad key (and the ``--set`` behind it)."""
+    problems = non_finite(data)
     try:
-        return ExperimentConfig.model_validate(data or {})
+        cfg = ExperimentConfig.model_validate(data or {})
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
+        seen = {loc for loc, _ in problems}
+        problems += [p for p in validation_problems(err, ExperimentConfig) if p[0] not in seen]
+    if problems:
+        raise ConfigError(format_problems(problems, source, "config", overrides))
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def read_yaml_mapping(p: Path, what: str = "config", hint: str = "data:, model:, fl:, ...") -> dict[str, Any]:
+    """A YAML file whose top level is a non-empty mapping; anything else is a one-line ConfigError."""
+    if p.is_dir():
+        raise ConfigError(f"{what} {p} is a directory; give the path of a YAML file")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {p} is not a text file (not UTF-8 at byte {e.start}); give a YAML file") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {p}: {e.strerror or e}") from None
+    if "\x00" in text:
+        raise ConfigError(f"{what} {p} is not a text file (it holds NUL bytes); give a YAML file")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if raw is None:
+        raise ConfigError(f"{what} {p} is empty; write the settings to change ({hint}), or '{{}}' for all defaults")
+    if not isinstance(raw, dict):
+        kind = "list" if isinstance(raw, list) else "string" if isinstance(raw, str) else "single value"
+        raise ConfigError(f"{p}: top level must be a mapping of sections ({hint}), not a {kind}")
+    return raw
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load a YAML file (or a preset name from ``configs/``) and apply ``key.sub=value`` overrides."""
     p = resolve_config_path(path)
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: top level must be a mapping of sections (data:, model:, fl:, ...)")
+    raw = read_yaml_mapping(p)
+    applied: dict[Loc, str] = {}
     for ov in overrides or []:
-        apply_override(raw, ov)
-    return parse_config(raw, str(p))
+        applied[apply_override(raw, ov)] = ov
+    return parse_config(raw, str(p), applied)
 
 
-def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Apply one ``a.b.c=value`` override (value parsed as YAML) to a raw config dict."""
+def apply_override(raw: dict[str, Any], override: str) -> Loc:
+    """Apply one ``a.b.c=value`` override (value parsed as YAML) to a raw config dict; returns its key path."""
     if "=" not in override:
-        raise ConfigError(f"override '{override}' must look like section.key=value, e.g. fl.rounds=5")
+        raise ConfigError(f"--set '{override}' must look like section.key=value, e.g. fl.rounds=5")
     key, value = override.split("=", 1)
-    node = raw
     parts = key.strip().split(".")
-    for part in parts[:-1]:
+    if not all(parts):
+        raise ConfigError(f"--set '{override}': '{key.strip()}' is not a key; write section.key=value, e.g. fl.rounds=5")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set '{override}': the value is not valid YAML ({str(e).splitlines()[0]})") from None
+    node = raw
+    for i, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override '{override}': '{part}' is not a section")
-    node[parts[-1]] = yaml.safe_load(value)
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"--set '{override}': '{where}' is a value, not a section" + suggest_key(ExperimentConfig, tuple(parts)))
+    node[parts[-1]] = parsed
+    return tuple(parts)
 
 
 def presets_dir() -> Path:
@@ -225,7 +313,7 @@ def presets_dir() -> Path:
 
 def resolve_config_path(path: str | Path) -> Path:
     p = Path(path)
-    if p.is_file():
+    if p.is_file() or p.is_dir():
         return p
     for cand in (presets_dir() / f"{path}", presets_dir() / f"{path}.yaml"):
         if cand.is_file():

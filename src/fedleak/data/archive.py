@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from fedleak.data.base import DataError
+from fedleak.data.download import DOWNLOAD_HINT
 
 
 def _checked_members(tar: tarfile.TarFile, archive: Path, top: str) -> list[tuple[tarfile.TarInfo, PurePosixPath]]:
@@ -35,12 +36,12 @@ def _checked_members(tar: tarfile.TarFile, archive: Path, top: str) -> list[tupl
         if bad:
             raise DataError(
                 f"refusing to extract {archive.name}: member {m.name!r} lies outside {top}/; "
-                f"the archive is not the official one - delete it and download again (--download)"
+                f"the archive is not the official one - delete it and download again ({DOWNLOAD_HINT})"
             )
         if not (m.isfile() or m.isdir()):
             raise DataError(
                 f"refusing to extract {archive.name}: member {m.name!r} is a link or special file; "
-                f"the archive is not the official one - delete it and download again (--download)"
+                f"the archive is not the official one - delete it and download again ({DOWNLOAD_HINT})"
             )
         out.append((m, PurePosixPath(*parts)))
     return out
@@ -53,7 +54,7 @@ def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str], 
     try:
         tar = tarfile.open(archive, "r:*")
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise DataError(f"cannot read {archive}: {e}; delete it and download again (--download)") from e
+        raise DataError(f"cannot read {archive}: {e}; delete it and download again ({DOWNLOAD_HINT})") from e
     with tar:
         members = _checked_members(tar, archive, top)
         dest.mkdir(parents=True, exist_ok=True)
@@ -78,7 +79,7 @@ def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str], 
                 if not final.is_dir():  # else a concurrent extraction finished first: use its copy
                     raise
         except (tarfile.TarError, EOFError, OSError) as e:
-            raise DataError(f"extracting {archive} failed: {e}; delete it and download again (--download)") from e
+            raise DataError(f"extracting {archive} failed: {e}; delete it and download again ({DOWNLOAD_HINT})") from e
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return final

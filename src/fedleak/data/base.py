@@ -7,6 +7,7 @@ pixel space.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -14,6 +15,24 @@ import torch
 
 class DataError(RuntimeError):
     """A missing, corrupt or unknown dataset; the message says what to put where."""
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM of this machine (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(nbytes: int, what: str, advice: str) -> None:
+    """Refuse, before allocating, an array that would take more than half of this machine's memory."""
+    ram = physical_memory()
+    if ram is not None and nbytes > ram // 2:
+        raise DataError(
+            f"{what} needs {nbytes / 2**30:,.1f} GiB, more than half of this machine's {ram / 2**30:,.1f} GiB of "
+            f"memory; {advice}"
+        )
 
 
 @dataclass

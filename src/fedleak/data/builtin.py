@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedleak.data.base import DataError
+from fedleak.data.base import DataError, check_memory
 from fedleak.data.raw import RawData
 from fedleak.data.splits import stratified_split
 
@@ -30,6 +31,8 @@ def load_digits_raw(cfg: Any, data_dir: Path, seed: int) -> RawData:
         scale=16.0,
     )
 
+
+MAX_SYNTHETIC_SIZE = 1024
 
 SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "n_train": 512,
@@ -57,10 +60,17 @@ def synthetic_options(options: dict[str, Any]) -> dict[str, Any]:
         raise DataError(f"data.synthetic.channels must be 1 or 3, got {opts['channels']}")
     try:
         opts["noise"] = float(opts["noise"])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise DataError(f"data.synthetic.noise must be a number, got {opts['noise']!r}") from None
-    if opts["noise"] < 0:
-        raise DataError("data.synthetic.noise must be >= 0")
+    if not (math.isfinite(opts["noise"]) and opts["noise"] >= 0):
+        raise DataError(f"data.synthetic.noise must be a finite number >= 0, got {opts['noise']!r}")
+    if opts["size"] > MAX_SYNTHETIC_SIZE:
+        raise DataError(f"data.synthetic.size must be <= {MAX_SYNTHETIC_SIZE}, got {opts['size']}")
+    # float64 draws: the class patterns plus about two temporaries of every image
+    nbytes = 8 * (opts["num_classes"] + 2 * (opts["n_train"] + opts["n_test"]))
+    check_memory(nbytes * opts["channels"] * opts["size"] ** 2, f"data.synthetic ({opts['n_train']:,} + "
+                 f"{opts['n_test']:,} images of {opts['size']}x{opts['size']}, {opts['num_classes']:,} classes)",
+                 "lower data.synthetic.n_train / n_test / size / num_classes")
     return opts
 
 

@@ -30,6 +30,9 @@ CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
 
 _SCHEMES = ("https", "http", "ftp", "file")
 
+#: How a user asks for a download (``data.download: true`` in an experiment config).
+DOWNLOAD_HINT = "fedleak train CONFIG --set data.download=true"
+
 
 @dataclass(frozen=True)
 class RemoteFile:
@@ -91,7 +94,7 @@ def download_file(url: str, dest: str | os.PathLike[str], md5: str, *, timeout: 
         if actual != md5.lower():
             raise DataError(
                 f"checksum mismatch for {dest.name} downloaded from {url}: expected md5 {md5.lower()}, got {actual}; "
-                f"the download is corrupt or the mirror serves a different file - retry, use another --mirror, "
+                f"the download is corrupt or the mirror serves a different file - retry, use another data.mirror, "
                 f"or download the official file by hand into {dest.parent}"
             )
         os.replace(tmp, dest)
@@ -99,7 +102,7 @@ def download_file(url: str, dest: str | os.PathLike[str], md5: str, *, timeout: 
     except (OSError, http.client.HTTPException, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise DataError(
-            f"could not download {url}: {reason}; check the connection or the --mirror, "
+            f"could not download {url}: {reason}; check the connection or data.mirror, "
             f"or put {dest.name} into {dest.parent} by hand"
         ) from e
     finally:

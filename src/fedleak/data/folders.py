@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedleak.data.base import DataError
+from fedleak.data.base import DataError, check_memory
 from fedleak.data.raw import RawData
 from fedleak.data.splits import stratified_split
 
@@ -66,12 +66,27 @@ def list_class_folders(root: Path) -> tuple[list[str], list[tuple[Path, str]]]:
         raise DataError(f"image folder {root} does not exist: set data.root to a folder with one subfolder per class")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     items: list[tuple[Path, str]] = []
+    empty: list[Path] = []
     for c in classes:
+        before = len(items)
         for dirpath, _, files in sorted(os.walk(root / c, followlinks=True)):
             items.extend((Path(dirpath) / f, c) for f in sorted(files) if _is_image(f))
+        if len(items) == before:
+            empty.append(root / c)
     if not classes or not items:
         raise DataError(
             f"no images found in {root}: expected {root}/<class name>/<image>.jpg|png|... (one subfolder per class)"
+        )
+    if empty:
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise DataError(
+            f"class folder {empty[0]}{more} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+            f"add images or remove the folder"
+        )
+    if len(classes) < 2:
+        raise DataError(
+            f"{root} has only one class folder ({classes[0]}); a classification dataset needs at least 2 "
+            f"(one subfolder per class: {root}/<class name>/<image>)"
         )
     return classes, items
 
@@ -101,6 +116,8 @@ def _build(
     if cfg.max_test is not None:
         test = test[: cfg.max_test]
     size = _image_size(cfg)
+    check_memory(4 * 3 * size * size * (len(train) + len(test)), f"decoding {len(train) + len(test):,} images at "
+                 f"{size}x{size}", "lower data.image_size or set data.max_train / data.max_test")
     return RawData(
         x_train=decode_images([paths[i] for i in train], size),
         y_train=labels[train].astype(np.int64),

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fedleak.data.base import DataError
+from fedleak.data.download import DOWNLOAD_HINT
 
 IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
@@ -26,7 +27,7 @@ IDX_DTYPES: dict[int, np.dtype] = {
     0x0E: np.dtype(">f8"),
 }
 
-_ADVICE = "delete it and download the official file again (--download)"
+_ADVICE = f"delete it and download the official file again ({DOWNLOAD_HINT})"
 
 
 def parse_idx(

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from fedleak.data import builtin, folders, vision
-from fedleak.data.base import DataError, Dataset, Split
+from fedleak.data.base import DataError, Dataset, Split, check_memory
 from fedleak.data.paths import resolve_data_dir
 from fedleak.data.raw import RawData
 
@@ -296,12 +296,21 @@ def _stats(kind: str, explicit: bool, x_train: torch.Tensor) -> tuple[tuple[floa
     return dataset_stats(x_train)
 
 
+def _check_final_size(n: int, shape: tuple[int, ...], cfg: DataConfig) -> None:
+    """Refuse, before converting anything, images that would not fit in memory once resized / recoloured."""
+    c = cfg.channels or int(shape[0])
+    h, w = (cfg.image_size, cfg.image_size) if cfg.image_size else (int(shape[1]), int(shape[2]))
+    check_memory(4 * n * c * h * w, f"{n:,} images of {c}x{h}x{w} (float32)",
+                 "lower data.image_size or set data.max_train / data.max_test")
+
+
 def finalize(raw: RawData, cfg: DataConfig, name: str) -> Dataset:
     x_tr, y_tr, x_te, y_te = raw.x_train, raw.y_train, raw.x_test, raw.y_test
     if cfg.max_train is not None:
         x_tr, y_tr = x_tr[: cfg.max_train], y_tr[: cfg.max_train]
     if cfg.max_test is not None:
         x_te, y_te = x_te[: cfg.max_test], y_te[: cfg.max_test]
+    _check_final_size(len(y_tr) + len(y_te), tuple(x_tr.shape[1:]), cfg)
     xs = []
     for x in (x_tr, x_te):
         t = _to_float(x, raw.scale)

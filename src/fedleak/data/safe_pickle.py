@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fedleak.data.base import DataError
+from fedleak.data.download import DOWNLOAD_HINT
 
 _RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's own _reconstruct, whatever its module
 _SCALAR = np.float64(0).__reduce__()[0]
@@ -99,7 +100,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         except KeyError:
             raise DataError(
                 f"refusing to unpickle {module}.{name} from {self._source}: only numpy arrays are allowed in dataset "
-                f"files; the file is not an official dataset file - delete it and download again (--download)"
+                f"files; the file is not an official dataset file - delete it and download again ({DOWNLOAD_HINT})"
             ) from None
 
 
@@ -110,7 +111,7 @@ def safe_loads(data: bytes, *, source: str = "pickle", encoding: str = "bytes") 
     except DataError:
         raise
     except Exception as e:  # malformed pickles raise many kinds of errors
-        raise DataError(f"cannot read {source}: {type(e).__name__}: {e}; delete it and download again (--download)") from e
+        raise DataError(f"cannot read {source}: {type(e).__name__}: {e}; delete it and download again ({DOWNLOAD_HINT})") from e
 
 
 def safe_load_file(path: Any, *, encoding: str = "bytes") -> Any:

@@ -15,6 +15,7 @@ import numpy as np
 from fedleak.data.archive import safe_extract
 from fedleak.data.base import DataError
 from fedleak.data.download import (
+    DOWNLOAD_HINT,
     CIFAR10_ARCHIVE,
     CIFAR100_ARCHIVE,
     FASHION_MNIST_FILES,
@@ -94,7 +95,7 @@ def _idx_not_found(spec: IdxSpec, data_dir: Path) -> DataError:
             break
     return DataError(
         f"dataset '{spec.name}' not found in {data_dir}{partial}: put the official files {names} into {where}, "
-        f"or pass --download"
+        f"or download them: {DOWNLOAD_HINT}"
     )
 
 
@@ -203,7 +204,7 @@ def _cifar_not_found(spec: CifarSpec, data_dir: Path) -> DataError:
         partial = f" ({folder} lacks {', '.join(missing)})"
     return DataError(
         f"dataset '{spec.name}' not found in {data_dir}{partial}: put {spec.archive.name} "
-        f"(or the extracted {spec.folder}/) there, or pass --download"
+        f"(or the extracted {spec.folder}/) there, or download it: {DOWNLOAD_HINT}"
     )
 
 
@@ -213,13 +214,13 @@ def _read_batch(spec: CifarSpec, path: Path) -> tuple[np.ndarray, np.ndarray]:
         keys = sorted(k.decode(errors="replace") if isinstance(k, bytes) else str(k) for k in d) if isinstance(d, dict) else []
         raise DataError(
             f"{path} is not a {spec.name} batch (needs keys 'data' and '{spec.label_key.decode()}', has {keys}); "
-            f"delete it and download again (--download)"
+            f"delete it and download again ({DOWNLOAD_HINT})"
         )
     x = d[b"data"]
     y = np.asarray(d[spec.label_key])
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
         desc = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
-        raise DataError(f"{path}: 'data' is {desc}, expected uint8 [N, 3072]; delete it and download again (--download)")
+        raise DataError(f"{path}: 'data' is {desc}, expected uint8 [N, 3072]; delete it and download again ({DOWNLOAD_HINT})")
     if y.ndim != 1 or y.shape[0] != x.shape[0] or not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{path}: {y.shape[0] if y.ndim else 0} labels for {x.shape[0]} images; the file is corrupt")
     if y.size and (int(y.min()) < 0 or int(y.max()) >= spec.num_classes):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -37,7 +38,7 @@ def _coerce(defense: str, name: str, value: Any, p: Param) -> Any:
                 raise TypeError
             out: Any = float(value)
         elif p.kind == "int":
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            if isinstance(value, (bool, float)):  # 1e20 or 4.0 is not an int; nor is inf
                 raise TypeError
             out = int(value)
         elif p.kind == "bool":
@@ -51,8 +52,10 @@ def _coerce(defense: str, name: str, value: Any, p: Param) -> Any:
             out = [float(v) for v in vals]
         else:  # pragma: no cover - programming error
             raise AssertionError(p.kind)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{where} must be of type {p.kind}, got {value!r}") from None
+    if p.kind in ("float", "floats") and not all(math.isfinite(v) for v in (out if p.kind == "floats" else [out])):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
     if p.choices is not None and out not in p.choices:
         raise ConfigError(f"{where} must be one of {', '.join(map(str, p.choices))}, got {value!r}")
     if p.check is not None:

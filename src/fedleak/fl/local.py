@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedleak.config import FLConfig
+from fedleak.config import ConfigError, FLConfig
 from fedleak.fl.hooks import Defense, soft_cross_entropy
 
 ParamDict = dict[str, torch.Tensor]
+
+
+class TrainingDiverged(ConfigError):
+    """A client's local loss or update became inf/nan: the run stops (finished rounds stay saved)."""
+
+
+def _diverged(where: str, what: str, lr: float) -> TrainingDiverged:
+    at = f" in {where}" if where else ""
+    return TrainingDiverged(
+        f"training diverged{at}: {what} (learning rate {lr:g}); use a smaller fl.lr (or fl.schedule), "
+        "in a new run directory (--out): the finished rounds are kept"
+    )
 
 
 def make_optimizer(params, fl: FLConfig, lr: float) -> torch.optim.Optimizer:
@@ -50,11 +63,14 @@ def local_update(
     defense: Defense,
     gen: torch.Generator,
     opt_state: dict[str, Any] | None = None,
+    where: str = "",
 ) -> tuple[ParamDict, float, dict[str, Any] | None]:
     """Train ``model`` from ``global_params`` on the client's pixel-space data (x in [0,1]).
 
     Returns (local params, mean training loss, optimizer state to carry when fresh_optimizer=False).
     The model is put in train() mode (the original never called it, spec W12).
+    A non-finite batch loss or final parameter raises :class:`TrainingDiverged` naming ``where``
+    (e.g. "round 3, client 1") instead of uploading garbage.
     """
     load_params(model, global_params)
     model.train()
@@ -70,8 +86,14 @@ def local_update(
             idx = perm[s : s + fl.batch_size]
             xb, yb = defense.transform_batch(x[idx], y[idx], num_classes, gen)
             losses.append(defense.training_step(model, normalize(xb), yb, soft_cross_entropy, opt))
+            if not math.isfinite(losses[-1]):
+                raise _diverged(where, f"the local training loss became {losses[-1]} at step {len(losses)}", lr)
+    params = get_params(model)
+    bad = [n for n, p in params.items() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise _diverged(where, f"the local model's {bad[0]} became inf/nan", lr)
     state = None if fl.fresh_optimizer else opt.state_dict()
-    return get_params(model), float(np.mean(losses)) if losses else float("nan"), state
+    return params, float(np.mean(losses)) if losses else float("nan"), state
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from fedleak.fl.local import ParamDict, evaluate, get_params, local_update
 from fedleak.fl.progress import RoundProgress
 from fedleak.fl.schedule import lr_at
 from fedleak.signals import store
-from fedleak.signals.candidates import build_candidates, gather, redraw_nonmembers
+from fedleak.signals.candidates import build_candidates, candidate_counts, gather, redraw_nonmembers
 
 # purposes of derived random streams
 _PARTITION, _CANDIDATES, _SAMPLE_CLIENTS, _LOCAL, _DEFENSE, _COMPAT, _DATA_SELECT, _INIT = range(8)
@@ -159,6 +159,7 @@ def _init_run_dir(run_dir: Path, cfg: ExperimentConfig, fed: Federation, recorde
         "client_sizes": [len(c) for c in fed.clients],
         "n_candidates": int(len(fed.cand_ids)),
         "n_members": int((fed.cand_owner == cfg.candidates.target_client).sum()),
+        "candidates_used": candidate_counts(cfg.candidates, fed.cand_owner),
         "recorded_rounds": recorded,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -228,6 +229,7 @@ def client_update(
         defense=defense,
         gen=torch_gen(cfg.seed, _LOCAL, rnd, k),
         opt_state=opt_state,
+        where=f"round {rnd} (0-based), client {k}",
     )
     delta = {n: global_params[n] - local[n] for n in local}
     delta = defense.transform_update(delta, torch_gen(cfg.seed, _DEFENSE, rnd, k))

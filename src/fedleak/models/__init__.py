@@ -20,9 +20,11 @@ name               architecture                                                 
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import nn
 
 from fedleak.models._common import apply_init, check_input_shape
@@ -75,12 +77,25 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+#: A model with more trainable parameters than this is refused before its weights are allocated (1 GiB of float32).
+MAX_PARAMETERS = 2**28
+#: Input sides the size search tries up to.
+MAX_PROBE_SIDE = 1024
+#: The image side each architecture was designed for (suggested when the data is too small for it).
+DESIGN_SIDE = {"alexnet_cifar": 32, "resnet18_gn": 32, "lenet_dlg": 32, "lenet_soteria": 32, "convnet64": 32}
+
+
 def available_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
 def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int], **options) -> nn.Module:
-    """Build a fresh (randomly initialised, seeded by the global torch RNG) model."""
+    """Build a fresh (randomly initialised, seeded by the global torch RNG) model.
+
+    Before any weight is allocated the model is built on the ``meta`` device and run on one dry sample:
+    a model too large (:data:`MAX_PARAMETERS`) or one that does not fit the input size is a ValueError
+    that says which size it needs. The meta build draws no random numbers, so the weights are unchanged.
+    """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; choose from: {', '.join(available_models())}")
     if int(num_classes) < 1:
@@ -93,4 +108,58 @@ def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int], 
         raise ValueError(
             f"model {name!r} got unknown option(s) {', '.join(unknown)}; accepted: {', '.join(allowed) or 'none'}"
         )
-    return builder(int(num_classes), shape, **options)
+    build = functools.partial(builder, int(num_classes), **options)
+    error, n_params = _dry_run(build, shape, int(num_classes))
+    if error is not None:
+        raise ValueError(_misfit_message(name, build, shape, int(num_classes), error, options))
+    if n_params > MAX_PARAMETERS:
+        raise ValueError(
+            f"model {name!r} with options {options or {}} would have {n_params:,} parameters, above the limit "
+            f"{MAX_PARAMETERS:,}; use smaller layer widths"
+        )
+    return build(shape)
+
+
+def _dry_run(build: Callable[..., nn.Module], shape: tuple[int, int, int], num_classes: int) -> tuple[str | None, int]:
+    """(error or None, trainable parameter count) of the model built on the meta device and fed one sample."""
+    try:
+        with torch.device("meta"), torch.no_grad():
+            model = build(shape)
+            n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            try:
+                out = model(torch.zeros((1, *shape)))
+            except NotImplementedError:  # an op without a meta kernel: no shape check possible, trust the build
+                return None, n_params
+    except (ValueError, RuntimeError, TypeError) as e:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__, 0
+    if tuple(out.shape) != (1, num_classes):
+        return f"its output has shape {tuple(out.shape)}, expected (1, {num_classes})", n_params
+    return None, n_params
+
+
+def _smallest_side(build: Callable[..., nn.Module], channels: int, lo: int, num_classes: int) -> int | None:
+    """The smallest square side above ``lo`` the model runs on (None: not even ``MAX_PROBE_SIDE``)."""
+    hi = MAX_PROBE_SIDE
+    if hi <= lo or _dry_run(build, (channels, hi, hi), num_classes)[0] is not None:
+        return None
+    while hi - lo > 1:  # invariant: lo fails, hi works
+        mid = (lo + hi) // 2
+        if _dry_run(build, (channels, mid, mid), num_classes)[0] is None:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _misfit_message(name: str, build, shape: tuple[int, int, int], num_classes: int, error: str, options) -> str:
+    c, h, w = shape
+    side = _smallest_side(build, c, min(h, w), num_classes)
+    if side is None:  # not a matter of size: a bad option or a broken combination
+        return f"model {name!r} with options {options or {}} does not work on {c}x{h}x{w} inputs: {error}"
+    design = DESIGN_SIDE.get(name)
+    want = max(side, design or side)
+    made = f"; it was designed for {design}x{design}" if design else ""
+    return (
+        f"model {name!r} needs images of at least {side}x{side}: the data's {h}x{w} is too small{made}; "
+        f"resize them, e.g. set data.image_size={want}"
+    )

@@ -27,11 +27,21 @@ so test images are used; the step-decay milestones are the integers 3N//8, 5N//8
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationInfo, field_validator, model_validator
 
 from fedleak.attacks.inversion.optimize import InversionConfig, dlg_config, idlg_config, ig_config
+from fedleak.config import MAX_BATCH, MAX_SAMPLES, MAX_THREADS, SInt
+from fedleak.config_messages import non_finite
+
+# upper limits of the attack's loops (checked before anything runs)
+MAX_ITERATIONS = 1_000_000
+MAX_RESTARTS = 1000
+MAX_LBFGS_INNER = 10_000
+MAX_IMAGES = 100_000
+MAX_JOINT_IMAGES = 1024
+MAX_SEED = 2**32 - 1
 
 # input normalisation constants of the original code (inversion.md §2.3)
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -51,7 +61,7 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 class InvertSpec(BaseModel):
     """One inversion experiment. Every field has a CLI flag or ``--set``/``--defense-param`` override."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     name: str = "custom"
     description: str = ""
@@ -59,22 +69,22 @@ class InvertSpec(BaseModel):
     dataset: str = "cifar10"
     data_dir: str | None = None
     split: Literal["test", "train"] = "test"
-    start_index: int = Field(0, ge=0, description="First image of the split to attack.")
-    indices: list[int] | None = Field(None, description="Explicit image indices (overrides start_index/images).")
-    images: int = Field(1, ge=1, description="How many images are attacked in total.")
-    batch_size: int = Field(1, ge=1, description="Images per shared update (attacked jointly).")
+    start_index: SInt = Field(0, ge=0, le=MAX_SAMPLES, description="First image of the split to attack.")
+    indices: list[Annotated[int, Strict(), Field(ge=0, le=MAX_SAMPLES)]] | None = Field(None, description="Explicit image indices (overrides start_index/images).")
+    images: SInt = Field(1, ge=1, le=MAX_IMAGES, description="How many images are attacked in total.")
+    batch_size: SInt = Field(1, ge=1, le=MAX_JOINT_IMAGES, description="Images per shared update (attacked jointly).")
     normalization: Literal["none", "cifar10", "cifar100", "mnist", "auto"] = Field(
         "auto", description="Model input normalisation; auto = the dataset's IG constants."
     )
     # model
     model: str = "convnet64"
     model_options: dict[str, Any] = Field(default_factory=dict)
-    model_seed: int = 0
+    model_seed: SInt = Field(0, ge=0, le=MAX_SEED)
     # victim
     labels_known: bool = True
-    local_steps: int = Field(0, ge=0, description="0: FedSGD gradient; k >= 1: FedAvg update after k local steps.")
+    local_steps: SInt = Field(0, ge=0, le=MAX_ITERATIONS, description="0: FedSGD gradient; k >= 1: FedAvg update after k local steps.")
     local_lr: float = Field(1e-4, gt=0)
-    local_batch_size: int | None = Field(None, ge=1)
+    local_batch_size: SInt | None = Field(None, ge=1, le=MAX_BATCH)
     defense: Literal["none", "soteria", "prune", "prune-global", "dp-gaussian", "dp-laplace"] = "none"
     defense_params: dict[str, Any] = Field(default_factory=dict)
     # attack
@@ -85,11 +95,34 @@ class InvertSpec(BaseModel):
         "or drop it and add the closed-form read-out features as a target (FedSGD, one image per update).",
     )
     feature_weight: float = Field(1.0, ge=0, description="Weight of the read-out feature term (adaptive=readout).")
-    parallel: int = Field(
-        8, ge=1, description="One-image FedSGD attacks with Adam/SGD are optimised this many at a time "
+    parallel: SInt = Field(
+        8, ge=1, le=MAX_JOINT_IMAGES, description="One-image FedSGD attacks with Adam/SGD are optimised this many at a time "
         "(independent, identical to one by one; see attacks.inversion.parallel). 1 = strictly one by one.")
-    seed: int = Field(0, description="Seeds the defence noise and the attack's initialisations.")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice).")
+    seed: SInt = Field(0, ge=0, le=MAX_SEED, description="Seeds the defence noise and the attack's initialisations.")
+    threads: SInt | None = Field(None, ge=1, le=MAX_THREADS, description="torch CPU threads (default: torch's choice).")
+
+    @field_validator("attack", "defense_params", "model_options", mode="before")
+    @classmethod
+    def _finite_and_whole(cls, v: Any, info: ValidationInfo) -> Any:
+        """Nested settings: no inf/nan anywhere, and the attack's int knobs must be written as ints."""
+        data = v.model_dump() if isinstance(v, BaseModel) else v
+        bad = non_finite(data, (info.field_name,))
+        if bad:
+            raise ValueError("; ".join(f"{'.'.join(map(str, loc))} {msg}" for loc, msg in bad))
+        if info.field_name == "attack" and isinstance(data, dict):
+            ints = [k for k, f in InversionConfig.model_fields.items() if f.annotation is int]
+            floats = [k for k in ints if isinstance(data.get(k), float)]
+            if floats:
+                raise ValueError(f"attack.{floats[0]} must be a whole number written as one, got {data[floats[0]]!r}")
+        return v
+
+    @field_validator("attack")
+    @classmethod
+    def _attack_limits(cls, v: InversionConfig) -> InversionConfig:
+        for key, limit in (("iterations", MAX_ITERATIONS), ("restarts", MAX_RESTARTS), ("lbfgs_inner", MAX_LBFGS_INNER)):
+            if getattr(v, key) > limit:
+                raise ValueError(f"attack.{key}={getattr(v, key)} is above the limit {limit}")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "InvertSpec":
