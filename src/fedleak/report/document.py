@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fedleak.metrics.roc import chance_p_value, fpr_key
+from fedleak.signals.runconfig import read_run_config
 from fedleak.signals.store import atomic_write_text, read_meta, read_metrics
 
 HEAD = 0.001
@@ -113,13 +112,7 @@ def verdict(metrics: dict[str, Any]) -> Verdict:
 
 
 def _config(run_dir: Path) -> dict[str, Any]:
-    p = run_dir / "config.yaml"
-    if not p.is_file():
-        return {}
-    try:
-        return yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError:
-        return {}
+    return read_run_config(run_dir)  # {} when absent; StoreError when damaged or edited after training
 
 
 def setup_rows(run_dir: Path, metrics: dict[str, Any]) -> list[tuple[str, str]]:

@@ -30,7 +30,6 @@ import json
 import os
 import zipfile
 import zlib
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +164,8 @@ class _Damaged(Exception):
 
 
 def _unreadable(head: bytes, e: Exception) -> str:
+    if "allow_pickle" in str(e):
+        return "holds pickled Python objects (not loaded: fedleak never unpickles run files)"
     if head == b"PK\x03\x04":
         return "is truncated or corrupt (not a valid .npz)"
     if head.startswith(b"\x93NUM"):
@@ -193,7 +194,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         with obj as z:
             return {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
-        raise _Damaged(f"is truncated or corrupt (not a valid .npz: {type(e).__name__})") from None
+        why = _unreadable(b"PK\x03\x04", e)
+        raise _Damaged(why if "pickled" in why else f"{why[:-1]}: {type(e).__name__})") from None
 
 
 def _is_int(a: np.ndarray) -> bool:
