@@ -163,14 +163,15 @@ class _Damaged(Exception):
     """Why a file cannot be used (the reason only; the caller names the file and says what is still usable)."""
 
 
-def _unreadable(head: bytes, e: Exception) -> str:
-    if "allow_pickle" in str(e):
-        return "holds pickled Python objects (not loaded: fedleak never unpickles run files)"
+def _unreadable(head: bytes) -> str:
+    """Why np.load refused a file, from its first bytes."""
     if head == b"PK\x03\x04":
         return "is truncated or corrupt (not a valid .npz)"
     if head.startswith(b"\x93NUM"):
         return "is a .npy array, not a .npz archive"
-    return f"is not a .npz archive (garbage or a foreign format: {type(e).__name__})"
+    if head.startswith(b"\x80"):
+        return "is a Python pickle, not a .npz archive (not loaded: fedleak never unpickles run files)"
+    return "is not a .npz archive (garbage or a foreign format)"
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -186,16 +187,17 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise _Damaged("is empty (not a valid .npz)")
     try:
         obj = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise _Damaged(_unreadable(head, e)) from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        raise _Damaged(_unreadable(head)) from None
     if not isinstance(obj, np.lib.npyio.NpzFile):
         raise _Damaged("is a .npy array, not a .npz archive")
     try:
         with obj as z:
             return {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
-        why = _unreadable(b"PK\x03\x04", e)
-        raise _Damaged(why if "pickled" in why else f"{why[:-1]}: {type(e).__name__})") from None
+        if "allow_pickle" in str(e):  # an object array
+            raise _Damaged("holds pickled Python objects (not loaded: fedleak never unpickles run files)") from None
+        raise _Damaged(f"is truncated or corrupt (not a valid .npz: {type(e).__name__})") from None
 
 
 def _is_int(a: np.ndarray) -> bool:
