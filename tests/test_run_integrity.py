@@ -459,3 +459,15 @@ def test_a_read_only_run_directory(tmpfs, trained):
     subprocess.run(["mount", "-o", "remount,rw", str(tmpfs)], check=True)
     train(cfg, run, quiet=True)
     _same_as(run, trained)
+
+
+@pytest.mark.parametrize("command", ["attack", "report", "summarize"])
+def test_the_cli_readers_print_one_line_naming_the_damaged_file(run, command):
+    _truncate(round_path(run, 1))
+    env = dict(os.environ, FEDLEAK_QUIET="1", PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    p = subprocess.run([sys.executable, "-m", "fedleak.cli", command, str(run)], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {round_path(run, 1)} is truncated or corrupt"), p.stderr
+    assert "the other 3 recorded rounds are intact" in lines[0]
