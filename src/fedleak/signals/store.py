@@ -2,8 +2,9 @@
 
 Layout (all open formats: numpy ``.npz``/``.npy``, JSON, YAML; readable without fedleak)::
 
-    RUN/config.yaml             resolved experiment config
-    RUN/meta.json               seed, package versions, git revision, dataset/model facts, recorded rounds
+    RUN/config.yaml             resolved experiment config (written last: a directory with it is initialised)
+    RUN/meta.json               seed, package versions, git revision, dataset/model facts, recorded rounds,
+                                config_sha256 + config (the trained config; see signals/runconfig.py)
     RUN/split.npz               client_ptr [K+1], client_idx [sum n_k]: client k owns train rows
                                 client_idx[client_ptr[k]:client_ptr[k+1]]
     RUN/candidates.npz          ids [N] (train row i -> i, test row j -> n_train + j), owner [N] (client, -1 =
@@ -18,6 +19,11 @@ Layout (all open formats: numpy ``.npz``/``.npy``, JSON, YAML; readable without 
                                 lr (scalar);  round (scalar)
     RUN/metrics.jsonl           one JSON line per finished round (utility, lr, time)
     RUN/checkpoint.pt           resumable state (tensors only; loaded with weights_only=True)
+    RUN/.lock                   held while a process writes the run (fedleak.runlock)
+
+Every reader checks what it reads and raises StoreError naming the damaged file, saying what is still
+intact and how to get the file back; every writer turns an OSError (full disk, read-only directory) into a
+one-line StoreError naming the path and leaves no ``.tmp`` file behind. Nothing here unpickles.
 
 Δ_k = θ_global - θ_k (old minus new), flattened over trainable parameters in named_parameters() order.
 Clients that did not take part in a round have NaN rows.
