@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -108,7 +109,19 @@ def test_the_lock_is_reentrant_in_one_process_but_acquire_lock_is_not(tmp_path):
     assert acquire_lock(run, "fedleak sweep") is None
     try:
         assert "already being executed by process" in acquire_lock(run)
-        train(tiny_config(fl__rounds=1), run, quiet=True)  # nested: allowed
+        train(tiny_config(fl__rounds=1), run, quiet=True)  # nested in the holding thread: allowed
+        errors: list[BaseException] = []
+
+        def other_thread() -> None:
+            try:
+                train(tiny_config(fl__rounds=1), run, quiet=True)
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join()
+        assert len(errors) == 1 and isinstance(errors[0], RunLockError) and "another thread" in str(errors[0])
         assert lock_holder(run)["command"] == "fedleak sweep"  # still held by the outer owner
     finally:
         release_lock(run)

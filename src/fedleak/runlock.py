@@ -6,7 +6,7 @@ a killed process is simply taken over. A lock file written on *another* host (a 
 file system, where ``flock`` may not reach across machines) is respected until it is deleted by hand.
 
 * :func:`run_lock` -- context manager for a command that writes a run directory (``fedleak train``,
-  ``flower-sim``); re-entrant within one process (the sweep worker holds the lock and then calls ``train``);
+  ``flower-sim``); re-entrant within one thread (the sweep worker holds the lock and then calls ``train``);
   raises :class:`RunLockError` with a one-line message when another process holds it.
 * :func:`acquire_lock` / :func:`release_lock` -- the same lock, not re-entrant, reporting "held" as a string
   (the sweep runner's API: a held run is a failed run of the sweep, not an exception).
@@ -42,6 +42,7 @@ class _Held:
     fd: int
     path: Path
     created_dir: Path | None  # the run directory, when taking the lock created it
+    thread: int = 0  # the thread that took it (re-entrant for that thread only)
 
 
 _HELD: dict[str, _Held] = {}
@@ -136,7 +137,7 @@ def _take(run_dir: Path, command: str | None, tidy: bool) -> _Held | str:
     if held and held.get("host") not in (None, me["host"]):
         os.close(got)  # written on another host, where our flock may not reach: respect it
         return _describe(lock, held) + f" (if no process on {held['host']} runs it, delete {lock})"
-    h = _Held(got, lock, created)
+    h = _Held(got, lock, created, threading.get_ident())
     try:
         os.ftruncate(got, 0)
         os.pwrite(got, json.dumps(me).encode(), 0)
@@ -186,15 +187,17 @@ def release_lock(run_dir: str | Path) -> None:
 
 @contextmanager
 def run_lock(run_dir: str | Path, command: str | None = None) -> Iterator[None]:
-    """Hold ``run_dir``'s lock for the duration of the block; re-entrant in one process.
+    """Hold ``run_dir``'s lock for the duration of the block; re-entrant in the thread that holds it.
 
     Raises RunLockError (one line: who holds it, what to do) when another process holds it."""
     run_dir = Path(run_dir)
     with _GUARD:
-        nested = _key(run_dir) in _HELD
-    if nested:  # this process holds it already (a sweep worker running `train`)
+        h = _HELD.get(_key(run_dir))
+    if h is not None and h.thread == threading.get_ident():  # held by this thread (a sweep worker running `train`)
         yield
         return
+    if h is not None:
+        raise RunLockError(_describe(run_dir / LOCK, lock_holder(run_dir)) + " (another thread of this process)")
     why = _acquire(run_dir, command, tidy=True)  # a directory it creates and leaves empty is removed again
     if why is not None:
         raise RunLockError(why)
