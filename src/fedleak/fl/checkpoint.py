@@ -57,6 +57,24 @@ def _check_params(path: Path, params: Any, model: torch.nn.Module) -> None:
         raise _damaged(path, f"a checkpoint of another model (parameters {bad} differ from the configured model)")
 
 
+def _read(path: Path) -> Any:
+    """torch.load(weights_only=True), with every failure as fedleak's own message."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise _damaged(path, f"unreadable ({e.strerror or e})") from None
+    if head != b"PK\x03\x04":  # torch checkpoints are zip archives
+        raise _damaged(path, "empty" if not head else "not a torch checkpoint (garbage or a foreign format)")
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never pass that on
+        raise _damaged(path, "not a fedleak checkpoint (it holds objects other than tensors; it was not loaded)") \
+            from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, TypeError, AttributeError):
+        raise _damaged(path, "truncated or corrupt (not a valid checkpoint)") from None
+
+
 def load_checkpoint(
     run_dir: Path, model: torch.nn.Module, rounds: int
 ) -> tuple[int, ParamDict, dict[int, Any]] | None:
@@ -66,13 +84,7 @@ def load_checkpoint(
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         return None
-    try:
-        ck = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never pass that on
-        raise _damaged(path, "not a fedleak checkpoint (it holds objects other than tensors; it was not loaded)") \
-            from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, TypeError, AttributeError):
-        raise _damaged(path, "truncated or corrupt (not a valid checkpoint)") from None
+    ck = _read(path)
     if not isinstance(ck, dict) or not isinstance(ck.get("round"), int) or not isinstance(ck.get("opt_states", {}), dict):
         raise _damaged(path, "not a fedleak checkpoint (no round number)")
     if not 0 <= ck["round"] < rounds:
