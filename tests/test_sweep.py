@@ -243,7 +243,7 @@ def test_stopping_the_driver_stops_its_workers(tmp_path):
 def test_a_run_is_never_executed_by_two_processes(tmp_path):
     import socket
 
-    from fedleak.sweeps.runner import LOCK, acquire_lock, execute_run
+    from fedleak.sweeps.runner import LOCK, acquire_lock, execute_run, release_lock
 
     d = tmp_path / "run"
     assert acquire_lock(d) is None
@@ -251,6 +251,7 @@ def test_a_run_is_never_executed_by_two_processes(tmp_path):
     spec = {"run_id": "x", "run_dir": str(d), "config_hash": "h", "config": {}}
     res = execute_run(spec)
     assert res["status"] == "failed" and res["held"] and (d / LOCK).is_file()
-    # a lock left by a dead process on this host is stale and taken over
+    # a lock file left by a dead process on this host is stale and taken over
+    release_lock(d)
     (d / LOCK).write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}))
     assert acquire_lock(d) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fedleak.config import ConfigError
 from fedleak.data.base import DataError
+from fedleak.runlock import RunLockError
 from fedleak.signals.store import StoreError
 
 
@@ -11,4 +12,6 @@ class FedleakError(RuntimeError):
     """Any other user-facing error with an actionable one-line message."""
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, StoreError, FedleakError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError, DataError, StoreError, RunLockError, FedleakError, FileNotFoundError
+)

@@ -8,24 +8,33 @@ with ``fresh_optimizer: false``, the optimizer states) to reproduce an uninterru
 from __future__ import annotations
 
 import json
-import platform
-import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fedleak.config import ConfigError, ExperimentConfig, dump_config, parse_config
+from fedleak.config import ConfigError, ExperimentConfig
 from fedleak.data.base import Dataset
+from fedleak.fl.checkpoint import load_checkpoint, save_checkpoint, save_final_model
 from fedleak.fl.hooks import Defense, build_defense
 from fedleak.fl.local import ParamDict, evaluate, get_params, local_update
 from fedleak.fl.progress import RoundProgress
+from fedleak.fl.rundir import (
+    check_same_config,
+    complete_run_dir,
+    init_run_dir,
+    refuse_orphaned_results,
+    saved_candidates,
+    saved_split,
+)
 from fedleak.fl.schedule import lr_at
+from fedleak.runlock import run_lock
 from fedleak.signals import store
-from fedleak.signals.candidates import build_candidates, candidate_counts, gather, redraw_nonmembers
+from fedleak.signals.candidates import build_candidates, gather, redraw_nonmembers
 
 # purposes of derived random streams
 _PARTITION, _CANDIDATES, _SAMPLE_CLIENTS, _LOCAL, _DEFENSE, _COMPAT, _DATA_SELECT, _INIT = range(8)
@@ -63,45 +72,6 @@ class Federation:
         return len(self.data.train)
 
 
-def _git_revision() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("fedleak", "torch", "numpy", "scipy", "scikit-learn", "pydantic"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def _check_same_config(run_dir: Path, cfg: ExperimentConfig) -> None:
-    import yaml
-
-    old = parse_config(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
-    a, b = old.model_dump(mode="json"), cfg.model_dump(mode="json")
-    for d in (a, b):  # where outputs go and thread counts do not change results
-        d.pop("output", None)
-        d["fl"].pop("threads", None)
-    if a != b:
-        diff = [f"{s}.{k}" for s in a if isinstance(a[s], dict) for k in a[s] if a[s].get(k) != b.get(s, {}).get(k)]
-        diff += [s for s in a if not isinstance(a[s], dict) and a[s] != b.get(s)]
-        raise ConfigError(
-            f"{run_dir} already holds a run with a different config (differs at: {', '.join(diff)}); "
-            "use another --out, or delete that directory to start over"
-        )
-
-
 def build_federation(cfg: ExperimentConfig, run_dir: Path | None = None) -> Federation:
     """Load data, partition, candidates, model and defense (reusing the run dir's saved split)."""
     from fedleak.data import load_dataset
@@ -111,7 +81,7 @@ def build_federation(cfg: ExperimentConfig, run_dir: Path | None = None) -> Fede
     data = load_dataset(cfg.data, seed=cfg.seed)
     pc = cfg.partition
     if run_dir is not None and (run_dir / "split.npz").is_file():
-        clients = store.read_split(run_dir)
+        clients = saved_split(run_dir, pc.num_clients, len(data.train))
     elif pc.scheme == "iid":
         clients = iid_partition(len(data.train), pc.num_clients, np_rng(cfg.seed, _PARTITION), pc.samples_per_client)
     else:
@@ -119,8 +89,7 @@ def build_federation(cfg: ExperimentConfig, run_dir: Path | None = None) -> Fede
             data.train.y.numpy(), pc.num_clients, pc.beta, np_rng(cfg.seed, _PARTITION), min_size=pc.min_size
         )
     if run_dir is not None and (run_dir / "candidates.npz").is_file():
-        with np.load(run_dir / "candidates.npz") as z:
-            ids, owner = z["ids"], z["owner"]
+        ids, owner = saved_candidates(run_dir, pc.num_clients, len(data.train) + len(data.test))
     else:
         ids, owner = build_candidates(
             cfg.candidates, clients, len(data.train), len(data.test), np_rng(cfg.seed, _CANDIDATES)
@@ -135,50 +104,8 @@ def build_federation(cfg: ExperimentConfig, run_dir: Path | None = None) -> Fede
     return Federation(cfg, data, clients, ids, owner, model, defense, weights)
 
 
-def _init_run_dir(run_dir: Path, cfg: ExperimentConfig, fed: Federation, recorded: list[int]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    store.atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    store.write_split(run_dir, fed.clients)
-    labels = torch.cat([fed.data.train.y, fed.data.test.y]).numpy()[fed.cand_ids]
-    store.write_candidates(run_dir, fed.cand_ids, fed.cand_owner, cfg.candidates.target_client, labels)
-    n_params = sum(p.numel() for p in fed.model.parameters() if p.requires_grad)
-    meta = {
-        "seed": cfg.seed,
-        "versions": _versions(),
-        "git_revision": _git_revision(),
-        "dataset": {
-            "name": fed.data.name,
-            "n_train": len(fed.data.train),
-            "n_test": len(fed.data.test),
-            "num_classes": fed.data.num_classes,
-            "input_shape": list(fed.data.input_shape),
-            "mean": list(fed.data.mean),
-            "std": list(fed.data.std),
-        },
-        "model": {"name": cfg.model.name, "trainable_parameters": n_params},
-        "client_sizes": [len(c) for c in fed.clients],
-        "n_candidates": int(len(fed.cand_ids)),
-        "n_members": int((fed.cand_owner == cfg.candidates.target_client).sum()),
-        "candidates_used": candidate_counts(cfg.candidates, fed.cand_owner),
-        "recorded_rounds": recorded,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    store.atomic_write_text(run_dir / "meta.json", json.dumps(meta, indent=2))
-
-
-def _save_checkpoint(run_dir: Path, rnd: int, global_params: ParamDict, opt_states: dict[int, Any]) -> None:
-    path = run_dir / "checkpoint.pt"
-    tmp = path.with_name("checkpoint.pt.tmp")
-    torch.save({"round": rnd, "global": global_params, "opt_states": opt_states}, tmp)
-    tmp.replace(path)
-
-
-def _load_checkpoint(run_dir: Path) -> tuple[int, ParamDict, dict[int, Any]] | None:
-    path = run_dir / "checkpoint.pt"
-    if not path.is_file():
-        return None
-    ck = torch.load(path, weights_only=True)
-    return int(ck["round"]), ck["global"], ck.get("opt_states", {})
+# the old private names (fedleak.flower.audit imports them)
+_init_run_dir, _save_checkpoint, _save_final_model = init_run_dir, save_checkpoint, save_final_model
 
 
 def _participants(cfg: ExperimentConfig, rnd: int) -> list[int]:
@@ -236,82 +163,136 @@ def client_update(
     return {n: global_params[n] - delta[n] for n in delta}, loss, state
 
 
-def train(
-    cfg: ExperimentConfig, run_dir: str | Path, quiet: bool = False, stop_after: int | None = None
-) -> Path:
-    """Run (or resume) the experiment in ``run_dir``; returns the run directory.
+@dataclass
+class _Rounds:
+    """What every round of a run needs besides the model state: runs one FedAvg round."""
 
-    ``stop_after``: finish after this many rounds of this call (for tests and incremental work).
-    """
-    from fedleak.signals.record import record_round
+    fed: Federation
+    run_dir: Path
+    recorded: list[int]
+    test_x: torch.Tensor = field(init=False)
+    test_y: torch.Tensor = field(init=False)
+    defended: set[int] = field(init=False)
+    train_eval: tuple[torch.Tensor, torch.Tensor] | None = field(init=False, default=None)
 
-    run_dir = Path(run_dir)
-    if cfg.fl.threads:
-        torch.set_num_threads(cfg.fl.threads)
-    resuming = (run_dir / "config.yaml").is_file()
-    if resuming:
-        _check_same_config(run_dir, cfg)
-    fed = build_federation(cfg, run_dir if resuming else None)
-    recorded = cfg.signals.recorded_rounds(cfg.fl.rounds)
-    if not resuming:
-        _init_run_dir(run_dir, cfg, fed, recorded)
+    def __post_init__(self) -> None:
+        cfg, data = self.fed.cfg, self.fed.data
+        self.test_x, self.test_y = data.normalize(data.test.x), data.test.y
+        self.defended = set(range(cfg.partition.num_clients)) if cfg.defense.clients is None else set(cfg.defense.clients)
+        if cfg.fl.eval_train_every:
+            self.train_eval = _train_eval_subset(self.fed)
 
-    ck = _load_checkpoint(run_dir)
-    if ck is None:
-        start, global_params, opt_states = 0, get_params(fed.model), {}
-    else:
-        start, global_params, opt_states = ck[0] + 1, ck[1], ck[2]
-    _truncate_metrics(run_dir, start)
+    def run(
+        self, rnd: int, global_params: ParamDict, opt_states: dict[int, Any], *, signals: bool, evaluate_global: bool
+    ) -> tuple[ParamDict, dict[str, Any]]:
+        """Round ``rnd`` from ``global_params`` (``opt_states`` updated in place): the new global model and the
+        round's metrics record (signals written when ``signals``; utility only when ``evaluate_global``)."""
+        from fedleak.signals.record import record_round
 
-    data, fl = fed.data, cfg.fl
-    norm = data.normalize
-    test_x, test_y = norm(data.test.x), data.test.y
-    train_eval_x, train_eval_y = _train_eval_subset(fed)
-    defended = set(range(cfg.partition.num_clients)) if cfg.defense.clients is None else set(cfg.defense.clients)
-    end = cfg.fl.rounds if stop_after is None else min(cfg.fl.rounds, start + stop_after)
-
-    progress = RoundProgress(total=cfg.fl.rounds, start=start, quiet=quiet, name=cfg.name)
-    with progress:
-        for rnd in range(start, end):
-            t0 = time.time()
-            lr = lr_at(fl.schedule, fl.lr, rnd, fl.rounds)
-            uploaded: dict[int, ParamDict] = {}
-            client_loss: dict[int, float] = {}
-            for k in _participants(cfg, rnd):
-                uploaded[k], client_loss[k], opt_states_k = client_update(
-                    fed, k, rnd, lr, global_params, opt_states.get(k), defended=k in defended
-                )
-                if opt_states_k is not None:
-                    opt_states[k] = opt_states_k
-            record: dict[str, Any] = {"round": rnd, "lr": lr}
-            if rnd in recorded:
-                record["client_test_acc"] = record_round(
-                    fed, run_dir, rnd, lr, global_params, uploaded, test_x, test_y,
-                    compat_rng=np_rng(cfg.seed, _COMPAT, rnd),
-                )
-            global_params = aggregate(uploaded, fed.weights)
-            test_acc, test_loss = evaluate(fed.model, global_params, test_x, test_y, fl.eval_batch_size)
+        fed, cfg, fl = self.fed, self.fed.cfg, self.fed.cfg.fl
+        t0 = time.time()
+        lr = lr_at(fl.schedule, fl.lr, rnd, fl.rounds)
+        uploaded: dict[int, ParamDict] = {}
+        client_loss: dict[int, float] = {}
+        for k in _participants(cfg, rnd):
+            uploaded[k], client_loss[k], opt_states_k = client_update(
+                fed, k, rnd, lr, global_params, opt_states.get(k), defended=k in self.defended
+            )
+            if opt_states_k is not None:
+                opt_states[k] = opt_states_k
+        record: dict[str, Any] = {"round": rnd, "lr": lr}
+        if signals:
+            record["client_test_acc"] = record_round(
+                fed, self.run_dir, rnd, lr, global_params, uploaded, self.test_x, self.test_y,
+                compat_rng=np_rng(cfg.seed, _COMPAT, rnd),
+            )
+        global_params = aggregate(uploaded, fed.weights)
+        if evaluate_global:
+            test_acc, test_loss = evaluate(fed.model, global_params, self.test_x, self.test_y, fl.eval_batch_size)
             record.update(test_acc=test_acc, test_loss=test_loss, client_train_loss=client_loss)
-            if fl.eval_train_every and (rnd % fl.eval_train_every == 0 or rnd == fl.rounds - 1):
-                tr_acc, tr_loss = evaluate(fed.model, global_params, train_eval_x, train_eval_y, fl.eval_batch_size)
+            if self.train_eval is not None and (rnd % fl.eval_train_every == 0 or rnd == fl.rounds - 1):
+                tr_acc, tr_loss = evaluate(fed.model, global_params, *self.train_eval, fl.eval_batch_size)
                 record.update(train_acc=tr_acc, train_loss=tr_loss)
             eps = fed.defense.privacy_spent(rnd)
             if eps:
                 record["privacy"] = eps
             record["time"] = time.time() - t0
-            store.append_metrics(run_dir, record)
-            if (rnd + 1) % cfg.output.checkpoint_every == 0 or rnd == end - 1:
-                _save_checkpoint(run_dir, rnd, global_params, opt_states)
-            progress.update(rnd, record)
-    if end == cfg.fl.rounds:
-        _save_final_model(run_dir, global_params)
+        return global_params, record
+
+    def replay(self, initial: ParamDict, redo: list[int], quiet: bool) -> None:
+        """Recompute the signal files of rounds ``redo`` (deleted after they were recorded): training is
+        deterministic, so rounds 0..max(redo) run again from the initial model, writing only those files."""
+        if not quiet:
+            print(f"[fedleak] {self.fed.cfg.name}: recomputing the missing signal files of rounds {redo} "
+                  f"(replaying rounds 0-{max(redo)})", file=sys.stderr, flush=True)
+        params: ParamDict = dict(initial)
+        opt_states: dict[int, Any] = {}
+        for rnd in range(max(redo) + 1):
+            params, _ = self.run(rnd, params, opt_states, signals=rnd in redo, evaluate_global=False)
+
+
+def train(
+    cfg: ExperimentConfig, run_dir: str | Path, quiet: bool = False, stop_after: int | None = None
+) -> Path:
+    """Run (or resume) the experiment in ``run_dir``; returns the run directory.
+
+    Holds the run directory's lock (``fedleak.runlock``) throughout: a second writer gets a one-line error.
+    A resumed run also recomputes recorded rounds whose signal files were deleted (by replaying from round 0).
+    ``stop_after``: finish after this many rounds of this call (for tests and incremental work).
+    """
+    run_dir = Path(run_dir)
+    with run_lock(run_dir, "fedleak train"):
+        return _train_locked(cfg, run_dir, quiet, stop_after)
+
+
+def _prepare(cfg: ExperimentConfig, run_dir: Path) -> tuple[Federation, list[int]]:
+    """Check or create the run directory; the federation and the rounds to record."""
+    resuming = (run_dir / "config.yaml").is_file()
+    if resuming:
+        check_same_config(run_dir, cfg)
+    else:
+        refuse_orphaned_results(run_dir)
+    fed = build_federation(cfg, run_dir if resuming else None)
+    recorded = cfg.signals.recorded_rounds(cfg.fl.rounds)
+    (complete_run_dir if resuming else init_run_dir)(run_dir, cfg, fed, recorded)
+    return fed, recorded
+
+
+def _train_locked(cfg: ExperimentConfig, run_dir: Path, quiet: bool, stop_after: int | None) -> Path:
+    if cfg.fl.threads:
+        torch.set_num_threads(cfg.fl.threads)
+    fed, recorded = _prepare(cfg, run_dir)
+    initial = get_params(fed.model)
+    ck = load_checkpoint(run_dir, fed.model, cfg.fl.rounds)
+    start, global_params, opt_states = (0, initial, {}) if ck is None else (ck[0] + 1, ck[1], ck[2])
+    _truncate_metrics(run_dir, start)
+    rounds = _Rounds(fed, run_dir, recorded)
+    redo = [r for r in recorded if r < start and not store.round_path(run_dir, r).is_file()]
+    if redo:
+        rounds.replay(initial, redo, quiet)
+    end = cfg.fl.rounds if stop_after is None else min(cfg.fl.rounds, start + stop_after)
+    saved, rnd = start, start  # rounds < saved are in the checkpoint
+    try:
+        with RoundProgress(total=cfg.fl.rounds, start=start, quiet=quiet, name=cfg.name) as progress:
+            for rnd in range(start, end):
+                global_params, record = rounds.run(
+                    rnd, global_params, opt_states, signals=rnd in recorded, evaluate_global=True
+                )
+                store.append_metrics(run_dir, record)
+                if (rnd + 1) % cfg.output.checkpoint_every == 0 or rnd == end - 1:
+                    save_checkpoint(run_dir, rnd, global_params, opt_states)
+                    saved = rnd + 1
+                progress.update(rnd, record)
+        if end == cfg.fl.rounds:
+            save_final_model(run_dir, global_params)
+    except store.StoreError as e:  # a write failed (disk full, read-only): say what is kept
+        kept = f"rounds 0-{saved - 1} are saved and" if saved else "no round is saved yet;"
+        then = f"resumes at round {saved}" if saved else "starts over"
+        raise store.StoreError(
+            f"{e} — training stopped in round {rnd}; {kept} `fedleak train` with the same --out {then} once that "
+            "is fixed"
+        ) from None
     return run_dir
-
-
-def _save_final_model(run_dir: Path, params: ParamDict) -> None:
-    tmp = run_dir / "final_model.pt.tmp"
-    torch.save(params, tmp)
-    tmp.replace(run_dir / "final_model.pt")
 
 
 def _train_eval_subset(fed: Federation, cap: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,7 +36,10 @@ from fedleak.fl.schedule import lr_at
 from fedleak.flower.audit import PARTITION_KEY, FlowerAudit, params_from_arrays
 from fedleak.flower.strategy import AuditStrategy
 
-__all__ = ["client_app", "server_app", "EngineFedAvg", "EngineAudit", "run_flower_simulation", "load_partition", "partition_map"]
+__all__ = [
+    "client_app", "server_app", "EngineFedAvg", "EngineAudit", "run_flower_simulation", "check_new_run_dir",
+    "load_partition", "partition_map",
+]
 
 ROUND_KEY = "fedleak-round"
 _OPT_STATE_KEY = "fedleak-optimizer"
@@ -240,13 +243,45 @@ def run_flower_simulation(
     """Run ``cfg`` through ``flwr.simulation.run_simulation`` (Ray backend); returns the run directory.
 
     ``num_cpus``: CPUs Ray may use (one ClientApp per CPU at a time; default: all, at most the number of
-    clients). Raises whatever the ServerApp raised.
+    clients). Raises whatever the ServerApp raised. ``run_dir`` is locked for the whole simulation and checked
+    before Flower and Ray start: another process writing it, or a run already in it, is a one-line error.
     """
+    from fedleak.runlock import run_lock
+
+    run_dir = Path(run_dir)
+    with run_lock(run_dir, "fedleak flower-sim"):
+        check_new_run_dir(cfg, run_dir)
+        _simulate(cfg, run_dir, num_cpus, quiet)
+    from fedleak.signals.store import read_metrics
+
+    done = {r.get("round") for r in read_metrics(run_dir)}
+    if len(done) < cfg.fl.rounds:
+        raise RuntimeError(
+            f"the Flower simulation stopped after {len(done)} of {cfg.fl.rounds} rounds; see the log above"
+        )
+    return run_dir
+
+
+def check_new_run_dir(cfg: ExperimentConfig, run_dir: Path) -> None:
+    """Refuse a ``run_dir`` that holds a run (a Flower federation cannot be resumed): what ``FlowerAudit``
+    would find only once Flower and Ray are up, found in a moment."""
+    from fedleak.fl.rundir import check_same_config
+    from fedleak.signals import store
+
+    if (run_dir / "config.yaml").is_file():
+        check_same_config(run_dir, cfg)  # another config: name the keys that differ
+    if store.recorded_rounds(run_dir) or store.read_metrics(run_dir):
+        raise ConfigError(
+            f"{run_dir} already holds a run; a Flower federation cannot be resumed, "
+            "use another --out or delete that directory"
+        )
+
+
+def _simulate(cfg: ExperimentConfig, run_dir: Path, num_cpus: int | None, quiet: bool) -> None:
     import warnings
 
     from flwr.simulation import run_simulation
 
-    run_dir = Path(run_dir)
     K = cfg.partition.num_clients
     ncpu = num_cpus or max(1, min(os.cpu_count() or 1, K))
     backend = {
@@ -264,11 +299,3 @@ def run_flower_simulation(
             run_simulation(server_app(cfg, run_dir), client_app(cfg), num_supernodes=K, backend_config=backend)
     finally:
         flwr_logger.setLevel(old)
-    from fedleak.signals.store import read_metrics
-
-    done = {r.get("round") for r in read_metrics(run_dir)}
-    if len(done) < cfg.fl.rounds:
-        raise RuntimeError(
-            f"the Flower simulation stopped after {len(done)} of {cfg.fl.rounds} rounds; see the log above"
-        )
-    return run_dir

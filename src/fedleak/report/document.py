@@ -12,13 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fedleak.attacks.mia.attacks import ATTACK_INFO
 from fedleak.metrics.roc import fpr_key
 from fedleak.report.ranking import HEAD_KEY, ranked, rotating_key
 from fedleak.report.render import CSS, FIG_CAPTIONS, FIG_TITLES, html_fig, html_table, md_table, strip_tags
 from fedleak.report.verdict import Verdict, pct as _pct, verdict
+from fedleak.signals.runconfig import read_run_config
 from fedleak.signals.store import atomic_write_text, read_meta, read_metrics
 
 __all__ = ["FIG_CAPTIONS", "Verdict", "build_report", "verdict"]
@@ -32,13 +31,7 @@ def _num(x: float | None, digits: int = 3) -> str:
 
 
 def _config(run_dir: Path) -> dict[str, Any]:
-    p = run_dir / "config.yaml"
-    if not p.is_file():
-        return {}
-    try:
-        return yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError:
-        return {}
+    return read_run_config(run_dir)  # {} when absent; StoreError when damaged or edited after training
 
 
 def setup_rows(run_dir: Path, metrics: dict[str, Any]) -> list[tuple[str, str]]:

@@ -6,7 +6,7 @@ A run directory holds the engine's files plus:
 * ``result.json``      written atomically when the run finished: utility, privacy, attack metrics
 * ``error.json``       the last failure (one-line message and traceback); removed by a later success
 * ``log.txt``          stdout/stderr of the worker process (local backend)
-* ``.lock``            pid and host of the process working on the run (removed when it stops)
+* ``.lock``            the run's lock (``fedleak.runlock``): pid and host of the process working on it
 
 A run counts as finished only when ``result.json`` exists with the same config hash; anything else is
 (re)started, and the engine resumes it from its last checkpoint.
@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-RESULT, ERROR, SPEC, LOCK = "result.json", "error.json", "sweep_run.json", ".lock"
+from fedleak.runlock import LOCK, RunLockError, acquire_lock, release_lock  # noqa: F401 - LOCK re-exported
+
+RESULT, ERROR, SPEC = "result.json", "error.json", "sweep_run.json"
 HELD_EXIT = 3  # exit status of a worker that found its run held by another process
 
 
@@ -59,47 +60,6 @@ def failure(spec: dict[str, Any], message: str, tb: str = "") -> dict[str, Any]:
             "unknown error", "traceback": tb}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not running
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
-
-
-def acquire_lock(run_dir: Path) -> str | None:
-    """Take ``run_dir/.lock``; returns None, or why the run is held by another live process.
-
-    A lock left by a dead process on this host is taken over; one from another host is respected (delete the
-    file by hand if no process there runs it).
-    """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_dir / LOCK
-    me = {"pid": os.getpid(), "host": socket.gethostname()}
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                held = json.loads(lock.read_text() or "{}")
-            except (OSError, json.JSONDecodeError):
-                held = {}
-            pid, host = int(held.get("pid", -1)), held.get("host")
-            if host == me["host"] and (pid <= 0 or not _pid_alive(pid)):
-                lock.unlink(missing_ok=True)  # stale
-                continue
-            return f"run is already being executed by process {pid} on {host} (lock {lock})"
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        return None
-    return f"could not take the lock {lock}"
-
-
 def execute_run(spec: dict[str, Any]) -> dict[str, Any]:
     """Train/resume the run, evaluate the attacks, write and return its result. Never raises.
 
@@ -109,13 +69,16 @@ def execute_run(spec: dict[str, Any]) -> dict[str, Any]:
     done = finished_result(spec)
     if done is not None:
         return {**done, "status": "finished", "skipped": True}
-    held = acquire_lock(run_dir)
+    try:
+        held = acquire_lock(run_dir, "fedleak sweep")
+    except RunLockError as e:  # read-only or full file system
+        return failure(spec, str(e))
     if held is not None:
         return {**failure(spec, held), "held": True}
     try:
         return _execute_locked(spec, run_dir)
     finally:
-        (run_dir / LOCK).unlink(missing_ok=True)
+        release_lock(run_dir)
 
 
 def _execute_locked(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
