@@ -7,9 +7,9 @@ pinned environment (``ATEN_CPU_CAPABILITY=default``, one OMP/MKL thread), and st
 * MIA cases (``plain``, ``dpsgd``, ``sparse``): ``fedleak train digits-quick`` shortened to 3 rounds of 1 local
   epoch with signals every round, then ``fedleak attack``. Stored: a column subset (every ``STRIDE``-th candidate,
   all clients) of every float signal array of every recorded round and of the attack's per-candidate scores
-  (``arrays.npz``, float arrays as they are); a sha256 of every full array of every ``.npz`` in the run directory and of the
-  final model's tensors (``hashes.json``); ``attack/metrics.json``, ``metrics.jsonl`` and ``meta.json``
-  without their volatile keys (``json.json``).
+  (``arrays.npz``, float arrays as they are); a sha256 of every full array of every ``.npz`` in the run
+  directory and of the final model's tensors (``hashes.json``); ``attack/metrics.json``, ``metrics.jsonl`` and
+  ``meta.json`` without their volatile keys (``json.json``).
 * Inversion cases (``invert-dlg``, ``invert-ig``): ``fedleak invert`` with the ``dlg`` / ``ig-cifar`` presets on
   the generated ``synthetic`` dataset (16x16, no download), two images, a few iterations. Stored: the full
   truth/reconstruction pixels, their hashes and ``metrics.json`` without volatile keys.
