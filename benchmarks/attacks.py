@@ -18,7 +18,7 @@ from pathlib import Path
 from fedleak.attacks.mia import ATTACKS, evaluate, run_attacks
 from fedleak.attacks.mia.synthetic import generate_toy_run
 from fedleak.metrics.roc import roc_metrics
-from fedleak.signals.store import load_signals
+from fedleak.signals.loading import load_signals
 
 
 def best_of(fn, repeat: int) -> tuple[float, object]:

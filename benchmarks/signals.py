@@ -27,9 +27,9 @@ import torch
 from torch.nn import functional as F
 
 from fedleak.models import build_model
+from fedleak.models.functional import per_sample_grad_fn
 from fedleak.signals.compute import (
     _dots_jvp,
-    _per_sample_grad_fn,
     chunk_size_for,
     cos_and_diff,
     flat_params,
@@ -76,7 +76,7 @@ def original_method(model, glob, deltas, x, y, grads: str = "vmap"):
     """FedMIA get_all_cos, once per client: per-sample grads in batches of 10, then a per-sample Python loop."""
     K, N = deltas.shape[0], len(x)
     cos, diff, norm = (torch.zeros(K, N, device=DEVICE) for _ in range(3))
-    psg = _per_sample_grad_fn(model, {})
+    psg = per_sample_grad_fn(model, {})
     names = list(glob)
     for k in range(K):
         d = deltas[k]

@@ -20,7 +20,8 @@ from fedleak.attacks.mia import (
 from fedleak.attacks.mia.attacks import MAD_TO_SIGMA
 from fedleak.errors import FedleakError
 from fedleak.metrics.roc import roc_auc, roc_metrics
-from fedleak.signals.store import Signals, StoreError
+from fedleak.signals.loading import Signals
+from fedleak.signals.store import StoreError
 
 
 def make_signals(R=4, K=5, N=60, seed=0, participated=None, target=0, owner=None, shift=0.0) -> Signals:

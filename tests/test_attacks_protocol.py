@@ -10,7 +10,8 @@ from fedleak.attacks.mia import is_aligned, run_attacks
 from fedleak.attacks.mia.synthetic import generate_toy_run
 from fedleak.errors import FedleakError
 from fedleak.metrics.roc import roc_metrics
-from fedleak.signals.store import load_signals, read_metrics, read_split
+from fedleak.signals.loading import load_signals
+from fedleak.signals.store import read_metrics, read_split
 
 TOY = dict(shift=0.2, per_client=1500, n_other=400, n_test=3000, n_test_cand=1000, rounds=20, seed=0)
 NAMES = ["loss-series", "avg-cosine", "blackbox-loss", "grad-cosine", "fedmia-i", "fedmia-ii"]

@@ -306,7 +306,7 @@ def test_model_that_does_not_fit_the_images_says_the_size_it_needs(tmp_path, mon
 
 def test_model_fit_advice_is_followed_successfully(tmp_path):
     from fedleak.config import load_config
-    from fedleak.fl.simulation import build_federation
+    from fedleak.fl.federation import build_federation
 
     path = write_config(tmp_path / "cfg.yaml", model={"name": "alexnet_cifar"}, data__image_size=32)
     fed = build_federation(load_config(path))

@@ -699,7 +699,7 @@ def test_describe_datasets_and_cli(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from fedleak.core_commands_datasets import datasets_command
+    from fedleak.data.commands import datasets_command
 
     os.symlink(MNIST_RAW.parent, tmp_path / "MNIST")
     os.symlink(CIFAR100_DIR / "cifar-100-python", tmp_path / "cifar-100-python")

@@ -9,7 +9,7 @@ from scipy import stats
 from conftest import tiny_config
 from fedleak.config import ConfigError, DefenseConfig
 from fedleak.defenses.data import Augment, InstaHide, MixUp, Sampling, augment_sampling, flip, random_crop, rotate
-from fedleak.fl.hooks import Defense, build_defense
+from fedleak.defenses import Defense, build_defense
 from fedleak.fl.local import local_update
 
 
@@ -81,7 +81,7 @@ def test_mixup_labels_only_reproduces_the_original():
     # soft-label CE equals the original's lam*CE(y) + (1-lam)*CE(y[perm])
     logits = torch.randn(8, 5)
     c, lab = calls[0], labels[0]
-    from fedleak.fl.hooks import soft_cross_entropy
+    from fedleak.models.functional import soft_cross_entropy
 
     lam, perm = c["last"]["lam"], c["last"]["perm"]
     ref = lam * F.cross_entropy(logits, c["y"]) + (1 - lam) * F.cross_entropy(logits, c["y"][perm])
@@ -146,7 +146,7 @@ def test_augment_recipe_reaches_the_model_and_unknown_params_fail():
 
 def _seen_rows(defense, rounds, cfg):
     """Run the engine; return the set of train rows the model saw in each round, per client."""
-    from fedleak.fl.simulation import build_federation
+    from fedleak.fl.federation import build_federation
 
     fed = build_federation(cfg)
     xs = fed.data.train.x.flatten(1)
@@ -161,17 +161,17 @@ def _seen_rows(defense, rounds, cfg):
 
     defense.transform_batch = tb
     from fedleak.fl.local import local_update as lu
-    from fedleak.fl.simulation import _DATA_SELECT, _LOCAL, np_rng, torch_gen
+    from fedleak.seeding import Purpose, np_rng, torch_gen
 
     params = {n: p.detach().clone() for n, p in fed.model.named_parameters()}
     for r in range(rounds):
         for k in range(cfg.partition.num_clients):
             state["key"] = (r, k)
-            idx = defense.select_data(fed.clients[k], r, np_rng(cfg.seed, _DATA_SELECT, r, k))
+            idx = defense.select_data(fed.clients[k], r, np_rng(cfg.seed, Purpose.DATA_SELECT, r, k))
             it = torch.as_tensor(idx)
             lu(fed.model, params, fed.data.train.x[it], fed.data.train.y[it], fl=cfg.fl, lr=0.1,
                num_classes=fed.data.num_classes, normalize=fed.data.normalize, defense=defense,
-               gen=torch_gen(cfg.seed, _LOCAL, r, k))
+               gen=torch_gen(cfg.seed, Purpose.LOCAL, r, k))
     return fed, seen
 
 

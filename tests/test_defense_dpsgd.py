@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import tiny_config
 from fedleak.defenses.accountant import epsilon
 from fedleak.defenses.dpsgd import DPSGD, clip_and_noise, per_sample_grads
-from fedleak.fl.hooks import soft_cross_entropy
+from fedleak.models.functional import soft_cross_entropy
 
 
 def _model(seed=0, d=12, h=7, c=4):

@@ -10,7 +10,7 @@ from conftest import tiny_config
 from fedleak.config import ConfigError, DefenseConfig
 from fedleak.defenses.accountant import epsilon
 from fedleak.defenses.update import Perturb, Quant, Sparse
-from fedleak.fl.hooks import build_defense
+from fedleak.defenses import build_defense
 
 
 def _delta(seed=0, dtype=torch.float32):
@@ -86,13 +86,13 @@ def test_perturb_dp_reports_epsilon_per_round_from_the_accountant():
         assert rec["epsilon"] == pytest.approx(epsilon(1.0, 1.3, r + 1, 1e-5))
         assert rec["delta"] == 1e-5
     # partial participation: the most exposed defended client's number of rounds
-    from fedleak.fl.simulation import _participants
+    from fedleak.seeding import participants
 
     cfg = tiny_config(partition__num_clients=4, fl__participation=0.5, fl__rounds=6,
                       defense={"name": "perturb", "params": {"sigma": 1.0, "clip": 1.0}, "clients": [2]})
     d = build_defense(cfg.defense, cfg)
     for r in range(6):
-        n = sum(2 in _participants(cfg, t) for t in range(r + 1))
+        n = sum(2 in participants(cfg, t) for t in range(r + 1))
         assert d.privacy_spent(r)["steps"] == n
 
 

@@ -4,8 +4,11 @@ import numpy as np
 import torch
 
 from conftest import tiny_config
-from fedleak.fl.simulation import aggregate, build_federation, train
-from fedleak.signals.store import load_signals, read_metrics
+from fedleak.fl.federation import build_federation
+from fedleak.fl.round import aggregate
+from fedleak.fl.simulation import train
+from fedleak.signals.loading import load_signals
+from fedleak.signals.store import read_metrics
 
 
 def test_aggregate_uses_client_ids_not_upload_order():

@@ -18,7 +18,7 @@ from fedleak.attacks.mia import run_attacks
 from fedleak.attacks.mia.synthetic import generate_toy_run
 from fedleak.cli import app
 from fedleak.metrics.roc import log_auc_from_curve, roc_curve, roc_metrics
-from fedleak.signals.store import load_signals
+from fedleak.signals.loading import load_signals
 
 runner = CliRunner()
 SMALL = dict(per_client=300, n_other=100, n_test=600, n_test_cand=300, rounds=6, shift=0.4, num_clients=5)
@@ -130,7 +130,7 @@ def _metrics(attacks):
 
 
 def test_equal_tpr_is_a_tie_in_table_and_verdict(capsys):
-    from fedleak.report.commands import _print_table
+    from fedleak.attacks.mia.commands import print_table
     from fedleak.report.document import attack_table, verdict
 
     four = 4 / 89
@@ -142,7 +142,7 @@ def test_equal_tpr_is_a_tie_in_table_and_verdict(capsys):
     })
     _, rows, _ = attack_table(m)
     assert [r[0] for r in rows] == ["FedMIA-II", "Avg-Cosine", "Grad-Cosine", "Avg-Norm"]  # TPR, then AUC
-    _print_table(m)
+    print_table(m)
     printed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isalpha()]
     assert [p for p in printed if p in ("FedMIA-II", "Avg-Cosine", "Grad-Cosine", "Avg-Norm")] == [r[0] for r in rows]
     v = verdict(m)

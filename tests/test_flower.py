@@ -17,7 +17,8 @@ from flwr.serverapp import Grid  # noqa: E402
 
 from conftest import tiny_config  # noqa: E402
 from fedleak.fl.simulation import train  # noqa: E402
-from fedleak.signals.store import load_signals, read_metrics  # noqa: E402
+from fedleak.signals.loading import load_signals
+from fedleak.signals.store import read_metrics  # noqa: E402
 
 SIGNALS = ("loss", "dot", "cos", "diff", "gnorm2", "dnorm2", "participated", "ids")
 
@@ -132,10 +133,10 @@ def test_flower_apps_reproduce_the_engine(tmp_path, over):
     if cfg.defense.name != "none":
         assert all(a for a, _ in privacy)
     # the clients Flower trained each round are the engine's sampled participants
-    from fedleak.fl.simulation import _participants
+    from fedleak.seeding import participants
 
     trained = [k for t, k in grid.log if t == "train"]
-    assert sorted(trained) == sorted(sum((_participants(cfg, r) for r in range(3)), []))
+    assert sorted(trained) == sorted(sum((participants(cfg, r) for r in range(3)), []))
     if cfg.fl.participation < 1:
         assert load_signals(tmp_path / "flower").participated.sum(1).tolist() == [2, 2, 2]
 
@@ -252,7 +253,8 @@ def _legacy_rounds(cfg, strategy, rounds, secagg_round=None, seed=0):
     from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.server.client_manager import SimpleClientManager
 
-    from fedleak.fl.simulation import build_federation, client_update
+    from fedleak.fl.federation import build_federation
+    from fedleak.fl.round import client_update
     from fedleak.fl.schedule import lr_at
 
     fed = build_federation(cfg)
@@ -331,7 +333,7 @@ def test_example_apps_audit_a_plain_fedavg_federation(tmp_path, monkeypatch):
     assert sig.rounds.tolist() == [1] and sig.participated.all()  # 2 rounds, signals.every 4: the last one
     last = [(m, r) for m, r in grid.exchanges if m.metadata.message_type == "train"][-K:]
     model = make_model(cfg)
-    from fedleak.fl.simulation import build_federation
+    from fedleak.fl.federation import build_federation
 
     fed = build_federation(cfg)
     d = fed.data

@@ -7,7 +7,8 @@ import torch
 from conftest import tiny_config
 from fedleak.config import ConfigError
 from fedleak.flower.audit import FlowerAudit, aggregate_only, params_from_arrays
-from fedleak.signals.store import load_signals, read_meta, read_metrics
+from fedleak.signals.loading import load_signals
+from fedleak.signals.store import read_meta, read_metrics
 
 
 class _Net(torch.nn.Module):
@@ -57,7 +58,10 @@ def test_aggregate_only_detects_secure_aggregation_views():
 
 def test_manual_rounds_reproduce_engine_and_reject_bad_input(tmp_path):
     """Feeding FlowerAudit what the engine's clients upload (in scrambled order) rebuilds `fedleak train`'s run."""
-    from fedleak.fl.simulation import _participants, aggregate, build_federation, client_update, train
+    from fedleak.fl.federation import build_federation
+    from fedleak.fl.round import aggregate, client_update
+    from fedleak.fl.simulation import train
+    from fedleak.seeding import participants
     from fedleak.fl.schedule import lr_at
 
     cfg = tiny_config(partition__num_clients=4, fl__participation=0.5, fl__rounds=2)
@@ -70,7 +74,7 @@ def test_manual_rounds_reproduce_engine_and_reject_bad_input(tmp_path):
         lr = lr_at(cfg.fl.schedule, cfg.fl.lr, rnd, cfg.fl.rounds)
         audit.global_sent(rnd, gp, lr)
         ups, losses = {}, {}
-        for k in reversed(_participants(cfg, rnd)):
+        for k in reversed(participants(cfg, rnd)):
             ups[k], losses[k], _ = client_update(fed, k, rnd, lr, gp)
         gp = aggregate(ups, fed.weights)
         audit.round_finished(rnd, ups, gp, {k: {"train_loss": v} for k, v in losses.items()})

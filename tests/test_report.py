@@ -17,7 +17,8 @@ from fedleak.attacks.mia import run_attacks
 from fedleak.attacks.mia.synthetic import generate_toy_run
 from fedleak.cli import app
 from fedleak.metrics.roc import roc_metrics
-from fedleak.signals.store import StoreError, load_signals
+from fedleak.signals.loading import load_signals
+from fedleak.signals.store import StoreError
 
 runner = CliRunner()
 SMALL = dict(per_client=300, n_other=100, n_test=600, n_test_cand=300, rounds=6, shift=0.4, num_clients=5)

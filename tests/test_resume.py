@@ -11,7 +11,8 @@ import numpy as np
 import yaml
 
 from conftest import tiny_config
-from fedleak.signals.store import load_signals, read_metrics, recorded_rounds
+from fedleak.signals.loading import load_signals
+from fedleak.signals.store import read_metrics, recorded_rounds
 
 
 def _cli(cfg_path, out, **kw):

@@ -25,7 +25,8 @@ from fedleak.config import load_config
 from fedleak.fl.simulation import train
 from fedleak.signals import store
 from fedleak.signals.runconfig import read_run_config
-from fedleak.signals.store import StoreError, load_signals, read_metrics, read_meta, round_path
+from fedleak.signals.loading import load_signals
+from fedleak.signals.store import StoreError, read_metrics, read_meta, round_path
 
 ROUNDS = 4
 

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedleak.defenses.gradient import Compose, DPNoise, GradientContext, GradientPruning, Soteria, build_transform
+from fedleak.defenses import build_transform
+from fedleak.defenses.gradient import Compose, DPNoise, GradientContext, GradientPruning, Soteria
 
 
 def _grads(seed=0):
@@ -126,34 +127,17 @@ def test_build_transform_and_compose():
     assert (out["2.weight"][:, ~info["soteria"]["mask"]] == 0).all()
 
 
-def test_fedavg_accuracy_loop_applies_the_transform_to_each_shared_update():
-    from fedleak.defenses.gradient import Identity
-    from fedleak.defenses.gradient.fedavg_eval import fedavg_with_transform
+def test_every_update_defense_is_a_transform_and_training_only_defenses_are_refused():
+    """`fedleak invert --defense quant`: one registry, both pipelines (issue #11)."""
+    from fedleak.config import ConfigError
+    from fedleak.defenses import UpdateTransform
+    from fedleak.defenses.update import quantize
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(60, 1, 4, 4, generator=g)
-    y = (x.flatten(1).sum(1) > 0).long()
-
-    def make():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2))
-
-    kw = dict(clients=3, rounds=2, local_steps=2, batch_size=5, lr=0.5, seed=1)
-    a, b = make(), make()
-    ra = fedavg_with_transform(a, x, y, x, y, None, **kw)
-    rb = fedavg_with_transform(b, x, y, x, y, Identity(), **kw)
-    assert ra["test_accuracy"] == rb["test_accuracy"]
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
-    # full pruning of every update: the global model never moves
-    c = make()
-    before = [p.detach().clone() for p in c.parameters()]
-    rc = fedavg_with_transform(c, x, y, x, y, GradientPruning(rate=100, scope="global"), **kw)
-    assert all(torch.equal(p, q) for p, q in zip(before, c.parameters()))
-    assert rc["mean_pruned_fraction"] == 1.0
-    # Soteria on the last layer: its masked columns of the global weight never move
-    d = make()
-    w0 = d[3].weight.detach().clone()
-    rd = fedavg_with_transform(d, x, y, x, y, Soteria(rate=50), **dict(kw, rounds=1, clients=1))
-    moved = (d[3].weight.detach() != w0).any(0)
-    assert rd["mean_pruned_fraction"] == pytest.approx(0.5, abs=0.13)
-    assert int(moved.sum()) <= 8 - math.ceil(0.5 * 7)  # only the kept columns can move
+    q = build_transform("quant", bits=2, rounding="floor")
+    assert isinstance(q, UpdateTransform) and q.name == "quant"
+    grads = _grads()
+    out, info = q(grads, None, torch.Generator().manual_seed(0))
+    for n, v in grads.items():  # floor rounding is deterministic: the defense's own quantiser, tensor by tensor
+        assert torch.equal(out[n], quantize(v, 2, "floor", None))
+    with pytest.raises(ConfigError, match="acts on the client's local training"):
+        build_transform("mixup")

@@ -1,7 +1,8 @@
 """The ``fedleak`` command line (typer).
 
-Core commands live here; each later area registers its own commands from a ``commands`` module
-(``register(app)``), so the CLI grows without one file knowing every feature.
+Each area registers its own commands from its ``commands`` module (``register(app)``), so the CLI grows without
+one file knowing every feature. An area that cannot be imported is an error (a broken install), never skipped:
+optional extras (Flower) are imported by the command when it runs, not at registration.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_AREAS = (
-    "fedleak.core_commands",
+AREAS = (
+    "fedleak.fl.commands",
+    "fedleak.data.commands",
+    "fedleak.attacks.mia.commands",
     "fedleak.report.commands",
     "fedleak.attacks.inversion.commands",
     "fedleak.sweeps.commands",
@@ -28,18 +31,13 @@ _AREAS = (
 )
 
 
-def _register_areas() -> None:
-    for name in _AREAS:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name is not None and name.startswith(e.name):
-                continue  # area not installed/written yet
-            raise
-        mod.register(app)
+def register_areas(target: typer.Typer, areas: tuple[str, ...] = AREAS) -> None:
+    """Add every area's commands to ``target``; an area module that fails to import raises (no silent skip)."""
+    for name in areas:
+        importlib.import_module(name).register(target)
 
 
-_register_areas()
+register_areas(app)
 
 
 def main() -> None:

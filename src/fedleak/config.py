@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
+from fedleak.errors import ConfigError  # noqa: F401  (re-exported: its historical home)
 from fedleak.config_messages import (
     KeyedProblems,
     Loc,
@@ -22,10 +23,6 @@ from fedleak.config_messages import (
     suggest_key,
     validation_problems,
 )
-
-
-class ConfigError(ValueError):
-    """A configuration problem, with a one-line message that says what to change."""
 
 
 # Upper limits, checked before anything is allocated (``fl.rounds: 1.0e+20`` must not eat memory until killed).

@@ -28,13 +28,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedleak.errors import RunLockError  # noqa: F401  (re-exported: its historical home)
+
 LOCK = ".lock"
 
 __all__ = ["LOCK", "RunLockError", "acquire_lock", "release_lock", "run_lock", "lock_holder", "pid_alive"]
-
-
-class RunLockError(RuntimeError):
-    """The run directory is being written by another process, or the lock file cannot be created."""
 
 
 @dataclass

@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-
-class DataError(RuntimeError):
-    """A missing, corrupt or unknown dataset; the message says what to put where."""
+from fedleak.errors import DataError  # noqa: F401  (re-exported: its historical home)
 
 
 def physical_memory() -> int | None:

@@ -1,6 +1,7 @@
 """FL defenses against membership inference, selected in the config's ``defense`` section.
 
-Importing this package registers every defense with :func:`fedleak.fl.hooks.register_defense`:
+Every defense implements the protocol :class:`fedleak.defenses.base.Defense` and is registered in
+:data:`fedleak.defenses.base.DEFENSES`; importing this package registers the built-in ones:
 
 ===================  ==========================================================================================
 ``perturb``          Gaussian noise on the upload; ``clip: C`` turns it into client-level DP with an RDP accountant
@@ -14,14 +15,67 @@ Importing this package registers every defense with :func:`fedleak.fl.hooks.regi
 ``instahide``        k-sample mixing, one random sign mask per encoded image, soft labels
 ===================  ==========================================================================================
 
-Gradient transforms for the inversion attacks live in ``fedleak.defenses.gradient`` (a separate API).
+``soteria``, ``prune``, ``prune-global``, ``dp-gaussian``, ``dp-laplace`` (``fedleak.defenses.gradient``) act on
+the shared update with the client's data at hand; every defense works in ``fedleak train`` and every defense
+that changes the shared update in ``fedleak invert`` (docs/defenses.md has the table).
 """
 
-from fedleak.defenses import data, dpsgd, update  # noqa: F401  (registration on import)
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedleak.config import DefenseConfig, ExperimentConfig
+from fedleak.defenses import data, dpsgd, gradient, update  # noqa: F401  (registration on import)
+from fedleak.defenses.base import DEFENSES, Defense, UpdateContext, register_defense
 from fedleak.defenses.accountant import RDPAccountant, epsilon, rdp_sampled_gaussian
 from fedleak.defenses.data import Augment, Compose, InstaHide, MixUp, Sampling
 from fedleak.defenses.dpsgd import DPSGD
+from fedleak.defenses.gradient import TRANSFORMS, UPDATE_DEFENSES, GradientDefense, GradientTransform, Identity
 from fedleak.defenses.update import Perturb, Quant, Sparse
+from fedleak.errors import ConfigError
+
+
+def build_defense(dcfg: DefenseConfig, cfg: ExperimentConfig) -> Defense:
+    """The defense named in the config's ``defense`` section, built with its params."""
+    return DEFENSES.get(dcfg.name)(dcfg.params, cfg)
+
+
+@dataclass
+class UpdateTransform:
+    """Any defense that changes the shared update (perturb, sparse, quant), as a gradient transform."""
+
+    defense: Defense
+
+    @property
+    def name(self) -> str:
+        return self.defense.name
+
+    def __call__(self, grads: Mapping[str, torch.Tensor], ctx: UpdateContext | None = None, generator=None):
+        return self.defense.transform_update(dict(grads), generator, ctx), {}
+
+
+def build_transform(name: str, **params: Any) -> GradientTransform:
+    """The registered defense ``name`` as a transform of a shared gradient/update (for ``fedleak invert``).
+
+    Unknown names and bad parameters raise ConfigError (a ValueError); a defense that only acts on local training
+    (data, sampling, the training step) has nothing to apply to a shared update and is refused.
+    """
+    if name == "none":
+        if params:
+            raise ConfigError(f"defense 'none': unexpected parameters {sorted(params)}")
+        return Identity()
+    defense = DEFENSES.get(name)(params, None)
+    if isinstance(defense, GradientDefense):
+        return defense.transform
+    if not defense.acts_on_update():
+        usable = [n for n in DEFENSES.names() if n in TRANSFORMS or n in UPDATE_DEFENSES]
+        raise ConfigError(
+            f"defense '{name}' acts on the client's local training, not on the update it shares, so it has no "
+            f"effect on a gradient inversion of that update; choose from: {', '.join(usable)}"
+        )
+    return UpdateTransform(defense)
 
 
 def defense_params() -> dict[str, dict[str, str]]:
@@ -39,6 +93,7 @@ def defense_params() -> dict[str, dict[str, str]]:
 
 
 __all__ = [
+    "DEFENSES", "Defense", "UpdateContext", "UpdateTransform", "build_defense", "build_transform", "register_defense",
     "Augment", "Compose", "DPSGD", "InstaHide", "MixUp", "Perturb", "Quant", "RDPAccountant", "Sampling", "Sparse",
     "defense_params", "epsilon", "rdp_sampled_gaussian",
 ]

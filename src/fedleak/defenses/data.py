@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from fedleak.config import ConfigError, ExperimentConfig
 from fedleak.defenses._params import Param, between, non_negative, parse_params, positive
-from fedleak.fl.hooks import Defense, register_defense
+from fedleak.defenses.base import Defense, register_defense
 
 
 def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -255,9 +255,16 @@ class Compose(Defense):
                 return d.training_step(model, x, y, loss_fn, optimizer)
         return super().training_step(model, x, y, loss_fn, optimizer)
 
-    def transform_update(self, delta, gen):
+    @property
+    def needs_context(self) -> bool:  # type: ignore[override]
+        return any(d.needs_context for d in self.parts)
+
+    def acts_on_update(self) -> bool:
+        return any(d.acts_on_update() for d in self.parts)
+
+    def transform_update(self, delta, gen, ctx=None):
         for d in self.parts:
-            delta = d.transform_update(delta, gen)
+            delta = d.transform_update(delta, gen, ctx)
         return delta
 
     def privacy_spent(self, rnd):

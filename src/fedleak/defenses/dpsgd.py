@@ -22,8 +22,9 @@ import torch
 from fedleak.config import ExperimentConfig
 from fedleak.defenses._params import Param, between, non_negative, parse_params, positive
 from fedleak.defenses.accountant import epsilon as rdp_epsilon
-from fedleak.defenses.update import participation_counts
-from fedleak.fl.hooks import Defense, register_defense
+from fedleak.defenses.update import max_participation
+from fedleak.defenses.base import Defense, register_defense
+from fedleak.models.functional import per_sample_grad_fn
 
 DPSGD_PARAMS = {
     "noise_multiplier": Param(1.0, "float", "σ: noise std is σ·C on the summed clipped gradients",
@@ -43,12 +44,7 @@ def per_sample_grads(
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     rest = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
     rest.update(dict(model.named_buffers()))
-
-    def one(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        out = torch.func.functional_call(model, (p, rest), (xi.unsqueeze(0),))
-        return loss_fn(out, yi.unsqueeze(0))  # a batch of one: mean == the sample's loss
-
-    fn = torch.func.vmap(torch.func.grad_and_value(one), in_dims=(None, 0, 0), randomness="different")
+    fn = per_sample_grad_fn(model, rest, loss_fn, with_loss=True, randomness="different")
     grads, losses = fn(params, x, y)
     return grads, losses
 
@@ -112,7 +108,7 @@ class DPSGD(Defense):
     def privacy_spent(self, rnd: int) -> dict[str, float] | None:
         if not self.client_sizes or self.cfg is None:
             return None
-        rounds = participation_counts(self.cfg, rnd)
+        rounds = max_participation(self.cfg, rnd)
         eps = max(self.epsilon_for(n, rounds) for n in self.client_sizes)
         return {
             "epsilon": eps,

@@ -14,7 +14,9 @@ import torch
 from fedleak.config import ConfigError, ExperimentConfig
 from fedleak.defenses._params import Param, between, non_negative, parse_params, positive
 from fedleak.defenses.accountant import epsilon as rdp_epsilon
-from fedleak.fl.hooks import Defense, register_defense
+from fedleak.seeding import participation_counts as participation_counts_per_client
+from fedleak.defenses.base import Defense, UpdateContext, register_defense
+from fedleak.models.functional import largest_k_mask
 
 Delta = dict[str, torch.Tensor]
 
@@ -27,7 +29,7 @@ def defended_clients(cfg: ExperimentConfig | None) -> list[int]:
     return list(range(cfg.partition.num_clients))
 
 
-def participation_counts(cfg: ExperimentConfig | None, rnd: int) -> int:
+def max_participation(cfg: ExperimentConfig | None, rnd: int) -> int:
     """Largest number of rounds 0..rnd in which any defended client took part (the most exposed client).
 
     Computed from the engine's deterministic client sampling, so it needs no state and survives a resume.
@@ -36,16 +38,8 @@ def participation_counts(cfg: ExperimentConfig | None, rnd: int) -> int:
         return rnd + 1
     if cfg.fl.participation >= 1.0:
         return rnd + 1
-    try:
-        from fedleak.fl.simulation import _participants
-    except ImportError:  # pragma: no cover - engine refactored: fall back to the upper bound
-        return rnd + 1
-    counts = {k: 0 for k in defended_clients(cfg)}
-    for r in range(rnd + 1):
-        for k in _participants(cfg, r):
-            if k in counts:
-                counts[k] += 1
-    return max(counts.values(), default=0)
+    counts = participation_counts_per_client(cfg, rnd + 1)
+    return max((int(counts[k]) for k in defended_clients(cfg)), default=0)
 
 
 def global_norm(delta: Delta) -> torch.Tensor:
@@ -80,7 +74,7 @@ class Perturb(Defense):
         super().__init__(params, cfg)
         self.p = parse_params("perturb", params, PERTURB_PARAMS)
 
-    def transform_update(self, delta: Delta, gen: torch.Generator) -> Delta:
+    def transform_update(self, delta: Delta, gen: torch.Generator | None, ctx: UpdateContext | None = None) -> Delta:
         sigma, clip = self.p["sigma"], self.p["clip"]
         if clip is None:
             return {n: v - sigma * torch.randn(v.shape, generator=gen, dtype=v.dtype) for n, v in delta.items()}
@@ -94,7 +88,7 @@ class Perturb(Defense):
     def privacy_spent(self, rnd: int) -> dict[str, float] | None:
         if self.p["clip"] is None:
             return None
-        steps = participation_counts(self.cfg, rnd)
+        steps = max_participation(self.cfg, rnd)
         eps = rdp_epsilon(1.0, self.p["sigma"], steps, self.p["delta"]) if self.p["sigma"] > 0 else math.inf
         return {
             "epsilon": eps,
@@ -118,15 +112,6 @@ SPARSE_PARAMS = {
 }
 
 
-def topk_mask(values: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of exactly ``k`` entries with the largest |value| (ties broken by position)."""
-    flat = values.reshape(-1).abs()
-    mask = torch.zeros(flat.numel(), dtype=torch.bool)
-    if k > 0:
-        mask[torch.topk(flat, k, sorted=False).indices] = True
-    return mask.view(values.shape)
-
-
 class Sparse(Defense):
     """Top-k sparsification of Δ.
 
@@ -142,7 +127,7 @@ class Sparse(Defense):
         super().__init__(params, cfg)
         self.p = parse_params("sparse", params, SPARSE_PARAMS)
 
-    def transform_update(self, delta: Delta, gen: torch.Generator) -> Delta:
+    def transform_update(self, delta: Delta, gen: torch.Generator | None, ctx: UpdateContext | None = None) -> Delta:
         keep = 1.0 - self.p["p"]
         if self.p["scope"] == "layer":
             out = {}
@@ -150,11 +135,11 @@ class Sparse(Defense):
                 if v.numel() <= self.p["min_numel"]:
                     out[n] = v.clone()
                 else:
-                    out[n] = torch.where(topk_mask(v, int(v.numel() * keep)), v, torch.zeros_like(v))
+                    out[n] = torch.where(largest_k_mask(v, int(v.numel() * keep)), v, torch.zeros_like(v))
             return out
         names = list(delta)
         flat = torch.cat([delta[n].reshape(-1) for n in names])
-        mask = topk_mask(flat, int(flat.numel() * keep))
+        mask = largest_k_mask(flat, int(flat.numel() * keep))
         flat = torch.where(mask, flat, torch.zeros_like(flat))
         out, off = {}, 0
         for n in names:
@@ -200,7 +185,7 @@ class Quant(Defense):
         super().__init__(params, cfg)
         self.p = parse_params("quant", params, QUANT_PARAMS)
 
-    def transform_update(self, delta: Delta, gen: torch.Generator) -> Delta:
+    def transform_update(self, delta: Delta, gen: torch.Generator | None, ctx: UpdateContext | None = None) -> Delta:
         return {n: quantize(v, self.p["bits"], self.p["rounding"], gen) for n, v in delta.items()}
 
 
@@ -215,5 +200,5 @@ register_defense("perturb", _factory(Perturb))
 register_defense("sparse", _factory(Sparse))
 register_defense("quant", _factory(Quant))
 
-__all__ = ["Perturb", "Sparse", "Quant", "quantize", "topk_mask", "global_norm", "participation_counts",
+__all__ = ["Perturb", "Sparse", "Quant", "quantize", "global_norm", "max_participation",
            "ConfigError"]

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from fedleak.config import ConfigError, FLConfig
-from fedleak.fl.hooks import Defense, soft_cross_entropy
+from fedleak.defenses.base import Defense
+from fedleak.models.functional import soft_cross_entropy
 
 ParamDict = dict[str, torch.Tensor]
 

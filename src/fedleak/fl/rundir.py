@@ -19,7 +19,7 @@ from fedleak.signals.candidates import candidate_counts
 from fedleak.signals.runconfig import config_record, read_run_config
 
 if TYPE_CHECKING:
-    from fedleak.fl.simulation import Federation
+    from fedleak.fl.federation import Federation
 
 
 def _git_revision() -> str | None:

@@ -14,153 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from fedleak.config import ConfigError, ExperimentConfig
-from fedleak.data.base import Dataset
+from fedleak.config import ExperimentConfig
 from fedleak.fl.checkpoint import load_checkpoint, save_checkpoint, save_final_model
-from fedleak.fl.hooks import Defense, build_defense
-from fedleak.fl.local import ParamDict, evaluate, get_params, local_update
+from fedleak.fl.federation import Federation, build_federation, train_eval_subset
+from fedleak.fl.local import ParamDict, evaluate, get_params
 from fedleak.fl.progress import RoundProgress
-from fedleak.fl.rundir import (
-    check_same_config,
-    complete_run_dir,
-    init_run_dir,
-    refuse_orphaned_results,
-    saved_candidates,
-    saved_split,
-)
+from fedleak.fl.record import record_round
+from fedleak.fl.round import aggregate, client_update
+from fedleak.fl.rundir import check_same_config, complete_run_dir, init_run_dir, refuse_orphaned_results
 from fedleak.fl.schedule import lr_at
 from fedleak.runlock import run_lock
+from fedleak.seeding import Purpose, np_rng, participants
 from fedleak.signals import store
-from fedleak.signals.candidates import build_candidates, gather, redraw_nonmembers
-
-# purposes of derived random streams
-_PARTITION, _CANDIDATES, _SAMPLE_CLIENTS, _LOCAL, _DEFENSE, _COMPAT, _DATA_SELECT, _INIT = range(8)
-
-
-def _seed_seq(seed: int, *key: int) -> np.random.SeedSequence:
-    return np.random.SeedSequence([seed, *key])
-
-
-def np_rng(seed: int, *key: int) -> np.random.Generator:
-    return np.random.default_rng(_seed_seq(seed, *key))
-
-
-def torch_gen(seed: int, *key: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(int(_seed_seq(seed, *key).generate_state(1, np.uint64)[0] & 0x7FFF_FFFF_FFFF_FFFF))
-    return g
-
-
-@dataclass
-class Federation:
-    """Everything fixed for the whole run, derived from the config (and saved in the run dir)."""
-
-    cfg: ExperimentConfig
-    data: Dataset
-    clients: list[np.ndarray]
-    cand_ids: np.ndarray
-    cand_owner: np.ndarray
-    model: torch.nn.Module
-    defense: Defense
-    weights: np.ndarray  # client data sizes
-
-    @property
-    def n_train(self) -> int:
-        return len(self.data.train)
-
-
-def build_federation(cfg: ExperimentConfig, run_dir: Path | None = None) -> Federation:
-    """Load data, partition, candidates, model and defense (reusing the run dir's saved split)."""
-    from fedleak.data import load_dataset
-    from fedleak.data.partition import dirichlet_partition, iid_partition
-    from fedleak.models import build_model
-
-    data = load_dataset(cfg.data, seed=cfg.seed)
-    pc = cfg.partition
-    if run_dir is not None and (run_dir / "split.npz").is_file():
-        clients = saved_split(run_dir, pc.num_clients, len(data.train))
-    elif pc.scheme == "iid":
-        clients = iid_partition(len(data.train), pc.num_clients, np_rng(cfg.seed, _PARTITION), pc.samples_per_client)
-    else:
-        clients = dirichlet_partition(
-            data.train.y.numpy(), pc.num_clients, pc.beta, np_rng(cfg.seed, _PARTITION), min_size=pc.min_size
-        )
-    if run_dir is not None and (run_dir / "candidates.npz").is_file():
-        ids, owner = saved_candidates(run_dir, pc.num_clients, len(data.train) + len(data.test))
-    else:
-        ids, owner = build_candidates(
-            cfg.candidates, clients, len(data.train), len(data.test), np_rng(cfg.seed, _CANDIDATES)
-        )
-    torch.manual_seed(int(_seed_seq(cfg.seed, _INIT).generate_state(1)[0]))
-    try:
-        model = build_model(cfg.model.name, data.num_classes, data.input_shape, **cfg.model.options)
-    except ValueError as e:
-        raise ConfigError(f"model: {e}") from None
-    defense = build_defense(cfg.defense, cfg)
-    weights = np.array([len(c) for c in clients], dtype=np.float64)
-    return Federation(cfg, data, clients, ids, owner, model, defense, weights)
-
-
-# the old private names (fedleak.flower.audit imports them)
-_init_run_dir, _save_checkpoint, _save_final_model = init_run_dir, save_checkpoint, save_final_model
-
-
-def _participants(cfg: ExperimentConfig, rnd: int) -> list[int]:
-    K = cfg.partition.num_clients
-    m = max(int(round(cfg.fl.participation * K)), 1)
-    if m >= K:
-        return list(range(K))
-    return sorted(np_rng(cfg.seed, _SAMPLE_CLIENTS, rnd).choice(K, size=m, replace=False).tolist())
-
-
-def aggregate(uploaded: dict[int, ParamDict], weights: np.ndarray) -> ParamDict:
-    """FedAvg: Σ_k w_k θ_k / Σ_k w_k over the clients that uploaded, keyed by client id (spec W10 fixed)."""
-    ks = sorted(uploaded)
-    total = float(sum(weights[k] for k in ks))
-    names = uploaded[ks[0]].keys()
-    return {n: sum((weights[k] / total) * uploaded[k][n] for k in ks) for n in names}
-
-
-def client_update(
-    fed: Federation,
-    k: int,
-    rnd: int,
-    lr: float,
-    global_params: ParamDict,
-    opt_state: dict[str, Any] | None = None,
-    defended: bool | None = None,
-) -> tuple[ParamDict, float, dict[str, Any] | None]:
-    """Client ``k``'s work in round ``rnd``: what it uploads, its mean training loss, its optimizer state.
-
-    Every random draw comes from the (seed, rnd, k, purpose) streams, so any process holding the same
-    ``Federation`` (e.g. a Flower ClientApp, ``fedleak.flower``) computes the identical upload.
-    """
-    cfg, data = fed.cfg, fed.data
-    if defended is None:
-        defended = cfg.defense.clients is None or k in cfg.defense.clients
-    defense = fed.defense if defended else Defense()
-    idx = defense.select_data(fed.clients[k], rnd, np_rng(cfg.seed, _DATA_SELECT, rnd, k))
-    it = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-    local, loss, state = local_update(
-        fed.model,
-        global_params,
-        data.train.x[it],
-        data.train.y[it],
-        fl=cfg.fl,
-        lr=lr,
-        num_classes=data.num_classes,
-        normalize=data.normalize,
-        defense=defense,
-        gen=torch_gen(cfg.seed, _LOCAL, rnd, k),
-        opt_state=opt_state,
-        where=f"round {rnd} (0-based), client {k}",
-    )
-    delta = {n: global_params[n] - local[n] for n in local}
-    delta = defense.transform_update(delta, torch_gen(cfg.seed, _DEFENSE, rnd, k))
-    return {n: global_params[n] - delta[n] for n in delta}, loss, state
 
 
 @dataclass
@@ -180,21 +47,19 @@ class _Rounds:
         self.test_x, self.test_y = data.normalize(data.test.x), data.test.y
         self.defended = set(range(cfg.partition.num_clients)) if cfg.defense.clients is None else set(cfg.defense.clients)
         if cfg.fl.eval_train_every:
-            self.train_eval = _train_eval_subset(self.fed)
+            self.train_eval = train_eval_subset(self.fed)
 
     def run(
         self, rnd: int, global_params: ParamDict, opt_states: dict[int, Any], *, signals: bool, evaluate_global: bool
     ) -> tuple[ParamDict, dict[str, Any]]:
         """Round ``rnd`` from ``global_params`` (``opt_states`` updated in place): the new global model and the
         round's metrics record (signals written when ``signals``; utility only when ``evaluate_global``)."""
-        from fedleak.signals.record import record_round
-
         fed, cfg, fl = self.fed, self.fed.cfg, self.fed.cfg.fl
         t0 = time.time()
         lr = lr_at(fl.schedule, fl.lr, rnd, fl.rounds)
         uploaded: dict[int, ParamDict] = {}
         client_loss: dict[int, float] = {}
-        for k in _participants(cfg, rnd):
+        for k in participants(cfg, rnd):
             uploaded[k], client_loss[k], opt_states_k = client_update(
                 fed, k, rnd, lr, global_params, opt_states.get(k), defended=k in self.defended
             )
@@ -204,7 +69,7 @@ class _Rounds:
         if signals:
             record["client_test_acc"] = record_round(
                 fed, self.run_dir, rnd, lr, global_params, uploaded, self.test_x, self.test_y,
-                compat_rng=np_rng(cfg.seed, _COMPAT, rnd),
+                compat_rng=np_rng(cfg.seed, Purpose.COMPAT, rnd),
             )
         global_params = aggregate(uploaded, fed.weights)
         if evaluate_global:
@@ -295,17 +160,10 @@ def _train_locked(cfg: ExperimentConfig, run_dir: Path, quiet: bool, stop_after:
     return run_dir
 
 
-def _train_eval_subset(fed: Federation, cap: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:
-    """Global-model train accuracy on at most ``cap`` training samples (spec W18: not all 50k every round)."""
-    n = fed.n_train
-    idx = torch.arange(n) if n <= cap else torch.as_tensor(np.sort(np_rng(fed.cfg.seed, 99).choice(n, cap, replace=False)))
-    return fed.data.normalize(fed.data.train.x[idx]), fed.data.train.y[idx]
-
-
 def _truncate_metrics(run_dir: Path, start: int) -> None:
     """Drop metric lines of rounds >= start (written before a crash, redone on resume)."""
     rows = [r for r in store.read_metrics(run_dir) if r.get("round", -1) < start]
     store.atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
-__all__ = ["train", "build_federation", "aggregate", "client_update", "Federation", "redraw_nonmembers", "gather"]
+__all__ = ["train"]

@@ -7,7 +7,7 @@ two calls below, so the run directory is produced by the same code as ``fedleak 
 - ``global_sent(round, params, lr)``: the global model the server sent in round ``round`` (0-based);
 - ``round_finished(round, uploads, aggregate, client_metrics)``: every client's returned model, keyed by
   client id (= Flower partition id), and the model the wrapped strategy aggregated. On recorded rounds the
-  per-sample signals are computed by ``fedleak.signals.record.record_round`` (the engine's own code); after
+  per-sample signals are computed by ``fedleak.fl.record.record_round`` (the engine's own code); after
   the last round the aggregate is saved as ``final_model.pt``.
 
 Signals are computed on what the server receives; with Flower DP wrappers, ``LocalDpMod`` or SecAgg+ that
@@ -28,7 +28,7 @@ import torch
 
 from fedleak.config import ConfigError, ExperimentConfig, load_config, parse_config
 from fedleak.data.base import Dataset
-from fedleak.fl.hooks import build_defense
+from fedleak.defenses import build_defense
 from fedleak.fl.local import ParamDict, evaluate
 from fedleak.fl.schedule import lr_at
 from fedleak.signals import store
@@ -59,14 +59,15 @@ def custom_federation(cfg: ExperimentConfig, data: Dataset, clients: Sequence[np
     trains (its parameter names must match the ArrayRecord keys). The candidate set is drawn from
     ``cfg.candidates`` exactly as ``fedleak train`` draws it.
     """
-    from fedleak.fl.simulation import _CANDIDATES, Federation, np_rng
+    from fedleak.fl.federation import Federation
+    from fedleak.seeding import Purpose, np_rng
 
     clients = [np.asarray(c, np.int64) for c in clients]
     if len(clients) != cfg.partition.num_clients:
         raise ConfigError(
             f"{len(clients)} client index lists given but partition.num_clients={cfg.partition.num_clients}"
         )
-    ids, owner = build_candidates(cfg.candidates, clients, len(data.train), len(data.test), np_rng(cfg.seed, _CANDIDATES))
+    ids, owner = build_candidates(cfg.candidates, clients, len(data.train), len(data.test), np_rng(cfg.seed, Purpose.CANDIDATES))
     weights = np.array([len(c) for c in clients], dtype=np.float64)
     return Federation(cfg, data, clients, ids, owner, model, build_defense(cfg.defense, cfg), weights)
 
@@ -141,7 +142,7 @@ class FlowerAudit:
             ``k`` = Flower partition ``k``), the model, the candidate set and which rounds to record.
         run_dir: the run directory to create (must not hold recorded rounds already).
         federation: use this ``Federation`` (e.g. from :func:`custom_federation`) instead of building one
-            from ``cfg`` with ``fedleak.fl.simulation.build_federation``.
+            from ``cfg`` with ``fedleak.fl.federation.build_federation``.
         num_rounds: the Flower app's number of rounds when it differs from ``cfg.fl.rounds``.
     """
 
@@ -154,7 +155,8 @@ class FlowerAudit:
         num_rounds: int | None = None,
         engine: str = "flower",
     ) -> None:
-        from fedleak.fl.simulation import _init_run_dir, _train_eval_subset, build_federation
+        from fedleak.fl.federation import build_federation, train_eval_subset
+        from fedleak.fl.rundir import init_run_dir
 
         if not isinstance(cfg, ExperimentConfig):
             cfg = load_config(cfg)
@@ -169,7 +171,7 @@ class FlowerAudit:
         fed.cfg = cfg
         self.fed, self.cfg = fed, cfg
         self.recorded = cfg.signals.recorded_rounds(cfg.fl.rounds)
-        _init_run_dir(self.run_dir, cfg, fed, self.recorded)
+        init_run_dir(self.run_dir, cfg, fed, self.recorded)
         meta = store.read_meta(self.run_dir)
         meta["engine"] = engine
         try:
@@ -182,7 +184,7 @@ class FlowerAudit:
         store.atomic_write_text(self.run_dir / "metrics.jsonl", "")
         d = fed.data
         self.test_x, self.test_y = d.normalize(d.test.x), d.test.y
-        self.train_eval = _train_eval_subset(fed) if cfg.fl.eval_train_every else None
+        self.train_eval = train_eval_subset(fed) if cfg.fl.eval_train_every else None
         self._initial = {n: p.detach().clone() for n, p in fed.model.named_parameters()}
         self._global: dict[int, ParamDict] = {}
         self._lr: dict[int, float] = {}
@@ -215,8 +217,9 @@ class FlowerAudit:
         client_metrics: Mapping[int, Mapping[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Record round ``rnd``: signals (on recorded rounds), utility of the aggregate, a metrics line."""
-        from fedleak.fl.simulation import _COMPAT, _save_final_model, np_rng
-        from fedleak.signals.record import record_round
+        from fedleak.fl.checkpoint import save_final_model
+        from fedleak.fl.record import record_round
+        from fedleak.seeding import Purpose, np_rng
 
         if rnd not in self._global:
             raise RuntimeError(f"round {rnd}: no global model was recorded before the clients' replies")
@@ -241,7 +244,7 @@ class FlowerAudit:
         if rnd in self.recorded and uploads:
             rec["client_test_acc"] = record_round(
                 self.fed, self.run_dir, rnd, lr, gp, uploads, self.test_x, self.test_y,
-                compat_rng=np_rng(self.cfg.seed, _COMPAT, rnd),
+                compat_rng=np_rng(self.cfg.seed, Purpose.COMPAT, rnd),
             )
         if aggregate is not None:
             model, bs = self.fed.model, self.cfg.fl.eval_batch_size
@@ -258,5 +261,5 @@ class FlowerAudit:
         rec["time"] = time.time() - self._t0.get(rnd, time.time())
         store.append_metrics(self.run_dir, rec)
         if rnd == self.cfg.fl.rounds - 1 and aggregate is not None:
-            _save_final_model(self.run_dir, aggregate)
+            save_final_model(self.run_dir, aggregate)
         return rec

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from fedleak.core_commands import CONFIG_ARG, DATA_DIR_OPT, QUIET_OPT, SET_OPT, quiet_default, resolve_run
+from fedleak.fl.commands import CONFIG_ARG, DATA_DIR_OPT, QUIET_OPT, SET_OPT, quiet_default, resolve_run
 
 FLOWER_MISSING = "Flower is not installed: pip install 'fedleak[flower]' (or: pip install 'flwr[simulation]')"
 

@@ -2,7 +2,7 @@
 
 The pieces are those of a normal Flower app, built from one ``ExperimentConfig``:
 
-- :func:`client_app` -- a ``ClientApp`` whose ``train`` handler runs ``fedleak.fl.simulation.client_update``
+- :func:`client_app` -- a ``ClientApp`` whose ``train`` handler runs ``fedleak.fl.round.client_update``
   (``local_update`` with the engine's (seed, round, client, purpose) generators) on its partition and replies
   with its model, ``num-examples`` (the partition size, the engine's FedAvg weight), ``partition-id`` and
   ``train_loss``; a ``query`` handler reports the partition id.
@@ -47,7 +47,7 @@ _FEDERATIONS: dict[str, Any] = {}  # per process: config YAML -> Federation (Cli
 
 
 def _federation(cfg: ExperimentConfig):
-    from fedleak.fl.simulation import build_federation
+    from fedleak.fl.federation import build_federation
 
     key = dump_config(cfg)
     if key not in _FEDERATIONS:
@@ -85,7 +85,7 @@ def client_app(cfg: ExperimentConfig) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        from fedleak.fl.simulation import client_update
+        from fedleak.fl.round import client_update
 
         if cfg.fl.threads:
             torch.set_num_threads(cfg.fl.threads)
@@ -170,7 +170,7 @@ class EngineFedAvg(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        from fedleak.fl.simulation import _participants
+        from fedleak.seeding import participants
 
         rnd = server_round - 1
         fl = self.cfg.fl
@@ -181,7 +181,7 @@ class EngineFedAvg(FedAvg):
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: conf})
         return [
             Message(content=record, message_type=MessageType.TRAIN, dst_node_id=self.node_of[k])
-            for k in _participants(self.cfg, rnd)
+            for k in participants(self.cfg, rnd)
         ]
 
     def aggregate_train(
@@ -206,13 +206,13 @@ class EngineAudit(FlowerAudit):
     """
 
     def round_finished(self, rnd, uploads, aggregate, client_metrics=None):
-        from fedleak.fl.simulation import _DATA_SELECT, np_rng
+        from fedleak.seeding import Purpose, np_rng
 
         cfg, fed = self.cfg, self.fed
         defended = set(range(cfg.partition.num_clients)) if cfg.defense.clients is None else set(cfg.defense.clients)
         for k in sorted(int(k) for k in uploads):
             if k in defended:
-                fed.defense.select_data(fed.clients[k], rnd, np_rng(cfg.seed, _DATA_SELECT, rnd, k))
+                fed.defense.select_data(fed.clients[k], rnd, np_rng(cfg.seed, Purpose.DATA_SELECT, rnd, k))
         return super().round_finished(rnd, uploads, aggregate, client_metrics)
 
 

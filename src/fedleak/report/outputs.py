@@ -30,7 +30,8 @@ from fedleak.attacks.mia.attacks import ATTACK_INFO, resolve_names
 from fedleak.attacks.mia.evaluate import HEADLINE_FPR, Evaluation, evaluate
 from fedleak.metrics.roc import fpr_key
 from fedleak.report import figures
-from fedleak.signals.store import atomic_write_text, load_signals, read_metrics, recorded_rounds, round_path
+from fedleak.signals.loading import load_signals
+from fedleak.signals.store import atomic_write_text, read_metrics, recorded_rounds, round_path
 
 ATTACK_DIR = "attack"
 FIGURE_STEMS = ("roc", "tpr_per_round", "fedmia_scores", "utility")

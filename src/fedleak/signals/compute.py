@@ -53,6 +53,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedleak.models.functional import per_sample_grad_fn
+
 __all__ = [
     "trainable_names",
     "flat_params",
@@ -155,14 +157,6 @@ def squared_norms(deltas: torch.Tensor) -> torch.Tensor:
 def chunk_size_for(num_params: int, memory_budget_mb: float) -> int:
     """Largest chunk ``c`` with ``c * P * 4`` bytes of per-sample gradients within the budget (at least 1)."""
     return max(1, int(memory_budget_mb * 2**20) // (4 * max(1, int(num_params))))
-
-
-def _per_sample_grad_fn(model: nn.Module, rest: dict[str, torch.Tensor]):
-    def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        logits = torch.func.functional_call(model, (p, rest), (xi.unsqueeze(0),))
-        return F.cross_entropy(logits, yi.unsqueeze(0))  # one sample: mean == sum
-
-    return torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))
 
 
 # Per-sample gradient engines (see the module docstring). Each yields (parameter name, [c, numel]) for a chunk.
@@ -386,7 +380,7 @@ def _chunk_grads(model, names, params, rest, xb, yb, engine):
         except _Unsupported:
             if engine == "layers":
                 raise
-    yield from _vmap_grads(_per_sample_grad_fn(model, rest), params, names, xb, yb)
+    yield from _vmap_grads(per_sample_grad_fn(model, rest), params, names, xb, yb)
 
 
 def gradient_signals(
@@ -477,7 +471,7 @@ def gradient_signals(
                     pairs.extend(_materialize(mod, pre, inp, gout, weight=not ghost))
                 del records
             else:
-                pairs.extend(_vmap_grads(_per_sample_grad_fn(model, rest), params, names, xb, yb))
+                pairs.extend(_vmap_grads(per_sample_grad_fn(model, rest), params, names, xb, yb))
             for n, gt in pairs:
                 dot[:, s:e] += (views[n] @ gt.T).double()
                 gnorm2[s:e] += torch.linalg.vector_norm(gt, dim=1).double().square()

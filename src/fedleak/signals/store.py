@@ -43,12 +43,10 @@ from typing import IO, Any
 
 import numpy as np
 
+from fedleak.errors import StoreError  # noqa: F401  (re-exported: its historical home)
+
 SIGNAL_KEYS_KN = ("loss", "dot", "cos", "diff", "gnorm2")
 REQUIRED_ROUND_KEYS = (*SIGNAL_KEYS_KN, "ids", "dnorm2")
-
-
-class StoreError(RuntimeError):
-    """A run directory cannot be read or written; the message names the file and says what to do."""
 
 
 def retrain_hint(run_dir: Path) -> str:
@@ -262,64 +260,6 @@ def recorded_rounds(run_dir: Path) -> list[int]:
         if num.isdigit():  # ignore stray files such as round_old.npz
             out.append(int(num))
     return sorted(out)
-
-
-@dataclass
-class Signals:
-    """All recorded signals of a run, stacked as [R, K, N] arrays (R recorded rounds)."""
-
-    rounds: np.ndarray  # [R] 0-based round numbers
-    loss: np.ndarray  # [R, K, N]
-    dot: np.ndarray
-    cos: np.ndarray
-    diff: np.ndarray
-    gnorm2: np.ndarray
-    ids: np.ndarray  # [R, K, N]
-    dnorm2: np.ndarray  # [R, K]
-    participated: np.ndarray  # [R, K] bool
-    client_test_acc: np.ndarray  # [R, K]
-    lr: np.ndarray  # [R]
-    owner: np.ndarray  # [N] owning client of each candidate (-1: held-out test)
-    cand_ids: np.ndarray  # [N]
-    target: int  # default target client
-
-    @property
-    def num_clients(self) -> int:
-        return int(self.loss.shape[1])
-
-    def members(self, target: int | None = None) -> np.ndarray:
-        """Boolean [N]: candidate is in the target client's training data."""
-        return self.owner == (self.target if target is None else target)
-
-    def measure(self, name: str) -> np.ndarray:
-        """[R, K, N] array of a per-candidate measure: loss, dot, cos, diff or gnorm2."""
-        if name not in SIGNAL_KEYS_KN:
-            raise StoreError(f"unknown measure '{name}'; choose from {', '.join(SIGNAL_KEYS_KN)}")
-        return getattr(self, name)
-
-
-def load_signals(run_dir: str | Path, rounds: list[int] | None = None) -> Signals:
-    """Read and check the recorded rounds; a damaged file raises StoreError naming it (see roundfiles)."""
-    from fedleak.signals.roundfiles import read_rounds
-    from fedleak.signals.runconfig import verify_run_config
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "candidates.npz").is_file():
-        raise StoreError(f"{run_dir} is not a fedleak run directory (no candidates.npz); run `fedleak train` first")
-    have = recorded_rounds(run_dir)
-    if rounds is not None:
-        miss = sorted(set(rounds) - set(have))
-        if miss:
-            raise StoreError(f"rounds {miss} were not recorded in {run_dir}; recorded: {have}")
-        have = sorted(set(rounds))
-    if not have:
-        raise StoreError(f"{run_dir} has no recorded rounds yet; train longer or check signals.rounds")
-    verify_run_config(run_dir)
-    cand = read_candidates(run_dir)
-    per, lr = read_rounds(run_dir, have, len(cand.ids))
-    st = {k: np.stack(v) for k, v in per.items()}
-    return Signals(rounds=np.asarray(have), lr=np.asarray(lr), owner=cand.owner, cand_ids=cand.ids,
-                   target=cand.target, **st)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

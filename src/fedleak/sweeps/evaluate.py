@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fedleak.signals.store import load_signals, read_metrics
+from fedleak.signals.loading import load_signals
+from fedleak.signals.store import read_metrics
 
 FPRS = (0.001, 0.01)
 METRIC_KEYS = ("tpr@0.1%", "tpr@1%", "auc")

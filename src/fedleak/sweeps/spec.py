@@ -216,7 +216,7 @@ def expand(
     spec: SweepSpec, root: Path, out_dir: Path, overrides: list[str] | None = None, data_dir: str | None = None
 ) -> list[RunSpec]:
     """Every run of the grid, each config validated (and its defense built once) up front."""
-    from fedleak.fl.hooks import build_defense
+    from fedleak.defenses import build_defense
 
     base = _base_config(spec.base, root)
     for k, v in spec.set.items():

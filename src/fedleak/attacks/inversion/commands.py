@@ -18,6 +18,9 @@ class DefenseChoice(str, Enum):
     prune_global = "prune-global"
     dp_gaussian = "dp-gaussian"
     dp_laplace = "dp-laplace"
+    perturb = "perturb"
+    quant = "quant"
+    sparse = "sparse"
 
 
 class AttackChoice(str, Enum):
@@ -116,7 +119,7 @@ def build_spec(
         msgs = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in err.errors())
         raise FedleakError(f"invalid inversion settings: {msgs}") from None
     if spec.defense != "none":  # validate the defence parameters early, with a clear message
-        from fedleak.defenses.gradient import build_transform
+        from fedleak.defenses import build_transform
 
         try:
             build_transform(spec.defense, **spec.defense_params)
@@ -128,7 +131,7 @@ def build_spec(
 def invert_command(
     preset: str = typer.Option("soteria-gs", "--preset", "-p", help="dlg, idlg, soteria-dlg, soteria-gs, ig-cifar."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (metrics.json, metrics.csv, grid.png)."),
-    defense: Optional[DefenseChoice] = typer.Option(None, "--defense", help="Client-side gradient transform."),
+    defense: Optional[DefenseChoice] = typer.Option(None, "--defense", help="Client-side defense of the shared update (any defense that changes it; see docs/defenses.md)."),
     pruning_rate: Optional[float] = typer.Option(None, "--pruning-rate", help="Soteria/pruning rate in percent."),
     noise_scale: Optional[float] = typer.Option(None, "--noise-scale", help="DP noise std (Gaussian) or b (Laplace)."),
     clip: Optional[float] = typer.Option(None, "--clip", help="DP: clip the update to this L2 norm."),

@@ -85,7 +85,9 @@ class InvertSpec(BaseModel):
     local_steps: SInt = Field(0, ge=0, le=MAX_ITERATIONS, description="0: FedSGD gradient; k >= 1: FedAvg update after k local steps.")
     local_lr: float = Field(1e-4, gt=0)
     local_batch_size: SInt | None = Field(None, ge=1, le=MAX_BATCH)
-    defense: Literal["none", "soteria", "prune", "prune-global", "dp-gaussian", "dp-laplace"] = "none"
+    defense: Literal[
+        "none", "soteria", "prune", "prune-global", "dp-gaussian", "dp-laplace", "perturb", "quant", "sparse"
+    ] = "none"
     defense_params: dict[str, Any] = Field(default_factory=dict)
     # attack
     attack: InversionConfig = Field(default_factory=InversionConfig)

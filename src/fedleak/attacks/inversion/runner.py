@@ -25,7 +25,8 @@ from fedleak.attacks.inversion.optimize import invert
 from fedleak.attacks.inversion.parallel import ParallelInversion
 from fedleak.attacks.inversion.presets import InvertSpec
 from fedleak.attacks.inversion.victim import LocalHyper, ServerView, client_update
-from fedleak.defenses.gradient import build_transform, last_linear, representation_fn
+from fedleak.defenses import build_transform
+from fedleak.defenses.gradient import last_linear, representation_fn
 from fedleak.metrics.image import aggregate, image_metrics, label_accuracy, logit_mse, to_pixels
 
 CSV_FIELDS = [

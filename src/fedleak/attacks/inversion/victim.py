@@ -23,15 +23,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from fedleak.defenses.gradient import GradientContext, GradientTransform
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def soft_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy for hard labels ``[B]`` (int) or soft labels / probabilities ``[B, C]``."""
-    if y.dtype.is_floating_point:
-        return -(y * F.log_softmax(logits, dim=-1)).sum(-1).mean()
-    return F.cross_entropy(logits, y)
+from fedleak.models.functional import LossFn, soft_cross_entropy
 
 
 @dataclass(frozen=True)

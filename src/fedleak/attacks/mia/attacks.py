@@ -1,6 +1,6 @@
 """Membership inference attacks as pure functions over a run's stored signals.
 
-Every attack takes a :class:`~fedleak.signals.store.Signals` (``[R, K, N]`` arrays: R recorded
+Every attack takes a :class:`~fedleak.signals.loading.Signals` (``[R, K, N]`` arrays: R recorded
 rounds, K clients, N candidates) and returns one float score per candidate, **higher = member**.
 Nothing here trains or touches a model, so re-scoring a run with other options is instant.
 
@@ -52,7 +52,8 @@ import numpy as np
 from scipy.special import log_ndtr, ndtr
 
 from fedleak.errors import FedleakError
-from fedleak.signals.store import Signals, StoreError
+from fedleak.signals.loading import Signals
+from fedleak.signals.store import StoreError
 
 AGGREGATIONS = ("mean", "mean-log", "stouffer", "fisher", "max")
 MAD_TO_SIGMA = 1.482602218505602  # 1 / Φ^{-1}(3/4): MAD of a Gaussian times this = σ

@@ -27,7 +27,7 @@ from fedleak.attacks.mia.attacks import (
 )
 from fedleak.errors import FedleakError
 from fedleak.metrics.roc import DEFAULT_FPRS, auc_from_curve, fpr_key, roc_curve, roc_metrics, tpr_at_fpr
-from fedleak.signals.store import Signals
+from fedleak.signals.loading import Signals
 
 HEADLINE_FPR = 0.001
 

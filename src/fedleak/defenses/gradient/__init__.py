@@ -1,6 +1,9 @@
 """Gradient transforms applied by a client before it shares its update (see ``base.py`` for the contract).
 
-``build_transform(name, **params)`` builds one from a short name:
+Each is also a defense of the one protocol (:class:`GradientDefense`, registered in
+:data:`fedleak.defenses.base.DEFENSES`), so it trains FedAvg too (``fedleak train`` with
+``defense: {name: soteria, params: {rate: 60}}``). ``fedleak.defenses.build_transform(name, **params)`` gives any
+registered defense that changes the shared update as a transform (the gradient ones below, and ``perturb``, ``sparse``, ``quant``):
 
 =================  ==========================================================================================
 ``none``           identity
@@ -14,7 +17,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from fedleak.defenses.base import DEFENSES, Defense, UpdateContext
+from fedleak.errors import ConfigError
 
 from fedleak.defenses.gradient.base import (
     Compose,
@@ -37,8 +44,9 @@ __all__ = [
     "Soteria",
     "GradientPruning",
     "DPNoise",
-    "build_transform",
     "TRANSFORMS",
+    "UPDATE_DEFENSES",
+    "GradientDefense",
     "jacobian_rows",
     "representation_fn",
     "prune_mask",
@@ -51,21 +59,47 @@ __all__ = [
 TRANSFORMS = ("none", "soteria", "prune", "prune-global", "dp-gaussian", "dp-laplace")
 
 
-def build_transform(name: str, **params: Any) -> GradientTransform:
-    """A transform from its short name; unknown names or parameters raise ``ValueError``."""
-    try:
-        if name == "none":
-            if params:
-                raise TypeError(f"unexpected parameters {sorted(params)}")
-            return Identity()
-        if name == "soteria":
-            return Soteria(**params)
-        if name == "prune":
-            return GradientPruning(**{"scope": "tensor", **params})
-        if name == "prune-global":
-            return GradientPruning(**{"scope": "global", **params})
-        if name in ("dp-gaussian", "dp-laplace"):
-            return DPNoise(**{"mechanism": name.split("-")[1], **params})
-    except TypeError as e:
-        raise ValueError(f"defense {name!r}: {e}") from None
-    raise ValueError(f"unknown defense {name!r}; choose from: {', '.join(TRANSFORMS)}")
+class GradientDefense(Defense):
+    """A gradient transform (Soteria, pruning, DP noise) as a defense of the one protocol.
+
+    In FedAvg training (``fedleak train``) it acts on each client's update ``Δ = θ_global − θ_local`` with the
+    round kernel's :class:`UpdateContext` (the client's data of the round, the global parameters); in
+    ``fedleak invert`` on the victim's gradient or update. ``last_info`` keeps the transform's log (e.g.
+    Soteria's mask and pruned fraction) of the last call.
+    """
+
+    needs_context = True
+
+    def __init__(self, name: str, transform: GradientTransform, params: dict[str, Any] | None, cfg=None) -> None:
+        super().__init__(params, cfg)
+        self.name = name
+        self.transform = transform
+        self.last_info: dict[str, Any] = {}
+
+    def transform_update(self, delta, gen, ctx: UpdateContext | None = None):
+        if ctx is None:
+            raise ConfigError(f"defense '{self.name}' needs the client's data and parameters (an UpdateContext)")
+        out, self.last_info = self.transform(delta, ctx, gen)
+        return {k: v.detach() for k, v in out.items()}
+
+
+def _register(name: str, make: Callable[..., GradientTransform]) -> None:
+    def factory(params: dict[str, Any] | None, cfg=None) -> GradientDefense:
+        try:
+            transform = make(**dict(params or {}))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"defense {name!r}: {e}") from None
+        return GradientDefense(name, transform, params, cfg)
+
+    DEFENSES.add(name, factory)
+
+
+_register("soteria", Soteria)
+_register("prune", lambda **p: GradientPruning(**{"scope": "tensor", **p}))
+_register("prune-global", lambda **p: GradientPruning(**{"scope": "global", **p}))
+_register("dp-gaussian", lambda **p: DPNoise(**{"mechanism": "gaussian", **p}))
+_register("dp-laplace", lambda **p: DPNoise(**{"mechanism": "laplace", **p}))
+
+
+#: FL defenses that change the shared update (usable in ``fedleak invert`` besides the gradient transforms).
+UPDATE_DEFENSES = ("perturb", "quant", "sparse")

@@ -22,25 +22,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedleak.defenses.base import UpdateContext
+from fedleak.models.functional import module_by_name
+
 Grads = dict[str, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@dataclass
-class GradientContext:
-    """Client-side context of one shared update (what a defence may use; the attacker never sees it)."""
-
-    model: nn.Module
-    x: torch.Tensor  # local data in model-input (normalised) space, [B, ...]
-    y: torch.Tensor  # labels [B] (int64) or soft labels [B, C]
-    params: Mapping[str, torch.Tensor] | None = None  # parameters the update was computed at (default: model's)
-    loss_fn: LossFn = F.cross_entropy
-    kind: Literal["gradient", "update"] = "gradient"
-
-    def parameters(self) -> dict[str, torch.Tensor]:
-        if self.params is not None:
-            return {k: v.detach() for k, v in self.params.items()}
-        return {k: v.detach() for k, v in self.model.named_parameters()}
+GradientContext = UpdateContext  # the context of a shared update (fedleak.defenses.base)
 
 
 class GradientTransform(Protocol):
@@ -73,14 +62,6 @@ class Identity:
 
     def __call__(self, grads, ctx, generator=None):
         return dict(grads), {}
-
-
-def module_by_name(model: nn.Module, name: str) -> nn.Module:
-    modules = dict(model.named_modules())
-    if name not in modules:
-        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        raise ValueError(f"no module named {name!r} in {type(model).__name__}; its nn.Linear modules: {linears}")
-    return modules[name]
 
 
 def last_linear(model: nn.Module) -> str:

@@ -17,21 +17,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch.func import functional_call, grad, vmap
 
 from fedleak.defenses.gradient.base import GradientContext, Grads
+from fedleak.models.functional import per_sample_grad_fn
 
 
 def per_example_gradients(ctx: GradientContext) -> dict[str, torch.Tensor]:
     """``{name: [B, *shape]}`` gradients of ``ctx.loss_fn`` for each sample of ``ctx.x`` alone."""
-    params = ctx.parameters()
-    buffers = dict(ctx.model.named_buffers())
-
-    def loss_one(p, x, y):
-        logits = functional_call(ctx.model, {**buffers, **p}, (x[None],))
-        return ctx.loss_fn(logits, y[None])
-
-    return vmap(grad(loss_one), in_dims=(None, 0, 0))(params, ctx.x.detach(), ctx.y)
+    fn = per_sample_grad_fn(ctx.model, dict(ctx.model.named_buffers()), ctx.loss_fn)
+    return fn(ctx.parameters(), ctx.x.detach(), ctx.y)
 
 
 @dataclass

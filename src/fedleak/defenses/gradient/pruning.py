@@ -22,16 +22,12 @@ from typing import Literal
 import torch
 
 from fedleak.defenses.gradient.base import GradientContext, Grads, percentile_linear, select_names
+from fedleak.models.functional import smallest_k_mask
 
 
-def _topk_keep(mag: torch.Tensor, rate: float) -> torch.Tensor:
-    n = mag.numel()
-    kprune = int(round(rate * n / 100.0))
-    keep = torch.ones(n, dtype=torch.bool, device=mag.device)
-    if kprune > 0:
-        idx = torch.sort(mag.flatten(), stable=True).indices[:kprune]
-        keep[idx] = False
-    return keep.view(mag.shape)
+def _keep_above_rate(mag: torch.Tensor, rate: float) -> torch.Tensor:
+    """Keep-mask that prunes the ``round(rate·n/100)`` smallest magnitudes (ties: lower index first)."""
+    return smallest_k_mask(mag, int(round(rate * mag.numel() / 100.0)))
 
 
 @dataclass
@@ -50,7 +46,7 @@ class GradientPruning:
         pruned = total = 0
         if self.scope == "global":
             mags = torch.cat([grads[n].detach().abs().flatten() for n in names])
-            keep = _topk_keep(mags, self.rate)
+            keep = _keep_above_rate(mags, self.rate)
             offset = 0
             for n in names:
                 k = grads[n].numel()
@@ -65,7 +61,7 @@ class GradientPruning:
                 if self.scope == "tensor":
                     keep = ~(mag.double() < percentile_linear(mag, self.rate))
                 else:
-                    keep = _topk_keep(mag, self.rate)
+                    keep = _keep_above_rate(mag, self.rate)
                 out[n] = g * keep.to(g.dtype)
                 pruned += int((~keep).sum())
                 total += keep.numel()

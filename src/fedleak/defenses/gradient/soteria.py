@@ -36,7 +36,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vjp, vmap
 
-from fedleak.defenses.gradient.base import GradientContext, Grads, last_linear, linear_param_names, module_by_name
+from fedleak.defenses.gradient.base import GradientContext, Grads, last_linear, linear_param_names
+from fedleak.models.functional import module_by_name, smallest_k_mask
 from fedleak.defenses.gradient.base import percentile_linear
 
 Denominator = Literal["legacy", "notebook", "abs"]
@@ -211,11 +212,9 @@ def prune_mask(scores: torch.Tensor, rate: float, selection: Literal["percentile
             taus.append(float(tau))
         elif selection == "topk":
             kprune = int(round(rate * s.numel() / 100.0))
-            order = torch.sort(s.double(), stable=True).indices
-            m = torch.ones_like(s, dtype=torch.bool)
-            m[order[:kprune]] = False
+            m = smallest_k_mask(s.double(), kprune)
             masks.append(m)
-            taus.append(float(s.double()[order[kprune - 1]]) if kprune else float("-inf"))
+            taus.append(float(s.double()[~m].max()) if kprune else float("-inf"))  # the largest pruned score
         else:
             raise ValueError(f"unknown selection {selection!r}; choose percentile or topk")
     return torch.stack(masks).reshape(scores.shape), torch.tensor(taus, dtype=torch.float64)

@@ -18,7 +18,7 @@ from fedleak.signals.candidates import gather, redraw_nonmembers
 from fedleak.signals.compute import cos_and_diff, gradient_signals, per_sample_losses, squared_norms
 
 if TYPE_CHECKING:
-    from fedleak.fl.simulation import Federation
+    from fedleak.fl.federation import Federation
 
 
 def _candidate_tensors(fed: "Federation", ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Core CLI commands: ``fedleak train`` and ``fedleak datasets``."""
+"""``fedleak train``, and the options every command that takes an experiment config shares."""
 
 from __future__ import annotations
 
@@ -51,6 +51,3 @@ def train_command(
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train_command)
-    from fedleak.core_commands_datasets import datasets_command
-
-    app.command("datasets")(datasets_command)

@@ -1,6 +1,4 @@
 """``fedleak datasets``: which datasets exist, which files they need and whether they are found.
-
-The CLI owner wires it in with ``app.command("datasets")(datasets_command)`` (or ``register(app)``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,97 @@
+"""``fedleak attack``: score a run directory with the membership attacks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from fedleak.fl.commands import quiet_default
+
+ATTACKS_OPT = typer.Option(
+    None, "--attacks", "-a",
+    help="Attacks to run, comma-separated or repeated (default: all). E.g. fedmia-ii,loss-series.",
+)
+ROUND_OPT = typer.Option(
+    None, "--round", "-r",
+    help="Recorded 0-based round for the single-round attacks (default: the last one the target took part in).",
+)
+TARGET_OPT = typer.Option(None, "--target", "-t", help="Target client (default: the run's target).")
+QUIET_OPT = typer.Option(False, "--quiet", "-q", help="Print only where the outputs are.")
+
+
+def print_table(metrics: dict) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedleak.metrics.roc import fpr_key
+    from fedleak.report.ranking import ranked
+
+    fprs = metrics["fpr_targets"]
+    rot = metrics.get("rotation", {}).get("done", False)
+    title = (
+        f"Target client {metrics['target']}: {metrics['n_members']} members / {metrics['n_nonmembers']} "
+        f"non-members; single-round attacks at round {metrics['round']} (0-based); protocol {metrics['protocol']}. "
+        "TPR in % at the given FPR."
+    )
+    tab = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    tab.add_column("attack", no_wrap=True)
+    for c in ("AUC", *[f"@{100 * f:g}%" for f in fprs]):
+        tab.add_column(c, justify="right", no_wrap=True)
+    if rot:
+        tab.add_column("@0.1% all targets", justify="right", no_wrap=True)
+    for name in ranked(metrics["attacks"]):
+        a = metrics["attacks"][name]
+        cells = [a["label"], f"{a['auc']:.3f}", *[f"{100 * a[fpr_key(f)]:.2f}" for f in fprs]]
+        if rot:
+            r = a["rotating"][fpr_key(0.001)]
+            cells.append(f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}")
+        tab.add_row(*cells)
+    # a pipe or a log file gets the table's natural width, not rich's 80-column default
+    con = Console() if sys.stdout.isatty() else Console(width=200)
+    con.print(title, soft_wrap=True, highlight=False, markup=False)
+    con.print(tab)
+
+
+def attack_command(
+    run_dir: Path = typer.Argument(..., help="Run directory written by `fedleak train` (or `fedleak run`)."),
+    attacks: Optional[List[str]] = ATTACKS_OPT,
+    round: Optional[int] = ROUND_OPT,
+    target: Optional[int] = TARGET_OPT,
+    aggregation: str = typer.Option("mean", help="FedMIA aggregation over rounds: mean (paper), mean-log, stouffer, fisher, max."),
+    ddof: int = typer.Option(0, help="FedMIA null variance: 0 = population (paper), 1 = sample."),
+    eps: float = typer.Option(1e-8, help="Added to the FedMIA null variance."),
+    outlier_filter: bool = typer.Option(False, "--outlier-filter", help="FedMIA 3σ filter on the shadows (paper Eq. 8; inert below 10 shadows)."),
+    robust: bool = typer.Option(False, "--robust", help="FedMIA null from median and MAD instead of mean and std."),
+    rotate: Optional[bool] = typer.Option(None, "--rotate/--no-rotate", help="Evaluate every client as the target (default: when the run allows it)."),
+    strict_fpr: bool = typer.Option(False, "--strict-fpr", help="TPR at FPR strictly below the target (the original code); default FPR <= target."),
+    make_figures: bool = typer.Option(True, "--figures/--no-figures", help="Also draw the figures (PDF + PNG)."),
+    quiet: bool = QUIET_OPT,
+) -> None:
+    """Score a run with the membership attacks: metrics (JSON, CSV), per-candidate scores and figures in RUN/attack/.
+
+    A subset of the attacks (--attacks) is written to RUN/attack/<names joined by '+'>/ and leaves the
+    full result, which `fedleak report` uses, untouched.
+    """
+    from fedleak.report.outputs import attack_dir, attack_run
+
+    out, ev = attack_run(
+        run_dir, attacks or None, round=round, target=target, rotate=rotate, strict=strict_fpr,
+        aggregation=aggregation, ddof=ddof, eps=eps, outlier_filter=outlier_filter, robust=robust,
+        make_figures=make_figures,
+    )
+    if not quiet_default(quiet):
+        print_table(ev.metrics)
+    typer.echo(f"attack outputs: {out}")
+    if out != attack_dir(run_dir):
+        typer.echo(
+            f"(only these {len(ev.metrics['attacks'])} attacks; `fedleak report` uses all attacks, "
+            f"from {attack_dir(run_dir)})"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("attack")(attack_command)

@@ -1,0 +1,94 @@
+"""The federated-round kernel: what one client uploads in one round, and how the server averages the uploads.
+
+:func:`local_round` is the one function that turns (global params, the client's data, the local
+hyper-parameters, the defense, the random streams) into the upload; :func:`client_update` applies it to client
+``k`` of a :class:`~fedleak.fl.federation.Federation` with the ``(seed, round, client, purpose)`` streams, so the
+in-process engine and a Flower ClientApp compute the identical upload.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from fedleak.config import FLConfig
+from fedleak.defenses.base import Defense, UpdateContext
+from fedleak.fl.federation import Federation
+from fedleak.fl.local import ParamDict, local_update
+from fedleak.models.functional import soft_cross_entropy
+from fedleak.seeding import Purpose, np_rng, torch_gen
+
+
+def local_round(
+    model: torch.nn.Module,
+    global_params: ParamDict,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    fl: FLConfig,
+    lr: float,
+    num_classes: int,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    defense: Defense,
+    gen: torch.Generator,
+    defense_gen: torch.Generator,
+    opt_state: dict[str, Any] | None = None,
+    where: str = "",
+) -> tuple[ParamDict, float, dict[str, Any] | None]:
+    """One client's round on its pixel-space data ``x``: local training from ``global_params`` under ``defense``
+    (``gen`` drives batching and data-level transforms), then the defense's ``transform_update`` on
+    ``Δ = θ_global − θ_local`` (``defense_gen``; with an :class:`UpdateContext` holding the client's data of the
+    round, normalised, and the global parameters, when the defense needs one). Returns (the uploaded params ``θ_global − Δ'``, the mean training
+    loss, the optimizer state to carry)."""
+    local, loss, state = local_update(
+        model, global_params, x, y, fl=fl, lr=lr, num_classes=num_classes, normalize=normalize,
+        defense=defense, gen=gen, opt_state=opt_state, where=where,
+    )
+    delta = {n: global_params[n] - local[n] for n in local}
+    ctx = None
+    if defense.needs_context:  # e.g. Soteria: the client's data of the round at the global parameters
+        ctx = UpdateContext(model=model, x=normalize(x), y=y, params=global_params, loss_fn=soft_cross_entropy,
+                            kind="update")
+    delta = defense.transform_update(delta, defense_gen, ctx)
+    return {n: global_params[n] - delta[n] for n in delta}, loss, state
+
+
+def aggregate(uploaded: dict[int, ParamDict], weights: np.ndarray) -> ParamDict:
+    """FedAvg: Σ_k w_k θ_k / Σ_k w_k over the clients that uploaded, keyed by client id (spec W10 fixed)."""
+    ks = sorted(uploaded)
+    total = float(sum(weights[k] for k in ks))
+    names = uploaded[ks[0]].keys()
+    return {n: sum((weights[k] / total) * uploaded[k][n] for k in ks) for n in names}
+
+
+def client_update(
+    fed: Federation,
+    k: int,
+    rnd: int,
+    lr: float,
+    global_params: ParamDict,
+    opt_state: dict[str, Any] | None = None,
+    defended: bool | None = None,
+) -> tuple[ParamDict, float, dict[str, Any] | None]:
+    """Client ``k``'s work in round ``rnd``: what it uploads, its mean training loss, its optimizer state.
+
+    Every random draw comes from the (seed, rnd, k, purpose) streams, so any process holding the same
+    ``Federation`` (e.g. a Flower ClientApp, ``fedleak.flower``) computes the identical upload.
+    """
+    cfg, data = fed.cfg, fed.data
+    if defended is None:
+        defended = cfg.defense.clients is None or k in cfg.defense.clients
+    defense = fed.defense if defended else Defense()
+    idx = defense.select_data(fed.clients[k], rnd, np_rng(cfg.seed, Purpose.DATA_SELECT, rnd, k))
+    it = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    return local_round(
+        fed.model, global_params, data.train.x[it], data.train.y[it],
+        fl=cfg.fl, lr=lr, num_classes=data.num_classes, normalize=data.normalize, defense=defense,
+        gen=torch_gen(cfg.seed, Purpose.LOCAL, rnd, k), defense_gen=torch_gen(cfg.seed, Purpose.DEFENSE, rnd, k),
+        opt_state=opt_state, where=f"round {rnd} (0-based), client {k}",
+    )
+
+
+__all__ = ["aggregate", "client_update", "local_round"]
