@@ -172,14 +172,14 @@ def test_equal_tpr_and_auc_fall_back_to_the_name_and_strict_orders_hold():
 
 
 def test_figure_styles_are_distinct_for_every_attack():
-    from fedleak.attacks.mia.attacks import ATTACK_INFO
+    from fedleak.attacks.mia.attacks import ATTACKS
     from fedleak.report.figures import styles
 
-    names = [*ATTACK_INFO, "new-attack-1", "new-attack-2"]
+    names = [*ATTACKS, "new-attack-1", "new-attack-2"]
     st = styles(names)
     assert len({s["color"] for s in st.values()}) == len(names)
     assert len({s["marker"] for s in st.values()}) == len(names)
-    assert {ATTACK_INFO[n].kind: st[n]["ls"] for n in ATTACK_INFO} == {"single": "-", "temporal": "--", "fedmia": "-"}
+    assert {ATTACKS[n].kind: st[n]["ls"] for n in ATTACKS} == {"single": "-", "temporal": "--", "fedmia": "-"}
 
 
 @pytest.fixture(scope="module")

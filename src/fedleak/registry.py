@@ -8,7 +8,7 @@ A :class:`Registry` maps names to entries (a class, a builder function, a metada
     def lenet(num_classes, input_shape, **options): ...
 
     MODELS.get("lenet")   # unknown names raise ConfigError naming the closest registered name
-    MODELS.names()        # sorted
+    MODELS.names()        # in registration order
 
 It is the one hook for later plugins: a user's module registers its own entry the same way.
 """
@@ -27,8 +27,9 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Name → entry, with a decorator to register and a lookup whose error suggests the closest name."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, error: type[Exception] = ConfigError) -> None:
         self.kind = kind
+        self.error = error  # raised for an unknown name (a user-error type, see fedleak.errors)
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -48,20 +49,26 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._entries:
-            raise ConfigError(self.unknown(name))
+            raise self.error(self.unknown(name))
         return self._entries[name]
+
+    __getitem__ = get
 
     def unknown(self, name: str) -> str:
         """The one-line message for an unknown ``name``: the closest registered name and the full list."""
         close = difflib.get_close_matches(str(name), self.names(), n=1)
         hint = f" (closest: '{close[0]}')" if close else ""
-        return f"unknown {self.kind} '{name}'; choose from: {', '.join(self.names())}{hint}"
+        return f"unknown {self.kind} '{name}'; choose from: {', '.join(sorted(self.names()))}{hint}"
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        """The registered names, in registration order."""
+        return list(self._entries)
 
     def items(self) -> list[tuple[str, T]]:
-        return sorted(self._entries.items())
+        return list(self._entries.items())
+
+    def values(self) -> list[T]:
+        return list(self._entries.values())
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -46,6 +46,7 @@ from fedleak.data import builtin, folders, vision
 from fedleak.data.base import DataError, Dataset, Split, check_memory
 from fedleak.data.paths import resolve_data_dir
 from fedleak.data.raw import RawData
+from fedleak.registry import Registry
 
 if TYPE_CHECKING:
     from fedleak.config import DataConfig
@@ -103,121 +104,122 @@ def _locate_dermnet(d: Path) -> str | None:
 
 _IDX_LAYOUT = "{a}/train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz"
 
-REGISTRY: dict[str, DatasetInfo] = {
-    d.name: d
-    for d in (
-        DatasetInfo(
-            "digits",
-            "scikit-learn's 1,797 8x8 handwritten digits (embedded; seeded stratified train/test split)",
-            "(embedded in scikit-learn)",
-            "https://archive.ics.uci.edu/dataset/80",
-            "CC BY 4.0",
-            False,
-            builtin.load_digits_raw,
-            None,
-        ),
-        DatasetInfo(
-            "synthetic",
-            "seeded class-pattern + Gaussian noise images, for tests (options: data.synthetic)",
-            "(generated)",
-            "-",
-            "-",
-            False,
-            builtin.load_synthetic_raw,
-            None,
-        ),
-        DatasetInfo(
-            "mnist",
-            "MNIST handwritten digits, 60,000 + 10,000 28x28 grey",
-            _IDX_LAYOUT.format(a="MNIST/raw/ (or mnist/ or .)"),
-            "http://yann.lecun.com/exdb/mnist/",
-            "CC BY-SA 3.0",
-            True,
-            lambda cfg, d, s: vision.load_idx_raw(vision.MNIST, cfg, d, s),
-            _locate_idx(vision.MNIST),
-        ),
-        DatasetInfo(
-            "fashion-mnist",
-            "Zalando Fashion-MNIST, 60,000 + 10,000 28x28 grey",
-            _IDX_LAYOUT.format(a="FashionMNIST/raw/ (or fashion-mnist/)"),
-            "https://github.com/zalandoresearch/fashion-mnist",
-            "MIT",
-            True,
-            lambda cfg, d, s: vision.load_idx_raw(vision.FASHION_MNIST, cfg, d, s),
-            _locate_idx(vision.FASHION_MNIST),
-            ("fashion_mnist", "fashionmnist", "fmnist"),
-        ),
-        DatasetInfo(
-            "cifar10",
-            "CIFAR-10, 50,000 + 10,000 32x32 colour, 10 classes",
-            "cifar-10-python.tar.gz or cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
-            "https://www.cs.toronto.edu/~kriz/cifar.html",
-            "no explicit licence; cite Krizhevsky (2009)",
-            True,
-            lambda cfg, d, s: vision.load_cifar_raw(vision.CIFAR10, cfg, d, s),
-            _locate_cifar(vision.CIFAR10),
-            ("cifar-10",),
-        ),
-        DatasetInfo(
-            "cifar100",
-            "CIFAR-100, 50,000 + 10,000 32x32 colour, 100 fine classes",
-            "cifar-100-python.tar.gz or cifar-100-python/{train,test,meta}",
-            "https://www.cs.toronto.edu/~kriz/cifar.html",
-            "no explicit licence; cite Krizhevsky (2009)",
-            True,
-            lambda cfg, d, s: vision.load_cifar_raw(vision.CIFAR100, cfg, d, s),
-            _locate_cifar(vision.CIFAR100),
-            ("cifar-100",),
-        ),
-        DatasetInfo(
-            "ham10000",
-            "HAM10000 dermatoscopic images, 7 classes (dx), resized (default 64x64), split grouped by lesion",
-            "HAM10000_metadata.csv + images/ (or HAM10000_images_part_1/, _part_2/), or inside HAM10000/",
-            "https://doi.org/10.7910/DVN/DBW86T",
-            "CC BY-NC 4.0",
-            False,
-            folders.load_ham10000_raw,
-            _locate_ham,
-            ("ham",),
-        ),
-        DatasetInfo(
-            "imagefolder",
-            "any class-per-folder image tree (data.root), resized (default 64x64), seeded split",
-            "data.root=<root>/<class>/<image>",
-            "-",
-            "the images' own",
-            False,
-            folders.load_imagefolder_raw,
-            None,
-            ("image-folder",),
-        ),
-        DatasetInfo(
-            "dermnet",
-            "Dermnet (Kaggle) as FedMIA: train/+test/ merged, torch seed 42 shuffle, 15,000 train / last 4,000 test, 64x64",
-            "dermnet/{train,test}/<class>/<image> (or data.root)",
-            "https://www.kaggle.com/datasets/shubhamgoel27/dermnet",
-            "see the source (images from DermNet NZ)",
-            False,
-            folders.load_dermnet_raw,
-            _locate_dermnet,
-        ),
-    )
-}
+#: The datasets; adding one is one loader file and one ``DATASETS.add(name, DatasetInfo(...))`` line.
+DATASETS: Registry[DatasetInfo] = Registry("dataset", error=DataError)
 
-_ALIASES = {a: d.name for d in REGISTRY.values() for a in d.aliases}
+for _info in (
+    DatasetInfo(
+        "digits",
+        "scikit-learn's 1,797 8x8 handwritten digits (embedded; seeded stratified train/test split)",
+        "(embedded in scikit-learn)",
+        "https://archive.ics.uci.edu/dataset/80",
+        "CC BY 4.0",
+        False,
+        builtin.load_digits_raw,
+        None,
+    ),
+    DatasetInfo(
+        "synthetic",
+        "seeded class-pattern + Gaussian noise images, for tests (options: data.synthetic)",
+        "(generated)",
+        "-",
+        "-",
+        False,
+        builtin.load_synthetic_raw,
+        None,
+    ),
+    DatasetInfo(
+        "mnist",
+        "MNIST handwritten digits, 60,000 + 10,000 28x28 grey",
+        _IDX_LAYOUT.format(a="MNIST/raw/ (or mnist/ or .)"),
+        "http://yann.lecun.com/exdb/mnist/",
+        "CC BY-SA 3.0",
+        True,
+        lambda cfg, d, s: vision.load_idx_raw(vision.MNIST, cfg, d, s),
+        _locate_idx(vision.MNIST),
+    ),
+    DatasetInfo(
+        "fashion-mnist",
+        "Zalando Fashion-MNIST, 60,000 + 10,000 28x28 grey",
+        _IDX_LAYOUT.format(a="FashionMNIST/raw/ (or fashion-mnist/)"),
+        "https://github.com/zalandoresearch/fashion-mnist",
+        "MIT",
+        True,
+        lambda cfg, d, s: vision.load_idx_raw(vision.FASHION_MNIST, cfg, d, s),
+        _locate_idx(vision.FASHION_MNIST),
+        ("fashion_mnist", "fashionmnist", "fmnist"),
+    ),
+    DatasetInfo(
+        "cifar10",
+        "CIFAR-10, 50,000 + 10,000 32x32 colour, 10 classes",
+        "cifar-10-python.tar.gz or cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
+        "https://www.cs.toronto.edu/~kriz/cifar.html",
+        "no explicit licence; cite Krizhevsky (2009)",
+        True,
+        lambda cfg, d, s: vision.load_cifar_raw(vision.CIFAR10, cfg, d, s),
+        _locate_cifar(vision.CIFAR10),
+        ("cifar-10",),
+    ),
+    DatasetInfo(
+        "cifar100",
+        "CIFAR-100, 50,000 + 10,000 32x32 colour, 100 fine classes",
+        "cifar-100-python.tar.gz or cifar-100-python/{train,test,meta}",
+        "https://www.cs.toronto.edu/~kriz/cifar.html",
+        "no explicit licence; cite Krizhevsky (2009)",
+        True,
+        lambda cfg, d, s: vision.load_cifar_raw(vision.CIFAR100, cfg, d, s),
+        _locate_cifar(vision.CIFAR100),
+        ("cifar-100",),
+    ),
+    DatasetInfo(
+        "ham10000",
+        "HAM10000 dermatoscopic images, 7 classes (dx), resized (default 64x64), split grouped by lesion",
+        "HAM10000_metadata.csv + images/ (or HAM10000_images_part_1/, _part_2/), or inside HAM10000/",
+        "https://doi.org/10.7910/DVN/DBW86T",
+        "CC BY-NC 4.0",
+        False,
+        folders.load_ham10000_raw,
+        _locate_ham,
+        ("ham",),
+    ),
+    DatasetInfo(
+        "imagefolder",
+        "any class-per-folder image tree (data.root), resized (default 64x64), seeded split",
+        "data.root=<root>/<class>/<image>",
+        "-",
+        "the images' own",
+        False,
+        folders.load_imagefolder_raw,
+        None,
+        ("image-folder",),
+    ),
+    DatasetInfo(
+        "dermnet",
+        "Dermnet (Kaggle) as FedMIA: train/+test/ merged, torch seed 42 shuffle, 15,000 train / last 4,000 test, 64x64",
+        "dermnet/{train,test}/<class>/<image> (or data.root)",
+        "https://www.kaggle.com/datasets/shubhamgoel27/dermnet",
+        "see the source (images from DermNet NZ)",
+        False,
+        folders.load_dermnet_raw,
+        _locate_dermnet,
+    ),
+):
+    DATASETS.add(_info.name, _info)
+
+_ALIASES = {a: d.name for d in DATASETS.values() for a in d.aliases}
 
 
 def available_datasets() -> list[str]:
-    return list(REGISTRY)
+    return DATASETS.names()
 
 
 def canonical_name(name: str) -> str:
     key = name.strip().lower()
-    if key in REGISTRY:
+    if key in DATASETS:
         return key
     if key in _ALIASES:
         return _ALIASES[key]
-    raise DataError(f"unknown dataset {name!r}; known: {', '.join(REGISTRY)}")
+    raise DataError(DATASETS.unknown(name))
 
 
 def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
@@ -225,7 +227,7 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
     name = canonical_name(cfg.name)
     if cfg.normalization not in NORMALIZATION_CHOICES:
         raise DataError(f"unknown data.normalization {cfg.normalization!r}; choose one of {', '.join(NORMALIZATION_CHOICES)}")
-    info = REGISTRY[name]
+    info = DATASETS.get(name)
     data_dir = resolve_data_dir(cfg.data_dir)
     raw = info.loader(cfg, data_dir, seed)
     return finalize(raw, cfg, name)
@@ -346,7 +348,7 @@ def describe_datasets(data_dir: str | os.PathLike[str] | None = None) -> list[di
     folder is ``data.root``)."""
     d = resolve_data_dir(data_dir)
     out = []
-    for info in REGISTRY.values():
+    for info in DATASETS.values():
         if info.locate is None:
             found: bool | None = None if info.name == "imagefolder" else True
             location = None if info.name == "imagefolder" else info.layout.strip("()")

@@ -32,49 +32,52 @@ from fedleak.models.alexnet import AlexNetCifar
 from fedleak.models.convnet import ConvNet
 from fedleak.models.lenet import LeNetDLG, LeNetSoteria
 from fedleak.models.mlp import MLP
+from fedleak.registry import Registry
 from fedleak.models.resnet import ResNet18GN
 
-__all__ = ["build_model", "available_models", "AlexNetCifar", "ResNet18GN", "LeNetDLG", "LeNetSoteria", "ConvNet", "MLP"]
+Builder = Callable[..., nn.Module]  # builder(num_classes, input_shape, **options) -> nn.Module
+#: The model zoo: adding a model is one file with the nn.Module and one ``@MODELS.register("name")`` builder here.
+MODELS: Registry[Builder] = Registry("model")
+
+__all__ = ["MODELS", "build_model", "available_models", "AlexNetCifar", "ResNet18GN", "LeNetDLG", "LeNetSoteria", "ConvNet", "MLP"]
 
 
+@MODELS.register("alexnet_cifar")
 def _alexnet_cifar(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     return AlexNetCifar(num_classes, in_channels=input_shape[0])
 
 
+@MODELS.register("resnet18_gn")
 def _resnet18_gn(num_classes: int, input_shape: tuple[int, int, int], groups: int = 32) -> nn.Module:
     return ResNet18GN(num_classes, in_channels=input_shape[0], groups=groups)
 
 
+@MODELS.register("lenet_dlg")
 def _lenet_dlg(num_classes: int, input_shape: tuple[int, int, int], init: str = "uniform") -> nn.Module:
     model = LeNetDLG(num_classes, input_shape)
     apply_init(model, init, "lenet_dlg")
     return model
 
 
+@MODELS.register("lenet_soteria")
 def _lenet_soteria(num_classes: int, input_shape: tuple[int, int, int], init: str = "default") -> nn.Module:
     model = LeNetSoteria(num_classes, input_shape)
     apply_init(model, init, "lenet_soteria")
     return model
 
 
+@MODELS.register("convnet64")
 def _convnet64(
     num_classes: int, input_shape: tuple[int, int, int], norm: str = "instance", width: int = 64
 ) -> nn.Module:
     return ConvNet(num_classes, input_shape, width=width, norm=norm)
 
 
+@MODELS.register("mlp")
 def _mlp(num_classes: int, input_shape: tuple[int, int, int], hidden: Sequence[int] = (256, 128)) -> nn.Module:
     return MLP(num_classes, input_shape, hidden=hidden)
 
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "alexnet_cifar": _alexnet_cifar,
-    "resnet18_gn": _resnet18_gn,
-    "lenet_dlg": _lenet_dlg,
-    "lenet_soteria": _lenet_soteria,
-    "convnet64": _convnet64,
-    "mlp": _mlp,
-}
 
 
 #: A model with more trainable parameters than this is refused before its weights are allocated (1 GiB of float32).
@@ -86,7 +89,7 @@ DESIGN_SIDE = {"alexnet_cifar": 32, "resnet18_gn": 32, "lenet_dlg": 32, "lenet_s
 
 
 def available_models() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(MODELS.names())
 
 
 def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int], **options) -> nn.Module:
@@ -96,12 +99,10 @@ def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int], 
     a model too large (:data:`MAX_PARAMETERS`) or one that does not fit the input size is a ValueError
     that says which size it needs. The meta build draws no random numbers, so the weights are unchanged.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose from: {', '.join(available_models())}")
+    builder = MODELS.get(name)
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     shape = check_input_shape(input_shape)
-    builder = _REGISTRY[name]
     allowed = [p for p in inspect.signature(builder).parameters if p not in ("num_classes", "input_shape")]
     unknown = sorted(set(options) - set(allowed))
     if unknown:

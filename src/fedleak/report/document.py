@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedleak.attacks.mia.attacks import ATTACK_INFO
+from fedleak.attacks.mia.attacks import ATTACKS
 from fedleak.metrics.roc import fpr_key
 from fedleak.report.ranking import HEAD_KEY, ranked, rotating_key
 from fedleak.report.render import CSS, FIG_CAPTIONS, FIG_TITLES, html_fig, html_table, md_table, strip_tags
@@ -197,8 +197,8 @@ def oracle_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]] |
 def basis(metrics: dict[str, Any]) -> str:
     """Which attacks the report is based on, and how many."""
     attacks = metrics["attacks"]
-    n, n_all = len(attacks), len(ATTACK_INFO)
-    what = f"all {n} attacks fedleak implements" if set(attacks) >= set(ATTACK_INFO) else f"{n} of the {n_all} attacks"
+    n, n_all = len(attacks), len(ATTACKS)
+    what = f"all {n} attacks fedleak implements" if set(attacks) >= set(ATTACKS) else f"{n} of the {n_all} attacks"
     return f"{what}: " + ", ".join(attacks[k]["label"] for k in ranked(attacks))
 
 
@@ -242,7 +242,7 @@ def reproduce_lines(run_dir: Path, metrics: dict[str, Any]) -> list[str]:
     lines = []
     if cfg and not read_meta(run_dir).get("synthetic"):
         lines.append(f"fedleak train {run_dir / 'config.yaml'} --out {run_dir}")
-    names = "" if set(metrics["attacks"]) >= set(ATTACK_INFO) else f" --attacks {','.join(metrics['attacks'])}"
+    names = "" if set(metrics["attacks"]) >= set(ATTACKS) else f" --attacks {','.join(metrics['attacks'])}"
     lines.append(f"fedleak attack {run_dir}{names} --round {metrics['round']}")
     lines.append(f"fedleak report {run_dir}")
     return lines

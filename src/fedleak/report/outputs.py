@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from fedleak.attacks.mia.attacks import ATTACK_INFO, resolve_names
+from fedleak.attacks.mia.attacks import ATTACKS, resolve_names
 from fedleak.attacks.mia.evaluate import HEADLINE_FPR, Evaluation, evaluate
 from fedleak.metrics.roc import fpr_key
 from fedleak.report import figures
@@ -43,12 +43,12 @@ def attack_dir(run_dir: str | Path, names: Iterable[str] | str | None = None) ->
     if names is None:
         return base
     sel = resolve_names(names)
-    return base if set(sel) == set(ATTACK_INFO) else base / "+".join(sorted(sel))
+    return base if set(sel) == set(ATTACKS) else base / "+".join(sorted(sel))
 
 
 def is_full(metrics: dict[str, Any]) -> bool:
     """True when the metrics cover every attack fedleak implements."""
-    return set(metrics["attacks"]) >= set(ATTACK_INFO)
+    return set(metrics["attacks"]) >= set(ATTACKS)
 
 
 def _json_default(o: Any) -> Any:
@@ -117,7 +117,7 @@ def write_figures(ev: Evaluation, out: Path, metrics_rows: list[dict[str, Any]] 
         fig = figures.tpr_per_round_figure(m, HEADLINE_FPR, title=f"TPR@0.1% per round, target client {m['target']}")
         figures.save(fig, out / "tpr_per_round")
         made["tpr_per_round"] = "tpr_per_round.png"
-    fed = [n for n in ev.scores if ATTACK_INFO[n].kind == "fedmia"]
+    fed = [n for n in ev.scores if ATTACKS[n].kind == "fedmia"]
     if fed:
         fig = figures.score_hist_figure(ev.scores, ev.labels, m, fed)
         figures.save(fig, out / "fedmia_scores")

@@ -161,9 +161,9 @@ def _pm(m: float, s: float, scale: float = 100.0, nd: int = 1) -> str:
 
 
 def markdown(results: list[dict[str, Any]], hv_rows: list[dict[str, Any]], title: str = "") -> str:
-    from fedleak.attacks.mia import ATTACK_INFO
+    from fedleak.attacks.mia import ATTACKS
 
-    label = lambda a: ATTACK_INFO[a].label if a in ATTACK_INFO else a  # noqa: E731
+    label = lambda a: ATTACKS[a].label if a in ATTACKS else a  # noqa: E731
     g = group(results)
     attacks = attack_order(results)
     variants = list(OrderedDict.fromkeys(k[0] for k in g))
@@ -224,7 +224,7 @@ def plot(results: list[dict[str, Any]], out_dir: Path, include_baseline: bool = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fedleak.attacks.mia import ATTACK_INFO
+    from fedleak.attacks.mia import ATTACKS
 
     g = group(results)
     attacks = attack_order(results)
@@ -246,7 +246,7 @@ def plot(results: list[dict[str, Any]], out_dir: Path, include_baseline: bool = 
                     ys.append(100 * tpr[0])
                     yerr.append(100 * (tpr[1] if not math.isnan(tpr[1]) else 0.0))
                     labels.append("none" if d == "none" else _strength(p, json.loads(vk)).split("=", 1)[-1])
-                lab = ATTACK_INFO[a].label if a in ATTACK_INFO else a
+                lab = ATTACKS[a].label if a in ATTACKS else a
                 ax.errorbar(xs, ys, yerr=yerr, marker="o", ms=4, lw=1, capsize=2, label=lab, color=f"C{i % 10}")
                 if i == 0:
                     for x, y, t in zip(xs, ys, labels):

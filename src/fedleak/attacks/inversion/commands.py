@@ -71,10 +71,7 @@ def build_spec(
     from fedleak.attacks.inversion.presets import get_preset
     from fedleak.errors import FedleakError
 
-    try:
-        spec = get_preset(preset)
-    except KeyError as e:
-        raise FedleakError(str(e.args[0])) from None
+    spec = get_preset(preset)
     data = spec.model_dump()
     if attack != "preset":
         data["attack"] = {"dlg": dlg_config, "idlg": idlg_config, "ig": ig_config}[attack]().model_dump()

@@ -34,6 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationInfo, field
 from fedleak.attacks.inversion.optimize import InversionConfig, dlg_config, idlg_config, ig_config
 from fedleak.config import MAX_BATCH, MAX_SAMPLES, MAX_THREADS, SInt
 from fedleak.config_messages import non_finite
+from fedleak.errors import FedleakError
+from fedleak.registry import Registry
 
 # upper limits of the attack's loops (checked before anything runs)
 MAX_ITERATIONS = 1_000_000
@@ -153,34 +155,36 @@ def _dlg_like(**kw: Any) -> dict[str, Any]:
                 model_seed=1234, start_index=25, labels_known=False, **kw)
 
 
-PRESETS: dict[str, InvertSpec] = {
-    "dlg": InvertSpec(name="dlg", description="DLG: sigmoid LeNet, CIFAR-100, joint soft labels, L-BFGS 300",
-                      attack=dlg_config(), **_dlg_like()),
-    "idlg": InvertSpec(name="idlg", description="iDLG: DLG with the analytic label (row-sum rule)",
-                       attack=idlg_config(), **_dlg_like()),
-    "soteria-dlg": InvertSpec(
+#: The inversion presets (one ``PRESETS.add(name, InvertSpec(...))`` line each).
+PRESETS: Registry[InvertSpec] = Registry("inversion preset", error=FedleakError)
+for _spec in (
+    InvertSpec(name="dlg", description="DLG: sigmoid LeNet, CIFAR-100, joint soft labels, L-BFGS 300",
+               attack=dlg_config(), **_dlg_like()),
+    InvertSpec(name="idlg", description="iDLG: DLG with the analytic label (row-sum rule)",
+               attack=idlg_config(), **_dlg_like()),
+    InvertSpec(
         name="soteria-dlg",
         description="Soteria's DLG notebook: 4-conv LeNet, CIFAR-10, Soteria 1 % (notebook score), DLG 300",
         dataset="cifar10", normalization="none", model="lenet_soteria", model_options={"init": "uniform"},
         model_seed=50, start_index=25, labels_known=False, defense="soteria",
         defense_params={"rate": 1.0, "denominator": "notebook"}, attack=dlg_config(),
     ),
-    "soteria-gs": InvertSpec(
+    InvertSpec(
         name="soteria-gs",
         description="Soteria's GS script: ConvNet-64, CIFAR-10, IG (Adam 0.1, signed, boxed, TV 1e-4, 24k)",
         dataset="cifar10", normalization="cifar10", model="convnet64", labels_known=True,
         defense="soteria", defense_params={"rate": 60.0, "denominator": "legacy"}, attack=ig_config(),
     ),
-    "ig-cifar": InvertSpec(
+    InvertSpec(
         name="ig-cifar",
         description="IG notebook: ConvNet-64, CIFAR-10, cosine, Adam 0.1, signed, boxed, TV 1e-6, 4,000",
         dataset="cifar10", normalization="cifar10", model="convnet64", labels_known=True,
         attack=ig_config(iterations=4000, tv=1e-6),
     ),
-}
+):
+    PRESETS.add(_spec.name, _spec)
 
 
 def get_preset(name: str) -> InvertSpec:
-    if name not in PRESETS:
-        raise KeyError(f"unknown inversion preset {name!r}; choose from: {', '.join(PRESETS)}")
-    return PRESETS[name].model_copy(deep=True)
+    """A fresh copy of the preset ``name`` (FedleakError naming the closest preset when unknown)."""
+    return PRESETS.get(name).model_copy(deep=True)

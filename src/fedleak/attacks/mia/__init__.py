@@ -2,7 +2,6 @@
 
 from fedleak.attacks.mia.attacks import (
     AGGREGATIONS,
-    ATTACK_INFO,
     ATTACKS,
     FedMIARounds,
     aggregate,
@@ -26,7 +25,6 @@ from fedleak.attacks.mia.evaluate import Evaluation, can_rotate, evaluate, is_al
 __all__ = [
     "AGGREGATIONS",
     "ATTACKS",
-    "ATTACK_INFO",
     "Evaluation",
     "FedMIARounds",
     "aggregate",

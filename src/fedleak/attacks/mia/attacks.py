@@ -52,6 +52,7 @@ import numpy as np
 from scipy.special import log_ndtr, ndtr
 
 from fedleak.errors import FedleakError
+from fedleak.registry import Registry
 from fedleak.signals.loading import Signals
 from fedleak.signals.store import StoreError
 
@@ -325,41 +326,34 @@ def fedmia_ii(signals: Signals, **kw: Any) -> np.ndarray:
 
 @dataclass(frozen=True)
 class AttackInfo:
+    """A registered membership attack: its scoring function and what the reports say about it."""
+
     name: str
     label: str  # the paper's name
     kind: str  # "single" | "temporal" | "fedmia"
     measure: str
     description: str
+    fn: Callable[..., np.ndarray]
+
+    def __call__(self, signals: Signals, **kw: Any) -> np.ndarray:
+        return self.fn(signals, **kw)
 
 
-ATTACKS: dict[str, Callable[..., np.ndarray]] = {
-    "blackbox-loss": blackbox_loss,
-    "grad-cosine": grad_cosine,
-    "grad-diff": grad_diff,
-    "grad-norm": grad_norm,
-    "loss-series": loss_series,
-    "avg-cosine": avg_cosine,
-    "avg-diff": avg_diff,
-    "avg-norm": avg_norm,
-    "fedmia-i": fedmia_i,
-    "fedmia-ii": fedmia_ii,
-}
-
-ATTACK_INFO: dict[str, AttackInfo] = {
-    i.name: i
-    for i in (
-        AttackInfo("blackbox-loss", "Blackbox-Loss", "single", "loss", "−loss under the target's model, one round"),
-        AttackInfo("grad-cosine", "Grad-Cosine", "single", "cos", "cos(g, Δ_target), one round"),
-        AttackInfo("grad-diff", "Grad-Diff", "single", "diff", "2⟨g, Δ_target⟩ − ‖g‖², one round"),
-        AttackInfo("grad-norm", "Grad-Norm", "single", "gnorm2", "−‖g‖² at the global model, one round"),
-        AttackInfo("loss-series", "Loss-Series", "temporal", "loss", "mean over rounds of −loss"),
-        AttackInfo("avg-cosine", "Avg-Cosine", "temporal", "cos", "mean over rounds of cos(g, Δ_target)"),
-        AttackInfo("avg-diff", "Avg-Diff", "temporal", "diff", "mean over rounds of the grad-diff"),
-        AttackInfo("avg-norm", "Avg-Norm", "temporal", "gnorm2", "mean over rounds of −‖g‖²"),
-        AttackInfo("fedmia-i", "FedMIA-I", "fedmia", "loss", "one-tailed test of −loss against the other clients"),
-        AttackInfo("fedmia-ii", "FedMIA-II", "fedmia", "cos", "one-tailed test of the cosine against the other clients"),
-    )
-}
+#: Every membership attack, in the order of the reports (one ``ATTACKS.add(name, AttackInfo(...))`` line each).
+ATTACKS: Registry[AttackInfo] = Registry("attack", error=FedleakError)
+for _info in (
+    AttackInfo("blackbox-loss", "Blackbox-Loss", "single", "loss", "−loss under the target's model, one round", blackbox_loss),
+    AttackInfo("grad-cosine", "Grad-Cosine", "single", "cos", "cos(g, Δ_target), one round", grad_cosine),
+    AttackInfo("grad-diff", "Grad-Diff", "single", "diff", "2⟨g, Δ_target⟩ − ‖g‖², one round", grad_diff),
+    AttackInfo("grad-norm", "Grad-Norm", "single", "gnorm2", "−‖g‖² at the global model, one round", grad_norm),
+    AttackInfo("loss-series", "Loss-Series", "temporal", "loss", "mean over rounds of −loss", loss_series),
+    AttackInfo("avg-cosine", "Avg-Cosine", "temporal", "cos", "mean over rounds of cos(g, Δ_target)", avg_cosine),
+    AttackInfo("avg-diff", "Avg-Diff", "temporal", "diff", "mean over rounds of the grad-diff", avg_diff),
+    AttackInfo("avg-norm", "Avg-Norm", "temporal", "gnorm2", "mean over rounds of −‖g‖²", avg_norm),
+    AttackInfo("fedmia-i", "FedMIA-I", "fedmia", "loss", "one-tailed test of −loss against the other clients", fedmia_i),
+    AttackInfo("fedmia-ii", "FedMIA-II", "fedmia", "cos", "one-tailed test of the cosine against the other clients", fedmia_ii),
+):
+    ATTACKS.add(_info.name, _info)
 
 _ALIASES = {
     "fedmia1": "fedmia-i",
@@ -379,7 +373,7 @@ def resolve_names(names: Iterable[str] | str | None) -> list[str]:
     if isinstance(names, str):
         names = [names]
     out: list[str] = []
-    by_label = {i.label.lower(): n for n, i in ATTACK_INFO.items()}
+    by_label = {i.label.lower(): n for n, i in ATTACKS.items()}
     for item in names:
         for raw in str(item).split(","):
             key = raw.strip().lower().replace("_", "-").replace(" ", "-")
@@ -421,7 +415,7 @@ def run_attacks(
         raise FedleakError(f"unknown attack options {bad}; FedMIA accepts {', '.join(FEDMIA_OPTIONS)}")
     out: dict[str, np.ndarray] = {}
     for name in resolve_names(names):
-        kind = ATTACK_INFO[name].kind
+        kind = ATTACKS[name].kind
         if kind == "single":
             out[name] = ATTACKS[name](signals, round=round, target=target)
         elif kind == "temporal":

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from fedleak.attacks.mia.attacks import (
-    ATTACK_INFO,
+    ATTACKS,
     fedmia_rounds,
     resolve_names,
     resolve_target,
@@ -120,7 +120,7 @@ def evaluate(
     out_attacks: dict[str, Any] = {}
     ev = Evaluation(metrics={}, scores={}, labels=labels)
     for name in names:
-        info = ATTACK_INFO[name]
+        info = ATTACKS[name]
         s, n_nan = _clean(scores[name])
         ev.scores[name] = s
         rm = roc_metrics(labels, s, fprs, strict)
@@ -205,7 +205,7 @@ def _per_round(
     ev: Evaluation,
 ) -> dict[str, list]:
     """Per-round TPR at each FPR target and AUC of a single-round attack or of FedMIA's Λ̂_r."""
-    info = ATTACK_INFO[name]
+    info = ATTACKS[name]
     rows: list[tuple[int, np.ndarray]] = []
     if info.kind == "single":
         part = np.asarray(signals.participated, bool)[:, target]
