@@ -152,18 +152,24 @@ def test_non_finite_lr_from_set_is_blamed_on_the_override(tmp_path, monkeypatch,
 
 
 def test_defense_params_reject_non_finite_and_float_ints():
-    """The defenses' own schema (used when a DefenseConfig is built in code, not only from YAML)."""
+    """The defenses' own params models (used when a DefenseConfig is built in code, not only from YAML)."""
     from fedleak.config import ConfigError
-    from fedleak.defenses._params import Param, parse_params
+    from fedleak.defenses.params import FLOAT, FLOATS, INT, DefenseParams, Field, param, parse_params
 
-    spec = {"s": Param(0.1, "float"), "f": Param([0.5, 0.6], "floats"), "k": Param(4, "int")}
-    assert parse_params("d", {"s": "1e-3", "k": 7}, spec) == {"s": 1e-3, "f": [0.5, 0.6], "k": 7}
+    class Spec(DefenseParams):
+        s: param(FLOAT) = Field(0.1)
+        f: param(FLOATS) = Field([0.5, 0.6])
+        k: param(INT) = Field(4)
+
+    assert parse_params("d", {"s": "1e-3", "k": 7}, Spec) == {"s": 1e-3, "f": [0.5, 0.6], "k": 7}
     for bad in ({"s": float("inf")}, {"s": float("nan")}, {"s": "inf"}, {"f": [0.5, float("inf")]}):
         with pytest.raises(ConfigError, match="must be a finite number"):
-            parse_params("d", bad, spec)
+            parse_params("d", bad, Spec)
     for bad in ({"k": 1e20}, {"k": 4.0}, {"k": float("inf")}, {"s": 10**400}):
         with pytest.raises(ConfigError, match=f"parameter '{next(iter(bad))}' must be of type"):
-            parse_params("d", bad, spec)
+            parse_params("d", bad, Spec)
+    with pytest.raises(ConfigError, match=r"^defense 'd': parameter 'k' must not be null$"):
+        parse_params("d", {"k": None}, Spec)
 
 
 # ------------------------------------------------------------------------------------------- absurd sizes

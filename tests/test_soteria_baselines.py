@@ -141,3 +141,24 @@ def test_every_update_defense_is_a_transform_and_training_only_defenses_are_refu
         assert torch.equal(out[n], quantize(v, 2, "floor", None))
     with pytest.raises(ConfigError, match="acts on the client's local training"):
         build_transform("mixup")
+
+
+def test_gradient_defense_params_models_match_the_transforms_and_reject_bad_values():
+    """One pydantic params model per gradient defense; its documented defaults are the transform's own."""
+    import dataclasses
+
+    from fedleak.config import ConfigError
+    from fedleak.defenses.gradient import GRADIENT_PARAMS
+
+    for name, model in GRADIENT_PARAMS.items():
+        cls = {"soteria": Soteria, "dp-gaussian": DPNoise, "dp-laplace": DPNoise}.get(name, GradientPruning)
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        for key, field in model.model_fields.items():
+            assert defaults[key] == field.default, (name, key)
+    with pytest.raises(ConfigError, match=r"defense 'soteria': parameter 'rate' must lie in \[0, 100\]"):
+        build_transform("soteria", rate=150)
+    with pytest.raises(ConfigError, match="parameter 'denominator' must be one of legacy, notebook, abs"):
+        build_transform("soteria", denominator="other")
+    with pytest.raises(ConfigError, match="parameter 'scale' must be >= 0"):
+        build_transform("dp-gaussian", scale=-1)
+    assert build_transform("prune", layers="fc.weight").layers == ["fc.weight"]

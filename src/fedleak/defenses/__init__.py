@@ -80,16 +80,16 @@ def build_transform(name: str, **params: Any) -> GradientTransform:
 
 def defense_params() -> dict[str, dict[str, str]]:
     """Every defense's accepted parameters and their one-line descriptions (for docs and --help)."""
-    from fedleak.defenses.data import AUGMENT_PARAMS, INSTAHIDE_PARAMS, MIXUP_PARAMS, SAMPLING_PARAMS
-    from fedleak.defenses.dpsgd import DPSGD_PARAMS
-    from fedleak.defenses.update import PERTURB_PARAMS, QUANT_PARAMS, SPARSE_PARAMS
+    from fedleak.defenses.data import AugmentParams, InstaHideParams, MixUpParams, SamplingParams
+    from fedleak.defenses.dpsgd import DPSGDParams
+    from fedleak.defenses.params import describe
+    from fedleak.defenses.update import PerturbParams, QuantParams, SparseParams
 
     table = {
-        "perturb": PERTURB_PARAMS, "dpsgd": DPSGD_PARAMS, "sparse": SPARSE_PARAMS, "quant": QUANT_PARAMS,
-        "mixup": MIXUP_PARAMS, "augment": AUGMENT_PARAMS, "sampling": SAMPLING_PARAMS,
-        "instahide": INSTAHIDE_PARAMS,
+        "perturb": PerturbParams, "dpsgd": DPSGDParams, "sparse": SparseParams, "quant": QuantParams,
+        "mixup": MixUpParams, "augment": AugmentParams, "sampling": SamplingParams, "instahide": InstaHideParams,
     }
-    return {name: {k: f"{p.doc} (default {p.default!r})" for k, p in spec.items()} for name, spec in table.items()}
+    return {name: describe(model) for name, model in table.items()}
 
 
 __all__ = [

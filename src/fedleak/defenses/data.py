@@ -16,7 +16,16 @@ import torch
 import torch.nn.functional as F
 
 from fedleak.config import ConfigError, ExperimentConfig
-from fedleak.defenses._params import Param, between, non_negative, parse_params, positive
+from fedleak.defenses.params import (
+    BOOL, FLOAT, FLOATS, INT, STR,
+    DefenseParams,
+    Field,
+    between,
+    non_negative,
+    param,
+    parse_params,
+    positive,
+)
 from fedleak.defenses.base import Defense, register_defense
 
 
@@ -34,11 +43,14 @@ def numpy_rng(gen: torch.Generator) -> np.random.Generator:
 
 # ----------------------------------------------------------------------------------------------- mixup
 
-MIXUP_PARAMS = {
-    "alpha": Param(1.0, "float", "λ ~ Beta(α, α), one λ per batch", check=positive),
-    "labels_only": Param(False, "bool", "the original's behaviour: the model sees the clean x, only the labels "
-                         "are mixed (kept for paper parity)"),
-}
+
+class MixUpParams(DefenseParams):
+    alpha: param(FLOAT, check=positive) = Field(1.0, description="λ ~ Beta(α, α), one λ per batch")
+    labels_only: param(BOOL) = Field(
+        False,
+        description="the original's behaviour: the model sees the clean x, only the labels are mixed (kept for paper "
+        "parity)",
+    )
 
 
 class MixUp(Defense):
@@ -53,7 +65,7 @@ class MixUp(Defense):
 
     def __init__(self, params: dict[str, Any] | None = None, cfg: ExperimentConfig | None = None) -> None:
         super().__init__(params, cfg)
-        self.p = parse_params("mixup", params, MIXUP_PARAMS)
+        self.p = parse_params("mixup", params, MixUpParams)
         self.last: dict[str, Any] = {}
 
     def transform_batch(self, x, y, num_classes, gen):
@@ -80,23 +92,44 @@ RECIPES: dict[str, dict[str, Any]] = {
     "color": {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4},
 }
 
-AUGMENT_PARAMS = {
-    "recipe": Param("standard", "str", "starting point: " + ", ".join(RECIPES) + " or none; the other "
-                    "parameters override it", choices=(*RECIPES, "none")),
-    "crop_padding": Param(None, "int", "random crop of the original size after zero padding by this many pixels "
-                          "(0: off)", check=non_negative, optional=True),
-    "hflip": Param(None, "float", "probability of a horizontal flip", check=between(0, 1), optional=True),
-    "vflip": Param(None, "float", "probability of a vertical flip", check=between(0, 1), optional=True),
-    "rotation": Param(None, "float", "rotation by an angle uniform in [−d, d] degrees (bilinear, zero fill)",
-                      check=between(0, 180), optional=True),
-    "brightness": Param(None, "float", "multiply by a factor uniform in [max(0, 1−b), 1+b]", check=non_negative,
-                        optional=True),
-    "contrast": Param(None, "float", "blend with the image's mean grey level, factor in [max(0, 1−c), 1+c]",
-                      check=non_negative, optional=True),
-    "saturation": Param(None, "float", "blend with the pixel's grey value, factor in [max(0, 1−s), 1+s]",
-                        check=non_negative, optional=True),
-    "p": Param(1.0, "float", "probability that a sample is augmented at all", check=between(0, 1)),
-}
+
+RECIPE_CHOICES = (*RECIPES, "none")
+
+
+class AugmentParams(DefenseParams):
+    recipe: param(STR, choices=RECIPE_CHOICES) = Field(
+        "standard",
+        description="starting point: " + ", ".join(RECIPES) + " or none; the other " "parameters override it",
+    )
+    crop_padding: param(INT, check=non_negative, optional=True) = Field(
+        None,
+        description="random crop of the original size after zero padding by this many pixels (0: off)",
+    )
+    hflip: param(FLOAT, check=between(0, 1), optional=True) = Field(
+        None,
+        description="probability of a horizontal flip",
+    )
+    vflip: param(FLOAT, check=between(0, 1), optional=True) = Field(
+        None,
+        description="probability of a vertical flip",
+    )
+    rotation: param(FLOAT, check=between(0, 180), optional=True) = Field(
+        None,
+        description="rotation by an angle uniform in [−d, d] degrees (bilinear, zero fill)",
+    )
+    brightness: param(FLOAT, check=non_negative, optional=True) = Field(
+        None,
+        description="multiply by a factor uniform in [max(0, 1−b), 1+b]",
+    )
+    contrast: param(FLOAT, check=non_negative, optional=True) = Field(
+        None,
+        description="blend with the image's mean grey level, factor in [max(0, 1−c), 1+c]",
+    )
+    saturation: param(FLOAT, check=non_negative, optional=True) = Field(
+        None,
+        description="blend with the pixel's grey value, factor in [max(0, 1−s), 1+s]",
+    )
+    p: param(FLOAT, check=between(0, 1)) = Field(1.0, description="probability that a sample is augmented at all")
 _OPS = ("crop_padding", "hflip", "vflip", "rotation", "brightness", "contrast", "saturation")
 
 
@@ -155,7 +188,7 @@ class Augment(Defense):
 
     def __init__(self, params: dict[str, Any] | None = None, cfg: ExperimentConfig | None = None) -> None:
         super().__init__(params, cfg)
-        p = parse_params("augment", params, AUGMENT_PARAMS)
+        p = parse_params("augment", params, AugmentParams)
         base = {k: 0 for k in _OPS}
         base.update(RECIPES.get(p["recipe"], {}))
         self.ops = {k: (p[k] if p[k] is not None else base[k]) for k in _OPS}
@@ -193,12 +226,19 @@ class Augment(Defense):
 
 # -------------------------------------------------------------------------------------------- sampling
 
-SAMPLING_PARAMS = {
-    "p": Param(0.5, "float", "fraction of the client's samples used in a round: max(1, int(p·n))",
-           check=between(0, 1, lo_open=True)),
-    "mode": Param("per-round", "str", "per-round: a new random subset every round (the original); fixed: one "
-                  "subset for the whole run", choices=("per-round", "fixed")),
-}
+
+SAMPLING_MODES = ("per-round", "fixed")
+
+
+class SamplingParams(DefenseParams):
+    p: param(FLOAT, check=between(0, 1, lo_open=True)) = Field(
+        0.5,
+        description="fraction of the client's samples used in a round: max(1, int(p·n))",
+    )
+    mode: param(STR, choices=SAMPLING_MODES) = Field(
+        "per-round",
+        description="per-round: a new random subset every round (the original); fixed: one subset for the whole run",
+    )
 
 
 class Sampling(Defense):
@@ -213,7 +253,7 @@ class Sampling(Defense):
 
     def __init__(self, params: dict[str, Any] | None = None, cfg: ExperimentConfig | None = None) -> None:
         super().__init__(params, cfg)
-        self.p = parse_params("sampling", params, SAMPLING_PARAMS)
+        self.p = parse_params("sampling", params, SamplingParams)
 
     def subset_size(self, n: int) -> int:
         return max(1, int(self.p["p"] * n))
@@ -282,12 +322,12 @@ def augment_sampling(params: dict[str, Any] | None, cfg: ExperimentConfig | None
     if set(params) <= {"augment", "sampling"} and all(isinstance(v, dict) for v in params.values()):
         a, s = dict(params.get("augment", {})), dict(params.get("sampling", {}))
     else:
-        s = {k: params.pop(k) for k in list(params) if k in SAMPLING_PARAMS}
+        s = {k: params.pop(k) for k in list(params) if k in SamplingParams.model_fields}
         if "p_augment" in params:
             params["p"] = params.pop("p_augment")
-        unknown = sorted(set(params) - set(AUGMENT_PARAMS))
+        unknown = sorted(set(params) - set(AugmentParams.model_fields))
         if unknown:
-            allowed = sorted((set(AUGMENT_PARAMS) - {"p"}) | set(SAMPLING_PARAMS) | {"p_augment"})
+            allowed = sorted((set(AugmentParams.model_fields) - {"p"}) | set(SamplingParams.model_fields) | {"p_augment"})
             raise ConfigError(
                 f"defense 'augment+sampling': unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}"
             )
@@ -297,12 +337,15 @@ def augment_sampling(params: dict[str, Any] | None, cfg: ExperimentConfig | None
 
 # ------------------------------------------------------------------------------------------- instahide
 
-INSTAHIDE_PARAMS = {
-    "k": Param(4, "int", "number of images mixed into each encoded image", check=between(2, 64)),
-    "max_coef": Param([0.5, 0.65], "floats", "[low, high]: the largest mixing coefficient is redrawn until it "
-                      "lies in this range (the original: 0.5 ≤ max λ ≤ up_bound = 0.65)"),
-    "sign_mask": Param(True, "bool", "multiply the final mix by one random ±1 pixel mask"),
-}
+
+class InstaHideParams(DefenseParams):
+    k: param(INT, check=between(2, 64)) = Field(4, description="number of images mixed into each encoded image")
+    max_coef: param(FLOATS) = Field(
+        [0.5, 0.65],
+        description="[low, high]: the largest mixing coefficient is redrawn until it lies in this range (the original: "
+        "0.5 ≤ max λ ≤ up_bound = 0.65)",
+    )
+    sign_mask: param(BOOL) = Field(True, description="multiply the final mix by one random ±1 pixel mask")
 
 
 class InstaHide(Defense):
@@ -322,7 +365,7 @@ class InstaHide(Defense):
 
     def __init__(self, params: dict[str, Any] | None = None, cfg: ExperimentConfig | None = None) -> None:
         super().__init__(params, cfg)
-        self.p = parse_params("instahide", params, INSTAHIDE_PARAMS)
+        self.p = parse_params("instahide", params, InstaHideParams)
         rng = self.p["max_coef"]
         k = self.p["k"]
         if len(rng) != 2 or not (0 < rng[0] <= rng[1] <= 1) or rng[1] < 1.0 / k:

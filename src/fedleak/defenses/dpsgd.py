@@ -20,18 +20,29 @@ import numpy as np
 import torch
 
 from fedleak.config import ExperimentConfig
-from fedleak.defenses._params import Param, between, non_negative, parse_params, positive
+from fedleak.defenses.params import (
+    FLOAT,
+    DefenseParams,
+    Field,
+    between,
+    non_negative,
+    param,
+    parse_params,
+    positive,
+)
 from fedleak.defenses.accountant import epsilon as rdp_epsilon
 from fedleak.defenses.update import max_participation
 from fedleak.defenses.base import Defense, register_defense
 from fedleak.models.functional import per_sample_grad_fn
 
-DPSGD_PARAMS = {
-    "noise_multiplier": Param(1.0, "float", "σ: noise std is σ·C on the summed clipped gradients",
-                              check=non_negative),
-    "max_grad_norm": Param(1.0, "float", "C: per-sample gradient L2 bound", check=positive),
-    "delta": Param(1e-5, "float", "δ of the reported (ε, δ)", check=between(0, 1, True, True)),
-}
+
+class DPSGDParams(DefenseParams):
+    noise_multiplier: param(FLOAT, check=non_negative) = Field(
+        1.0,
+        description="σ: noise std is σ·C on the summed clipped gradients",
+    )
+    max_grad_norm: param(FLOAT, check=positive) = Field(1.0, description="C: per-sample gradient L2 bound")
+    delta: param(FLOAT, check=between(0, 1, True, True)) = Field(1e-5, description="δ of the reported (ε, δ)")
 
 
 def per_sample_grads(
@@ -71,7 +82,7 @@ class DPSGD(Defense):
 
     def __init__(self, params: dict[str, Any] | None = None, cfg: ExperimentConfig | None = None) -> None:
         super().__init__(params, cfg)
-        self.p = parse_params("dpsgd", params, DPSGD_PARAMS)
+        self.p = parse_params("dpsgd", params, DPSGDParams)
         self._gen: torch.Generator | None = None
         self.client_sizes: set[int] = set()  # data sizes of the defended clients seen so far
 

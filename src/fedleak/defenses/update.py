@@ -12,7 +12,16 @@ from typing import Any
 import torch
 
 from fedleak.config import ConfigError, ExperimentConfig
-from fedleak.defenses._params import Param, between, non_negative, parse_params, positive
+from fedleak.defenses.params import (
+    FLOAT, INT, STR,
+    DefenseParams,
+    Field,
+    between,
+    non_negative,
+    param,
+    parse_params,
+    positive,
+)
 from fedleak.defenses.accountant import epsilon as rdp_epsilon
 from fedleak.seeding import participation_counts as participation_counts_per_client
 from fedleak.defenses.base import Defense, UpdateContext, register_defense
@@ -48,13 +57,20 @@ def global_norm(delta: Delta) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------------------- perturb
 
-PERTURB_PARAMS = {
-    "sigma": Param(0.1, "float", "raw: noise std added to every uploaded parameter; dp: noise multiplier z "
-                   "(std z·C)", check=non_negative),
-    "clip": Param(None, "float", "L2 bound C of the whole update; null = the original's unclipped noise (no DP)",
-                  check=positive, optional=True),
-    "delta": Param(1e-5, "float", "δ of the reported (ε, δ) (dp mode)", check=between(0, 1, True, True)),
-}
+
+class PerturbParams(DefenseParams):
+    sigma: param(FLOAT, check=non_negative) = Field(
+        0.1,
+        description="raw: noise std added to every uploaded parameter; dp: noise multiplier z (std z·C)",
+    )
+    clip: param(FLOAT, check=positive, optional=True) = Field(
+        None,
+        description="L2 bound C of the whole update; null = the original's unclipped noise (no DP)",
+    )
+    delta: param(FLOAT, check=between(0, 1, True, True)) = Field(
+        1e-5,
+        description="δ of the reported (ε, δ) (dp mode)",
+    )
 
 
 class Perturb(Defense):
@@ -72,9 +88,11 @@ class Perturb(Defense):
 
     def __init__(self, params: dict[str, Any] | None = None, cfg: ExperimentConfig | None = None) -> None:
         super().__init__(params, cfg)
-        self.p = parse_params("perturb", params, PERTURB_PARAMS)
+        self.p = parse_params("perturb", params, PerturbParams)
 
-    def transform_update(self, delta: Delta, gen: torch.Generator | None, ctx: UpdateContext | None = None) -> Delta:
+    def transform_update(
+        self, delta: Delta, gen: torch.Generator | None, ctx: UpdateContext | None = None
+    ) -> Delta:
         sigma, clip = self.p["sigma"], self.p["clip"]
         if clip is None:
             return {n: v - sigma * torch.randn(v.shape, generator=gen, dtype=v.dtype) for n, v in delta.items()}
@@ -102,14 +120,23 @@ class Perturb(Defense):
 
 # ---------------------------------------------------------------------------------------------- sparse
 
-SPARSE_PARAMS = {
-    "p": Param(0.9, "float", "fraction of entries dropped (the original's d_scale); keeps int(n·(1−p))",
-               check=between(0, 1)),
-    "scope": Param("layer", "str", "layer: top-k per tensor; global: top-k over all trainable entries",
-                   choices=("layer", "global")),
-    "min_numel": Param(1000, "int", "layer scope: tensors with at most this many entries stay dense",
-                       check=non_negative),
-}
+
+SPARSE_SCOPES = ("layer", "global")
+
+
+class SparseParams(DefenseParams):
+    p: param(FLOAT, check=between(0, 1)) = Field(
+        0.9,
+        description="fraction of entries dropped (the original's d_scale); keeps int(n·(1−p))",
+    )
+    scope: param(STR, choices=SPARSE_SCOPES) = Field(
+        "layer",
+        description="layer: top-k per tensor; global: top-k over all trainable entries",
+    )
+    min_numel: param(INT, check=non_negative) = Field(
+        1000,
+        description="layer scope: tensors with at most this many entries stay dense",
+    )
 
 
 class Sparse(Defense):
@@ -125,9 +152,11 @@ class Sparse(Defense):
 
     def __init__(self, params: dict[str, Any] | None = None, cfg: ExperimentConfig | None = None) -> None:
         super().__init__(params, cfg)
-        self.p = parse_params("sparse", params, SPARSE_PARAMS)
+        self.p = parse_params("sparse", params, SparseParams)
 
-    def transform_update(self, delta: Delta, gen: torch.Generator | None, ctx: UpdateContext | None = None) -> Delta:
+    def transform_update(
+        self, delta: Delta, gen: torch.Generator | None, ctx: UpdateContext | None = None
+    ) -> Delta:
         keep = 1.0 - self.p["p"]
         if self.p["scope"] == "layer":
             out = {}
@@ -151,11 +180,16 @@ class Sparse(Defense):
 
 # ----------------------------------------------------------------------------------------------- quant
 
-QUANT_PARAMS = {
-    "bits": Param(8, "int", "b: 2^b steps between the tensor's min and max", check=between(1, 24)),
-    "rounding": Param("floor", "str", "floor (the original, biased) or stochastic (unbiased)",
-                      choices=("floor", "stochastic")),
-}
+
+ROUNDINGS = ("floor", "stochastic")
+
+
+class QuantParams(DefenseParams):
+    bits: param(INT, check=between(1, 24)) = Field(8, description="b: 2^b steps between the tensor's min and max")
+    rounding: param(STR, choices=ROUNDINGS) = Field(
+        "floor",
+        description="floor (the original, biased) or stochastic (unbiased)",
+    )
 
 
 def quantize(v: torch.Tensor, bits: int, rounding: str, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -183,9 +217,11 @@ class Quant(Defense):
 
     def __init__(self, params: dict[str, Any] | None = None, cfg: ExperimentConfig | None = None) -> None:
         super().__init__(params, cfg)
-        self.p = parse_params("quant", params, QUANT_PARAMS)
+        self.p = parse_params("quant", params, QuantParams)
 
-    def transform_update(self, delta: Delta, gen: torch.Generator | None, ctx: UpdateContext | None = None) -> Delta:
+    def transform_update(
+        self, delta: Delta, gen: torch.Generator | None, ctx: UpdateContext | None = None
+    ) -> Delta:
         return {n: quantize(v, self.p["bits"], self.p["rounding"], gen) for n, v in delta.items()}
 
 
