@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/attacks.py [--rounds 30] [--clients 10] [--per-client 5000] [--repeat 3]
 
-The store is written by the toy-model generator (fedleak.attacks.mia.synthetic) through the real
+The store is written by the toy-model generator (fedleak.fl.toy) through the real
 run-store API, in the official candidate layout: the target's 5,000 samples, 1,000 samples of each
 of the 9 other clients and 1,000 test samples = 15,000 candidates. Prints one line per step with
 the best of ``--repeat`` wall-clock times.
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from fedleak.attacks.mia import ATTACKS, evaluate, run_attacks
-from fedleak.attacks.mia.synthetic import generate_toy_run
+from fedleak.fl.toy import generate_toy_run
 from fedleak.metrics.roc import roc_metrics
 from fedleak.signals.loading import load_signals
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fedleak.attacks.mia import is_aligned, run_attacks
-from fedleak.attacks.mia.synthetic import generate_toy_run
+from fedleak.fl.toy import generate_toy_run
 from fedleak.errors import FedleakError
 from fedleak.metrics.roc import roc_metrics
 from fedleak.signals.loading import load_signals

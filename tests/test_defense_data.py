@@ -8,7 +8,8 @@ from scipy import stats
 
 from conftest import tiny_config
 from fedleak.config import ConfigError, DefenseConfig
-from fedleak.defenses.data import Augment, InstaHide, MixUp, Sampling, augment_sampling, flip, random_crop, rotate
+from fedleak.defenses.data import Augment, MixUp, Sampling, augment_sampling, flip, random_crop, rotate
+from fedleak.defenses.instahide import InstaHide
 from fedleak.defenses import Defense, build_defense
 from fedleak.fl.local import local_update
 

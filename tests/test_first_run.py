@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedleak.attacks.mia import run_attacks
-from fedleak.attacks.mia.synthetic import generate_toy_run
+from fedleak.fl.toy import generate_toy_run
 from fedleak.cli import app
 from fedleak.metrics.roc import log_auc_from_curve, roc_curve, roc_metrics
 from fedleak.signals.loading import load_signals

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedleak.models import build_model
-from fedleak.signals import compute
+from fedleak.signals import layers
 from fedleak.signals.compute import (
     _dots_jvp,
     chunk_size_for,
@@ -105,7 +105,7 @@ def test_every_signal_matches_naive_loop(case, engine, monkeypatch):
         pytest.skip("vmap engine covered on the small models (slow on CPU for big convs)")
     if engine.startswith("layers"):
         # force every Linear/Conv2d weight through one path: Δ-weighted layer + Gram norms, or materialised G
-        monkeypatch.setattr(compute, "_GHOST_MARGIN", float("inf") if engine == "layers-ghost" else -float("inf"))
+        monkeypatch.setattr(layers, "_GHOST_MARGIN", float("inf") if engine == "layers-ghost" else -float("inf"))
         engine = "layers"
     out = gradient_signals(model, glob, deltas, x, y, chunk_size=4, engine=engine)
     assert out["dot"].shape == (len(deltas), len(x)) and out["gnorm2"].shape == (len(x),)
@@ -316,7 +316,7 @@ class _Tokens(nn.Module):
 
 @pytest.mark.parametrize("margin", [float("inf"), -float("inf")])
 def test_linear_at_several_positions(margin, monkeypatch):
-    monkeypatch.setattr(compute, "_GHOST_MARGIN", margin)
+    monkeypatch.setattr(layers, "_GHOST_MARGIN", margin)
     torch.manual_seed(9)
     model = _Tokens()
     x, y = torch.randn(5, 1, 4, 6), torch.randint(0, 3, (5,))

@@ -27,11 +27,12 @@ from typing import Any
 import torch
 
 from fedleak.config import DefenseConfig, ExperimentConfig
-from fedleak.defenses import data, dpsgd, gradient, update  # noqa: F401  (registration on import)
+from fedleak.defenses import data, dpsgd, gradient, instahide, update  # noqa: F401  (registration on import)
 from fedleak.defenses.base import DEFENSES, Defense, UpdateContext, register_defense
 from fedleak.defenses.accountant import RDPAccountant, epsilon, rdp_sampled_gaussian
-from fedleak.defenses.data import Augment, Compose, InstaHide, MixUp, Sampling
+from fedleak.defenses.data import Augment, Compose, MixUp, Sampling
 from fedleak.defenses.dpsgd import DPSGD
+from fedleak.defenses.instahide import InstaHide
 from fedleak.defenses.gradient import TRANSFORMS, UPDATE_DEFENSES, GradientDefense, GradientTransform, Identity
 from fedleak.defenses.update import Perturb, Quant, Sparse
 from fedleak.errors import ConfigError
@@ -80,8 +81,9 @@ def build_transform(name: str, **params: Any) -> GradientTransform:
 
 def defense_params() -> dict[str, dict[str, str]]:
     """Every defense's accepted parameters and their one-line descriptions (for docs and --help)."""
-    from fedleak.defenses.data import AugmentParams, InstaHideParams, MixUpParams, SamplingParams
+    from fedleak.defenses.data import AugmentParams, MixUpParams, SamplingParams
     from fedleak.defenses.dpsgd import DPSGDParams
+    from fedleak.defenses.instahide import InstaHideParams
     from fedleak.defenses.params import describe
     from fedleak.defenses.update import PerturbParams, QuantParams, SparseParams
 

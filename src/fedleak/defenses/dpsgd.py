@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from fedleak.config import ExperimentConfig
+from fedleak.defenses.base import Defense, register_defense
 from fedleak.defenses.params import (
     FLOAT,
     DefenseParams,
@@ -32,7 +33,6 @@ from fedleak.defenses.params import (
 )
 from fedleak.defenses.accountant import epsilon as rdp_epsilon
 from fedleak.defenses.update import max_participation
-from fedleak.defenses.base import Defense, register_defense
 from fedleak.models.functional import per_sample_grad_fn
 
 

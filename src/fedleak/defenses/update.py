@@ -12,8 +12,11 @@ from typing import Any
 import torch
 
 from fedleak.config import ConfigError, ExperimentConfig
+from fedleak.defenses.base import Defense, UpdateContext, register_defense
 from fedleak.defenses.params import (
-    FLOAT, INT, STR,
+    FLOAT,
+    INT,
+    STR,
     DefenseParams,
     Field,
     between,
@@ -24,7 +27,6 @@ from fedleak.defenses.params import (
 )
 from fedleak.defenses.accountant import epsilon as rdp_epsilon
 from fedleak.seeding import participation_counts as participation_counts_per_client
-from fedleak.defenses.base import Defense, UpdateContext, register_defense
 from fedleak.models.functional import largest_k_mask
 
 Delta = dict[str, torch.Tensor]

@@ -15,12 +15,27 @@ from typing import Any
 from fedleak.attacks.mia.attacks import ATTACKS
 from fedleak.metrics.roc import fpr_key
 from fedleak.report.ranking import HEAD_KEY, ranked, rotating_key
-from fedleak.report.render import CSS, FIG_CAPTIONS, FIG_TITLES, html_fig, html_table, md_table, strip_tags
+from fedleak.report.model import (
+    Bullets,
+    Code,
+    Document,
+    Figure,
+    Footer,
+    Heading,
+    KeyValues,
+    Paragraph,
+    Table,
+    Title,
+    VerdictBox,
+    to_html,
+    to_markdown,
+)
+from fedleak.report.render import FIG_CAPTIONS
 from fedleak.report.verdict import Verdict, pct as _pct, verdict
 from fedleak.signals.runconfig import read_run_config
 from fedleak.signals.store import atomic_write_text, read_meta, read_metrics
 
-__all__ = ["FIG_CAPTIONS", "Verdict", "build_report", "verdict"]
+__all__ = ["FIG_CAPTIONS", "Verdict", "build_report", "report_document", "verdict"]
 
 
 def _num(x: float | None, digits: int = 3) -> str:
@@ -249,115 +264,72 @@ def reproduce_lines(run_dir: Path, metrics: dict[str, Any]) -> list[str]:
 
 
 def build_report(run_dir: str | Path, metrics: dict[str, Any]) -> tuple[Path, Path]:
-    """Write RUN/report.html (self-contained) and RUN/report.md from the attack metrics."""
+    """Write RUN/report.html (self-contained) and RUN/report.md from the attack metrics (one document model)."""
     run_dir = Path(run_dir)
-    adir = run_dir / "attack"
+    doc = report_document(run_dir, metrics, time.strftime("%Y-%m-%d %H:%M"))
+    html_path, md_path = run_dir / "report.html", run_dir / "report.md"
+    atomic_write_text(html_path, to_html(doc))
+    atomic_write_text(md_path, to_markdown(doc))
+    return html_path, md_path
+
+
+def report_document(run_dir: Path, metrics: dict[str, Any], when: str) -> Document:
+    """What the report says, once, as blocks (rendered by :func:`fedleak.report.model.to_html` / ``to_markdown``)."""
     cfg = _config(run_dir)
     title = f"Privacy audit: {cfg.get('name', run_dir.name)}"
-    when = time.strftime("%Y-%m-%d %H:%M")
-    v = verdict(metrics)
-    setup = setup_rows(run_dir, metrics)
-    util_rows = utility_rows(read_metrics(run_dir), metrics["recorded_rounds"], metrics["target"])
-    at_head, at_rows, at_best = attack_table(metrics)
-    rot = rotating_table(metrics)
-    orc = oracle_table(metrics)
+    adir = run_dir / "attack"
     figs = {k: adir / f for k, f in (metrics.get("figures") or {}).items() if (adir / f).is_file()}
-    nts = notes(metrics)
-    repro = reproduce_lines(run_dir, metrics)
+    v = verdict(metrics)
     level_word = {"none": "no measurable leakage", "low": "low", "moderate": "moderate", "high": "high"}[v.level]
-
-    # ---------------- HTML
-    H: list[str] = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<style>{CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        f"<div class='sub'>fedleak membership-inference audit · run <code>{html.escape(str(run_dir))}</code> · {when}</div>",
-        f"<div class='verdict v-{v.level}'><h3>Verdict: {html.escape(level_word)}. {html.escape(v.headline)}</h3>",
-        *[f"<p>{s}</p>" for s in v.sentences],
-        "</div>",
-        "<h2>Setup</h2>",
-        html_table(["", ""], [[a, b] for a, b in setup], cls="kv").replace("<thead><tr><th></th><th></th></tr></thead>", ""),
-        "<h2>Utility</h2>",
-    ]
-    if "utility" in figs:
-        H.append(html_fig(figs["utility"], "utility", heading=False))
-    if util_rows:
-        H.append(html_table(UTILITY_HEAD, util_rows))
-    else:
-        H.append("<p>No per-round metrics (metrics.jsonl) in this run directory.</p>")
-    H += [
-        "<h2>Attack results</h2>",
-        f"<p>Target client {metrics['target']}: {metrics['n_members']} members vs {metrics['n_nonmembers']} non-members. "
-        f"Based on {html.escape(basis(metrics))}. {ORDER_NOTE}</p>",
-        html_table(at_head, at_rows, at_best),
-    ]
-    if rot:
-        H += [
-            f"<h3>Every client as the target</h3><p>Mean ± std over the {len(metrics['rotation']['targets'])} clients "
-            "(each client's samples are the members, all other candidates the non-members).</p>",
-            html_table(*rot),
-        ]
-    if orc:
-        H += [
-            "<h3>Oracle best round <span class='label-oracle'>optimistic · uses the labels</span></h3>",
-            "<p>The round at which each single-round attack happens to work best, picked with the membership labels, as the "
-            "original FedMIA code reports. A real attacker cannot make this choice; shown for comparison with the paper only.</p>",
-            html_table(*orc),
-        ]
-    H.append("<h2>Figures</h2>")
-    for k in ("roc", "tpr_per_round", "fedmia_scores"):
-        if k in figs:
-            H.append(html_fig(figs[k], k))
-    H += ["<h2>Notes</h2><ul class='notes'>", *[f"<li>{html.escape(n)}</li>" for n in nts], "</ul>"]
-    H += ["<h2>Reproduce</h2><pre>" + html.escape("\n".join(repro)) + "</pre>"]
-    H.append(
-        "<p class='sub'>Outputs: <code>attack/metrics.json</code>, <code>attack/metrics.csv</code>, "
-        "<code>attack/scores.npz</code>, figures as PDF and PNG in <code>attack/</code>.</p></body></html>"
+    doc = Document()
+    doc.add(
+        Title(title, f"fedleak membership-inference audit · run <code>{html.escape(str(run_dir))}</code> · {when}",
+              f"fedleak membership-inference audit · run `{run_dir}` · {when}"),
+        VerdictBox(v.level, level_word, v.headline, list(v.sentences)),
+        Heading(2, "Setup"), KeyValues(setup_rows(run_dir, metrics)),
+        Heading(2, "Utility"),
     )
-    html_path = run_dir / "report.html"
-    atomic_write_text(html_path, "\n".join(H))
-
-    # ---------------- Markdown
-    M: list[str] = [
-        f"# {title}",
-        "",
-        f"fedleak membership-inference audit · run `{run_dir}` · {when}",
-        "",
-        f"## Verdict: {level_word}",
-        "",
-        f"**{v.headline}**",
-        "",
-        *[strip_tags(s) + "\n" for s in v.sentences],
-        "## Setup",
-        "",
-        md_table(["item", "value"], [[a, b] for a, b in setup]),
-        "",
-        "## Utility",
-        "",
-    ]
     if "utility" in figs:
-        M += [f"![utility](attack/{figs['utility'].name})", ""]
-    if util_rows:
-        M += [md_table(UTILITY_HEAD, util_rows), ""]
-    M += [
-        "## Attack results",
-        "",
-        f"Target client {metrics['target']}: {metrics['n_members']} members vs {metrics['n_nonmembers']} non-members. "
-        f"Based on {basis(metrics)}. {ORDER_NOTE}",
-        "",
-        md_table(at_head, at_rows),
-        "",
-    ]
+        doc.add(Figure(figs["utility"], "utility", heading=False))
+    util_rows = utility_rows(read_metrics(run_dir), metrics["recorded_rounds"], metrics["target"])
+    doc.add(Table(UTILITY_HEAD, util_rows) if util_rows else
+            Paragraph("No per-round metrics (metrics.jsonl) in this run directory.", md=None))
+    _attack_blocks(doc, metrics)
+    doc.add(Heading(2, "Figures"))
+    doc.add(*[Figure(figs[k], k) for k in ("roc", "tpr_per_round", "fedmia_scores") if k in figs])
+    doc.add(
+        Heading(2, "Notes"), Bullets(notes(metrics)),
+        Heading(2, "Reproduce"), Code(reproduce_lines(run_dir, metrics)),
+        Footer("<p class='sub'>Outputs: <code>attack/metrics.json</code>, <code>attack/metrics.csv</code>, "
+               "<code>attack/scores.npz</code>, figures as PDF and PNG in <code>attack/</code>.</p></body></html>"),
+    )
+    return doc
+
+
+def _attack_blocks(doc: Document, metrics: dict[str, Any]) -> None:
+    head = f"Target client {metrics['target']}: {metrics['n_members']} members vs {metrics['n_nonmembers']} non-members. "
+    at_head, at_rows, at_best = attack_table(metrics)
+    doc.add(
+        Heading(2, "Attack results"),
+        Paragraph(f"{head}Based on {html.escape(basis(metrics))}. {ORDER_NOTE}",
+                  f"{head}Based on {basis(metrics)}. {ORDER_NOTE}"),
+        Table(at_head, at_rows, at_best),
+    )
+    rot = rotating_table(metrics)
     if rot:
-        M += ["### Every client as the target (mean ± std over clients)", "", md_table(*rot), ""]
+        doc.add(
+            Heading(3, "Every client as the target", md_text="Every client as the target (mean ± std over clients)"),
+            Paragraph(f"Mean ± std over the {len(metrics['rotation']['targets'])} clients (each client's samples are "
+                      "the members, all other candidates the non-members).", md=None, joined=True),
+            Table(*rot),
+        )
+    orc = oracle_table(metrics)
     if orc:
-        M += ["### Oracle best round (optimistic: chosen with the labels)", "", md_table(*orc), ""]
-    M += ["## Figures", ""]
-    for k in ("roc", "tpr_per_round", "fedmia_scores"):
-        if k in figs:
-            M += [f"### {FIG_TITLES[k]}", "", f"![{k}](attack/{figs[k].name})", "", FIG_CAPTIONS[k], ""]
-    M += ["## Notes", "", *[f"- {n}" for n in nts], "", "## Reproduce", "", "```", *repro, "```", ""]
-    md_path = run_dir / "report.md"
-    atomic_write_text(md_path, "\n".join(M))
-    return html_path, md_path
+        doc.add(
+            Heading(3, "Oracle best round", md_text="Oracle best round (optimistic: chosen with the labels)",
+                    html_suffix=" <span class='label-oracle'>optimistic · uses the labels</span>"),
+            Paragraph("The round at which each single-round attack happens to work best, picked with the membership "
+                      "labels, as the original FedMIA code reports. A real attacker cannot make this choice; shown for "
+                      "comparison with the paper only.", md=None),
+            Table(*orc),
+        )

@@ -14,6 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,51 @@ def _readout_stats(view: ServerView, model, x: torch.Tensor, layer: str) -> tupl
     return ro.leaked_fraction, err
 
 
+@dataclass
+class _Session:
+    """What every batch of one inversion run shares (client side and evaluation)."""
+
+    spec: InvertSpec
+    model: torch.nn.Module
+    pixels: torch.Tensor
+    labels: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    transform: Any
+    local: LocalHyper | None
+    gen: torch.Generator
+    layer: str
+
+    def normalize(self, xpix: torch.Tensor) -> torch.Tensor:
+        """Pixels to model input with the spec's (mean, std), broadcast over the images' channels."""
+        c = self.pixels.shape[1]
+        mean = torch.tensor(self.mean).expand(c).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).expand(c).view(1, -1, 1, 1)
+        return (xpix - mean) / std
+
+
+@dataclass
+class _Victim:
+    """One attacked update: its batch, the server's view, the ground truth and the attack settings."""
+
+    batch: int
+    positions: list[int]
+    xpix: torch.Tensor
+    y: torch.Tensor
+    view: ServerView
+    truth: Any
+    cfg: Any
+    feature_target: torch.Tensor | None
+
+
+@dataclass
+class _Results:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    batches: list[dict[str, Any]] = field(default_factory=list)
+    truth: list[torch.Tensor] = field(default_factory=list)
+    reconstructions: list[torch.Tensor] = field(default_factory=list)
+
+
 def run_inversion(
     spec: InvertSpec,
     dataset=None,
@@ -89,109 +135,121 @@ def run_inversion(
     ``on_start(total_iterations)`` is called once before the attack, ``progress(k)`` after every ``k`` optimiser
     iterations (the CLI hangs a progress bar on them).
     """
-    from fedleak.models import build_model
-
     t_start = time.perf_counter()
     old_threads = torch.get_num_threads()
     if spec.threads:
         torch.set_num_threads(spec.threads)
     try:
-        mean, std = spec.mean_std()
-        pixels, labels, num_classes = load_images(spec, dataset)
-        if len(mean) not in (1, pixels.shape[1]):
-            raise ValueError(f"normalisation {spec.normalization!r} has {len(mean)} channels, images have "
-                             f"{pixels.shape[1]}")
-        torch.manual_seed(spec.model_seed)
-        model = build_model(spec.model, num_classes, tuple(pixels.shape[1:]), **spec.model_options).eval()
-        transform = _defense(spec)
-        local = LocalHyper(spec.local_steps, spec.local_lr, spec.local_batch_size) if spec.local_steps else None
-        gen = torch.Generator().manual_seed(spec.seed)
+        ses = _session(spec, dataset)
         indices = spec.image_indices()
         batches = [list(range(i, min(i + spec.batch_size, len(indices)))) for i in range(0, len(indices), spec.batch_size)]
         if on_start is not None:
             on_start(len(batches) * spec.attack.restarts * spec.attack.iterations)
-        rows: list[dict[str, Any]] = []
-        truth_all, rec_all, batch_summaries = [], [], []
-        layer = _defended_layer(spec, model)
         parallel = (spec.parallel > 1 and spec.batch_size == 1 and spec.local_steps == 0
                     and spec.attack.optimizer in ("adam", "sgd") and spec.attack.early_stop is None)
         step = spec.parallel if parallel else 1
-        groups = [list(range(i, min(i + step, len(batches)))) for i in range(0, len(batches), step)]
-        view_mean = torch.tensor(mean).expand(pixels.shape[1]).view(1, -1, 1, 1)
-        view_std = torch.tensor(std).expand(pixels.shape[1]).view(1, -1, 1, 1)
-        for grp in groups:
+        res = _Results()
+        for g in range(0, len(batches), step):
             t0 = time.perf_counter()
-            prepared = []
-            for b in grp:  # ---- victims (client side) ----
-                pos = batches[b]
-                xpix, y = pixels[pos], labels[pos]
-                x = (xpix - view_mean) / view_std
-                view, truth = client_update(model, x, y, transform=transform, local=local,
-                                            labels_known=spec.labels_known, mean=mean, std=std, generator=gen)
-                cfg = spec.attack.model_copy(update={"seed": spec.seed * 100_003 + b})
-                feature_target = None
-                if spec.adaptive in ("drop", "readout"):
-                    cfg = adaptive_config(cfg, model, layer, feature_weight=0.0, drop_layer=True)
-                elif spec.adaptive == "mask":
-                    cfg = cfg.model_copy(update={"mask_zeros": True})
-                if spec.adaptive == "readout":
-                    feature_target = read_out_features(view, model, layer).target()
-                    cfg = cfg.model_copy(update={"feature_weight": spec.feature_weight, "feature_layer": layer})
-                prepared.append((b, pos, xpix, y, view, truth, cfg, feature_target))
-            # ---- attacks (server side: views only) ----
-            if len(prepared) > 1:
-                fts = [p[7] for p in prepared]
-                recs = ParallelInversion(model, [p[4] for p in prepared], prepared[0][6],
-                                         seeds=[p[6].seed for p in prepared],
-                                         feature_targets=fts if fts[0] is not None else None).run(progress)
-            else:
-                p0 = prepared[0]
-                recs = [invert(model, p0[4], p0[6], progress=progress, feature_target=p0[7])]
-            seconds_each = (time.perf_counter() - t0) / len(prepared)
-            # ---- evaluation (sees the ground truth) ----
-            for (b, pos, xpix, y, view, truth, cfg, _), rec in zip(prepared, recs):
-                rec_pix = to_pixels(rec.x, view.side.denormalize)
-                met = image_metrics(rec_pix, xpix, match=len(pos) > 1)
-                order = torch.as_tensor(met["order"])
-                lmse = logit_mse(lambda t: model(t), rec.x[order], truth.x).tolist()
-                acc = label_accuracy(rec.labels, truth.y)
-                pruned = _pruned_fraction(truth.transform_info)
-                leaked, rel_err = (_readout_stats(view, model, truth.x, layer)
-                                   if view.kind == "gradient" and len(pos) == 1 else (math.nan, math.nan))
-                for j, p in enumerate(pos):
-                    rows.append({
-                        "batch": b, "index": indices[p], "label": int(y[j]),
-                        "predicted_label": int(rec.labels[order[j]]),
-                        "mse": met["mse"][j], "psnr": met["psnr"][j], "ssim": met["ssim"][j], "logit_mse": lmse[j],
-                        "match_cost": rec.score, "pruned_fraction": pruned, "readout_leaked_fraction": leaked,
-                        "readout_rel_error": rel_err, "seconds": seconds_each / len(pos),
-                    })
-                batch_summaries.append({"batch": b, "label_accuracy": acc, "label_source": rec.label_source,
-                                        "trial_scores": rec.trial_scores, "best_trial": rec.best_trial,
-                                        "iterations_run": rec.iterations_run, "history": rec.history})
-                truth_all.append(xpix)
-                rec_all.append(rec_pix[order])
-        summary = {k: aggregate(r[k] for r in rows) for k in ("mse", "psnr", "ssim", "logit_mse")}
-        summary["label_accuracy"] = float(sum(s["label_accuracy"] * len(p) for s, p in zip(batch_summaries, batches))
-                                          / len(indices))
-        summary["pruned_fraction"] = aggregate(r["pruned_fraction"] for r in rows)["mean"]
-        summary["readout_leaked_fraction"] = aggregate(r["readout_leaked_fraction"] for r in rows)["mean"]
-        summary["readout_rel_error"] = aggregate(r["readout_rel_error"] for r in rows)
-        summary["seconds"] = time.perf_counter() - t_start
+            victims = [_victim(ses, b, batches[b]) for b in range(g, min(g + step, len(batches)))]  # client side
+            recs = _attack(ses.model, victims, progress)  # server side: views only
+            seconds_each = (time.perf_counter() - t0) / len(victims)
+            for v, rec in zip(victims, recs):  # evaluation: sees the ground truth
+                _evaluate(ses, v, rec, seconds_each, indices, res)
         result = {
             "spec": spec.model_dump(mode="json"),
-            "summary": summary,
-            "images": rows,
-            "batches": batch_summaries,
+            "summary": _summarize(res, batches, len(indices), t_start),
+            "images": res.rows,
+            "batches": res.batches,
             "versions": {"torch": torch.__version__},
         }
-        truth_px, rec_px = torch.cat(truth_all), torch.cat(rec_all)
+        truth_px, rec_px = torch.cat(res.truth), torch.cat(res.reconstructions)
         if out_dir is not None:
             write_outputs(result, truth_px, rec_px, out_dir)
         result["pixels"] = {"truth": truth_px, "reconstruction": rec_px}
         return result
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _session(spec: InvertSpec, dataset) -> _Session:
+    from fedleak.models import build_model
+
+    mean, std = spec.mean_std()
+    pixels, labels, num_classes = load_images(spec, dataset)
+    if len(mean) not in (1, pixels.shape[1]):
+        raise ValueError(f"normalisation {spec.normalization!r} has {len(mean)} channels, images have "
+                         f"{pixels.shape[1]}")
+    torch.manual_seed(spec.model_seed)
+    model = build_model(spec.model, num_classes, tuple(pixels.shape[1:]), **spec.model_options).eval()
+    transform = _defense(spec)
+    local = LocalHyper(spec.local_steps, spec.local_lr, spec.local_batch_size) if spec.local_steps else None
+    gen = torch.Generator().manual_seed(spec.seed)
+    return _Session(spec, model, pixels, labels, mean, std, transform, local, gen, _defended_layer(spec, model))
+
+
+def _victim(ses: _Session, b: int, pos: list[int]) -> _Victim:
+    """The client's round on batch ``b`` and the attack settings for it (adaptive variants included)."""
+    spec, model, layer = ses.spec, ses.model, ses.layer
+    xpix, y = ses.pixels[pos], ses.labels[pos]
+    view, truth = client_update(model, ses.normalize(xpix), y, transform=ses.transform, local=ses.local,
+                                labels_known=spec.labels_known, mean=ses.mean, std=ses.std, generator=ses.gen)
+    cfg = spec.attack.model_copy(update={"seed": spec.seed * 100_003 + b})
+    feature_target = None
+    if spec.adaptive in ("drop", "readout"):
+        cfg = adaptive_config(cfg, model, layer, feature_weight=0.0, drop_layer=True)
+    elif spec.adaptive == "mask":
+        cfg = cfg.model_copy(update={"mask_zeros": True})
+    if spec.adaptive == "readout":
+        feature_target = read_out_features(view, model, layer).target()
+        cfg = cfg.model_copy(update={"feature_weight": spec.feature_weight, "feature_layer": layer})
+    return _Victim(b, pos, xpix, y, view, truth, cfg, feature_target)
+
+
+def _attack(model, victims: list[_Victim], progress: Callable[[int], None] | None) -> list[Any]:
+    if len(victims) > 1:
+        fts = [v.feature_target for v in victims]
+        return ParallelInversion(model, [v.view for v in victims], victims[0].cfg, seeds=[v.cfg.seed for v in victims],
+                                 feature_targets=fts if fts[0] is not None else None).run(progress)
+    v = victims[0]
+    return [invert(model, v.view, v.cfg, progress=progress, feature_target=v.feature_target)]
+
+
+def _evaluate(ses: _Session, v: _Victim, rec, seconds_each: float, indices: list[int], res: _Results) -> None:
+    model, pos = ses.model, v.positions
+    rec_pix = to_pixels(rec.x, v.view.side.denormalize)
+    met = image_metrics(rec_pix, v.xpix, match=len(pos) > 1)
+    order = torch.as_tensor(met["order"])
+    lmse = logit_mse(lambda t: model(t), rec.x[order], v.truth.x).tolist()
+    acc = label_accuracy(rec.labels, v.truth.y)
+    pruned = _pruned_fraction(v.truth.transform_info)
+    leaked, rel_err = (_readout_stats(v.view, model, v.truth.x, ses.layer)
+                       if v.view.kind == "gradient" and len(pos) == 1 else (math.nan, math.nan))
+    for j, p in enumerate(pos):
+        res.rows.append({
+            "batch": v.batch, "index": indices[p], "label": int(v.y[j]),
+            "predicted_label": int(rec.labels[order[j]]),
+            "mse": met["mse"][j], "psnr": met["psnr"][j], "ssim": met["ssim"][j], "logit_mse": lmse[j],
+            "match_cost": rec.score, "pruned_fraction": pruned, "readout_leaked_fraction": leaked,
+            "readout_rel_error": rel_err, "seconds": seconds_each / len(pos),
+        })
+    res.batches.append({"batch": v.batch, "label_accuracy": acc, "label_source": rec.label_source,
+                        "trial_scores": rec.trial_scores, "best_trial": rec.best_trial,
+                        "iterations_run": rec.iterations_run, "history": rec.history})
+    res.truth.append(v.xpix)
+    res.reconstructions.append(rec_pix[order])
+
+
+def _summarize(res: _Results, batches: list[list[int]], n_images: int, t_start: float) -> dict[str, Any]:
+    rows = res.rows
+    summary = {k: aggregate(r[k] for r in rows) for k in ("mse", "psnr", "ssim", "logit_mse")}
+    summary["label_accuracy"] = float(sum(s["label_accuracy"] * len(p) for s, p in zip(res.batches, batches))
+                                      / n_images)
+    summary["pruned_fraction"] = aggregate(r["pruned_fraction"] for r in rows)["mean"]
+    summary["readout_leaked_fraction"] = aggregate(r["readout_leaked_fraction"] for r in rows)["mean"]
+    summary["readout_rel_error"] = aggregate(r["readout_rel_error"] for r in rows)
+    summary["seconds"] = time.perf_counter() - t_start
+    return summary
 
 
 def _pruned_fraction(info: dict[str, Any]) -> float:

@@ -13,14 +13,13 @@ Three roles, kept apart by types (inversion.md §6.2, item 1):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.func import functional_call
-from torch.nn import functional as F
 
 from fedleak.defenses.gradient import GradientContext, GradientTransform
 from fedleak.models.functional import LossFn, soft_cross_entropy

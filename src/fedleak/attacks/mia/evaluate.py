@@ -117,58 +117,19 @@ def evaluate(
         raise FedleakError(f"cannot rotate the target: {why_not}")
     do_rotate = ok_rot if rotate is None else bool(rotate)
 
-    out_attacks: dict[str, Any] = {}
     ev = Evaluation(metrics={}, scores={}, labels=labels)
+    out_attacks: dict[str, Any] = {}
     for name in names:
-        info = ATTACKS[name]
         s, n_nan = _clean(scores[name])
         ev.scores[name] = s
-        rm = roc_metrics(labels, s, fprs, strict)
         fpr, tpr, _ = roc_curve(labels, s)
         ev.curves[name] = (fpr, tpr)
-        entry: dict[str, Any] = {
-            "label": info.label,
-            "kind": info.kind,
-            "measure": info.measure,
-            "round": fixed_round if info.kind == "single" else None,
-            **rm.as_dict(),
-        }
-        if n_nan:
-            entry["n_nan_scores"] = n_nan
-        if per_round and info.kind in ("single", "fedmia"):
-            entry["per_round"] = _per_round(signals, name, t, labels, fprs, strict, fedmia_options, ev)
-            pr = entry["per_round"]
-            key = fpr_key(HEADLINE_FPR)
-            if pr["rounds"] and info.kind == "single":
-                j = int(np.argmax(pr[key]))
-                entry["oracle"] = {
-                    "note": "best round chosen with the membership labels (optimistic; what the original reports)",
-                    "round": pr["rounds"][j],
-                    key: pr[key][j],
-                    "auc": pr["auc"][j],
-                }
-        out_attacks[name] = entry
-
+        out_attacks[name] = _attack_entry(
+            signals, name, s, n_nan, labels, fixed_round, t, fprs, strict, per_round, fedmia_options, ev
+        )
     rot_info: dict[str, Any] = {"done": False, "reason": why_not if not do_rotate else ""}
     if do_rotate:
-        targets = rotation_targets(signals)
-        per_target: dict[str, dict[str, list[float]]] = {n: {} for n in names}
-        used_rounds: dict[int, int] = {}
-        for tt in targets:
-            lab = signals.members(tt)
-            r_tt = fixed_round
-            if not signals.participated[ri, tt]:
-                r_tt = int(signals.rounds[round_index(signals, None, tt)])
-            used_rounds[tt] = r_tt
-            sc = scores if tt == t else run_attacks(signals, names, round=r_tt, target=tt, **fedmia_options)
-            for name in names:
-                d = roc_metrics(lab, _clean(sc[name])[0], fprs, strict).as_dict()
-                for k in ("auc", "log_auc", *[fpr_key(f) for f in fprs], "balanced_accuracy"):
-                    per_target[name].setdefault(k, []).append(float(d[k]))
-        for name in names:
-            out_attacks[name]["rotating"] = {k: _summary(v) for k, v in per_target[name].items()}
-        rot_info = {"done": True, "targets": targets, "rounds": {str(k): v for k, v in used_rounds.items()}}
-
+        rot_info = _rotate(signals, names, scores, t, ri, fixed_round, fprs, strict, fedmia_options, out_attacks)
     ev.metrics = {
         "target": t,
         "round": fixed_round,
@@ -192,6 +153,60 @@ def evaluate(
         "attacks": out_attacks,
     }
     return ev
+
+
+def _attack_entry(
+    signals: Signals, name: str, s: np.ndarray, n_nan: int, labels: np.ndarray, fixed_round: int, t: int,
+    fprs: tuple[float, ...], strict: bool, per_round: bool, fedmia_options: dict[str, Any], ev: Evaluation,
+) -> dict[str, Any]:
+    """One attack's metrics entry: ROC metrics, per-round curves and the oracle round (single-round attacks)."""
+    info = ATTACKS[name]
+    entry: dict[str, Any] = {
+        "label": info.label,
+        "kind": info.kind,
+        "measure": info.measure,
+        "round": fixed_round if info.kind == "single" else None,
+        **roc_metrics(labels, s, fprs, strict).as_dict(),
+    }
+    if n_nan:
+        entry["n_nan_scores"] = n_nan
+    if per_round and info.kind in ("single", "fedmia"):
+        entry["per_round"] = _per_round(signals, name, t, labels, fprs, strict, fedmia_options, ev)
+        pr = entry["per_round"]
+        key = fpr_key(HEADLINE_FPR)
+        if pr["rounds"] and info.kind == "single":
+            j = int(np.argmax(pr[key]))
+            entry["oracle"] = {
+                "note": "best round chosen with the membership labels (optimistic; what the original reports)",
+                "round": pr["rounds"][j],
+                key: pr[key][j],
+                "auc": pr["auc"][j],
+            }
+    return entry
+
+
+def _rotate(
+    signals: Signals, names: list[str], scores: dict[str, np.ndarray], t: int, ri: int, fixed_round: int,
+    fprs: tuple[float, ...], strict: bool, fedmia_options: dict[str, Any], out_attacks: dict[str, Any],
+) -> dict[str, Any]:
+    """Every client as the target: adds each attack's ``rotating`` summary; returns the rotation record."""
+    targets = rotation_targets(signals)
+    per_target: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+    used_rounds: dict[int, int] = {}
+    for tt in targets:
+        lab = signals.members(tt)
+        r_tt = fixed_round
+        if not signals.participated[ri, tt]:
+            r_tt = int(signals.rounds[round_index(signals, None, tt)])
+        used_rounds[tt] = r_tt
+        sc = scores if tt == t else run_attacks(signals, names, round=r_tt, target=tt, **fedmia_options)
+        for name in names:
+            d = roc_metrics(lab, _clean(sc[name])[0], fprs, strict).as_dict()
+            for k in ("auc", "log_auc", *[fpr_key(f) for f in fprs], "balanced_accuracy"):
+                per_target[name].setdefault(k, []).append(float(d[k]))
+    for name in names:
+        out_attacks[name]["rotating"] = {k: _summary(v) for k, v in per_target[name].items()}
+    return {"done": True, "targets": targets, "rounds": {str(k): v for k, v in used_rounds.items()}}
 
 
 def _per_round(

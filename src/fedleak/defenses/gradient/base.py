@@ -16,11 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from fedleak.defenses.base import UpdateContext
 from fedleak.models.functional import module_by_name

@@ -134,20 +134,7 @@ def generate_toy_run(run_dir: str | Path, cfg: ToyConfig | None = None, **overri
     n_part = max(1, int(round(cfg.participation * K)))
     lr0 = 0.1
     for ri, r in enumerate(rounds):
-        if cfg.protocol == "aligned":
-            ids = np.broadcast_to(cand_ids, (K, cand_ids.size)).copy()
-        else:
-            rows = []
-            for _k in range(K):
-                rows.append(
-                    np.concatenate(
-                        [
-                            b[0] if b[2] is None or b[1] == cfg.target else rng.choice(b[2], len(b[0]), replace=False)
-                            for b in blocks
-                        ]
-                    )
-                )
-            ids = np.stack(rows)
+        ids = _round_ids(cfg, cand_ids, blocks, rng)
         mem = sample_owner[ids] == kk  # [K, N]: candidate in client k's training data
         m = d[ids] + cfg.shift * mem + cfg.noise * rng.standard_normal(ids.shape)
         loss = cfg.loss_offset - m
@@ -183,6 +170,19 @@ def generate_toy_run(run_dir: str | Path, cfg: ToyConfig | None = None, **overri
     return run_dir
 
 
+def _round_ids(cfg: ToyConfig, cand_ids: np.ndarray, blocks: list, rng: np.random.Generator) -> np.ndarray:
+    """[K, N] candidate ids scored in one round: the fixed set (aligned), or non-members redrawn per client."""
+    K = cfg.num_clients
+    if cfg.protocol == "aligned":
+        return np.broadcast_to(cand_ids, (K, cand_ids.size)).copy()
+    rows = []
+    for _k in range(K):
+        rows.append(np.concatenate([
+            b[0] if b[2] is None or b[1] == cfg.target else rng.choice(b[2], len(b[0]), replace=False) for b in blocks
+        ]))
+    return np.stack(rows)
+
+
 def _write_side_files(run_dir: Path, cfg: ToyConfig, rounds: list[int], total: int, rng: np.random.Generator) -> None:
     from fedleak.config import ExperimentConfig, dump_config
 
@@ -207,7 +207,7 @@ def _write_side_files(run_dir: Path, cfg: ToyConfig, rounds: list[int], total: i
     atomic_write_text(run_dir / "config.yaml", dump_config(ec))
     meta = {
         "synthetic": True,
-        "generator": "fedleak.attacks.mia.synthetic.generate_toy_run (FedMIA spec section 10 toy model)",
+        "generator": "fedleak.fl.toy.generate_toy_run (FedMIA spec section 10 toy model)",
         "toy": asdict(cfg),
         "seed": cfg.seed,
         "recorded_rounds": rounds,
