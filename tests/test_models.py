@@ -213,6 +213,7 @@ def test_lenet_soteria_fc_is_named_linear_with_768_inputs():
     assert r.shape == (2, 768) and (r > 0).all() and (r < 1).all()  # sigmoid features
 
 
+@pytest.mark.numerics
 def test_convnet64_representation_is_2304_and_linear_is_last():
     torch.manual_seed(6)
     m = build_model("convnet64", 10, (3, 32, 32))
