@@ -22,6 +22,8 @@ from fedleak.errors import FedleakError
 from fedleak.metrics.roc import roc_auc, roc_metrics
 from fedleak.signals.store import Signals, StoreError
 
+pytestmark = pytest.mark.numerics  # FedMIA z-scores, Φ and p-value combinations in float64
+
 
 def make_signals(R=4, K=5, N=60, seed=0, participated=None, target=0, owner=None, shift=0.0) -> Signals:
     rng = np.random.default_rng(seed)
