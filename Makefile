@@ -25,8 +25,14 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/fedleak run digits-quick --out $(OUT)
 
+# CPU kernel families the numerics-marked tests are rerun under after the whole suite (see .ci/pytest-numerics)
+NUMERICS_FAMILIES ?= default avx2
+
+# pytest exits 5 when it selected no tests: reported as an error, never a silent pass
 test: $(VENV)/.extras
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$rc
+	bash .ci/pytest-numerics $(PY) $(NUMERICS_FAMILIES) -- -q -n 2 --dist loadfile
 
 bench: venv
 	$(PY) benchmarks/signals.py

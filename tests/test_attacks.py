@@ -23,6 +23,8 @@ from fedleak.metrics.roc import roc_auc, roc_metrics
 from fedleak.signals.loading import Signals
 from fedleak.signals.store import StoreError
 
+pytestmark = pytest.mark.numerics  # FedMIA z-scores, Φ and p-value combinations in float64
+
 
 def make_signals(R=4, K=5, N=60, seed=0, participated=None, target=0, owner=None, shift=0.0) -> Signals:
     rng = np.random.default_rng(seed)

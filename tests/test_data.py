@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import rounding_tol
 from fedleak.config import DataConfig
 from fedleak.data import (
     DataError,
@@ -524,6 +525,7 @@ def test_download_cifar_checksum_mismatch_names_the_file(http_root, tmp_path):
 # --------------------------------------------------------------------------- post-processing
 
 
+@pytest.mark.numerics  # antialiased resize: torch float32 kernels vs Pillow
 @needs_shared
 def test_resize_channels_and_normalisation_options():
     from PIL import Image
@@ -535,10 +537,11 @@ def test_resize_channels_and_normalisation_options():
     for c in range(3):
         ch = base.train.x[5, c].numpy()
         ref = np.asarray(Image.fromarray(ch).resize((20, 20), Image.BILINEAR))  # float32 -> mode F
-        assert np.abs(small.train.x[5, c].numpy() - ref).max() < 1e-5
+        # a convex combination of ≤ 5×5 [0, 1] pixels (32 -> 20 antialiased) in float32 by both libraries
+        assert np.abs(small.train.x[5, c].numpy() - ref).max() < rounding_tol(25, 1.0)
     grey = load_dataset(cfg(name="cifar10", data_dir=str(CIFAR10_DIR), max_train=16, max_test=4, channels=1))
     lum = 0.299 * base.train.x[:, 0] + 0.587 * base.train.x[:, 1] + 0.114 * base.train.x[:, 2]
-    assert torch.allclose(grey.train.x[:, 0], lum, atol=1e-6)
+    assert torch.allclose(grey.train.x[:, 0], lum, rtol=0, atol=rounding_tol(3, 1.0))  # 3-term float32 sum
     x = grey.train.x.numpy().astype(np.float64)  # 3-channel constants do not apply: dataset statistics
     assert grey.mean == pytest.approx((x.mean(),)) and grey.std == pytest.approx((x.std(),))
     with pytest.raises(DataError, match="3-channel"):

@@ -9,6 +9,8 @@ from scipy.stats import norm
 
 from fedleak.defenses.accountant import DEFAULT_ORDERS, RDPAccountant, eps_from_rdp, epsilon, rdp_sampled_gaussian
 
+pytestmark = pytest.mark.numerics  # float64 series against quadrature, Opacus and closed forms
+
 CASES = [(0.01, 1.1), (0.1, 0.8), (0.5, 2.0), (0.9, 1.0), (0.2, 0.3), (0.02, 5.0)]
 
 

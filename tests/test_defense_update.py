@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import assert_within, rounding_tol, tiny_config
 from fedleak.config import ConfigError, DefenseConfig
 from fedleak.defenses.accountant import epsilon
 from fedleak.defenses.update import Perturb, Quant, Sparse
@@ -45,6 +45,7 @@ def test_unknown_and_bad_params_are_one_line_errors():
 
 # ---------------------------------------------------------------------------------------------- perturb
 
+@pytest.mark.numerics  # float32 randn takes another (vectorised) kernel per CPU capability
 def test_perturb_raw_adds_gaussian_noise_to_every_parameter():
     d = {"w": torch.zeros(300, 400), "b": torch.zeros(3)}
     out = Perturb({"sigma": 0.2}).transform_update(d, _gen())
@@ -54,19 +55,24 @@ def test_perturb_raw_adds_gaussian_noise_to_every_parameter():
     # the update itself passes through unchanged apart from the noise (no clipping, no scaling)
     d2 = {"w": torch.full((300, 400), 5.0), "b": torch.ones(3)}
     out2 = Perturb({"sigma": 0.2}).transform_update(d2, _gen())
-    np.testing.assert_allclose(out2["w"] - 5.0, out["w"], atol=1e-6)
+    assert_within(out2["w"] - 5.0, out["w"], rounding_tol(1, 5.0), "noise on 5.0")  # one float32 add at scale 5
     assert Perturb({"sigma": 0.2}).privacy_spent(3) is None  # no guarantee without clipping
 
 
+@pytest.mark.numerics
 def test_perturb_dp_clips_the_whole_update_then_adds_sigma_c_noise():
     d = _delta()
     norm = math.sqrt(sum(float((v.double() ** 2).sum()) for v in d.values()))
     C = norm / 4
     out = Perturb({"sigma": 0.0, "clip": C}).transform_update(d, _gen())
     out_norm = math.sqrt(sum(float((v.double() ** 2).sum()) for v in out.values()))
-    assert out_norm == pytest.approx(C, rel=1e-5)
+    # the update's norm may be taken in float32 (P terms), then every entry is scaled once
+    P = sum(v.numel() for v in d.values())
+    rel = rounding_tol(P, 1.0)
+    assert out_norm == pytest.approx(C, rel=rel)
     for n in d:  # same direction: a common scale factor
-        np.testing.assert_allclose(out[n].numpy(), d[n].numpy() * (C / norm), rtol=1e-5, atol=1e-6)
+        ref = d[n].double().numpy() * (C / norm)
+        assert_within(out[n], ref, rel * np.abs(ref), n)
     # an update inside the ball is not rescaled
     small = Perturb({"sigma": 0.0, "clip": 10 * norm}).transform_update(d, _gen())
     for n in d:
@@ -127,6 +133,7 @@ def test_sparse_global_keeps_the_top_k_over_all_entries():
 
 # ------------------------------------------------------------------------------------------------ quant
 
+@pytest.mark.numerics  # float64 floor() decisions: exact only if every kernel rounds (a − lo) / step the same way
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
 def test_quant_floor_matches_the_original_formula(bits):
     d = _delta(dtype=torch.float64)

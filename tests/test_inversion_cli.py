@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import longest_sum, rounding_tol
 from fedleak.attacks.inversion.commands import build_spec
 from fedleak.attacks.inversion.presets import PRESETS, InvertSpec, get_preset
 from fedleak.attacks.inversion.runner import run_inversion
@@ -147,12 +148,20 @@ def test_cli_invert_writes_metrics_and_grid(tmp_path, shared_data, monkeypatch):
     assert bad.exit_code != 0 and isinstance(bad.exception, FedleakError)
 
 
+@pytest.mark.numerics
 def test_runner_parallel_images_equal_sequential():
     ig = get_preset("ig-cifar").attack.model_copy(update={"iterations": 3})
     base = dict(model="lenet_dlg", model_options={"init": "uniform"}, normalization="none", images=3,
                 defense="dp-gaussian", defense_params={"scale": 0.01}, attack=ig)
     seq = run_inversion(InvertSpec(**base, parallel=1), dataset=_toy_dataset())
     par = run_inversion(InvertSpec(**base, parallel=3), dataset=_toy_dataset())
-    assert torch.allclose(seq["pixels"]["reconstruction"], par["pixels"]["reconstruction"], atol=1e-5)
+    # batched vs one-by-one float32 kernels: gradients rounded over longest_sum terms, every iteration, on [0, 1]
+    # pixels (as in test_inversion's parallel test)
+    from fedleak.models import build_model
+
+    model = build_model("lenet_dlg", 4, (1, 16, 16), init="uniform")
+    n = longest_sum(model, torch.zeros(1, 1, 16, 16)) * ig.iterations
+    assert torch.allclose(seq["pixels"]["reconstruction"], par["pixels"]["reconstruction"], rtol=0,
+                          atol=rounding_tol(n, 1.0))
     for a, b in zip(seq["images"], par["images"]):
-        assert a["mse"] == pytest.approx(b["mse"], rel=1e-4)
+        assert a["mse"] == pytest.approx(b["mse"], rel=rounding_tol(n, 1.0))

@@ -19,6 +19,8 @@ from fedleak.metrics.roc import (
     tpr_at_fpr,
 )
 
+pytestmark = pytest.mark.numerics  # float64 curve/AUC arithmetic against scikit-learn and hand-made cases
+
 
 def test_hand_made_roc_without_ties():
     # scores ranked: 0.9(M) 0.8(N) 0.7(M) 0.6(M) 0.5(N) 0.4(N)
