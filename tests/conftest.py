@@ -83,7 +83,10 @@ def assert_within(actual, expected, tol, what: str = "") -> None:
     )
 
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: the repository root and its src/ (tests live in subfolders mirroring src/fedleak; use these, not parents[n])
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture

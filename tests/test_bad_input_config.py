@@ -357,6 +357,7 @@ def _subprocess_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
                           timeout=300, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_capped_candidate_request_warns_and_meta_records_what_was_used(tmp_path):
     path = write_config(tmp_path / "cfg.yaml", candidates={"n_test": 5000, "n_other": 500}, fl__rounds=1)
     p = _subprocess_cli(tmp_path, "train", str(path), "-q", "-o", str(tmp_path / "r"))
@@ -451,6 +452,7 @@ def test_invert_rejects_non_finite_and_absurd_settings(tmp_path, monkeypatch, ca
 # ---------------------------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_subprocess_cli_binary_config_and_set_typo(tmp_path):
     binary = tmp_path / "weights.yaml"
     binary.write_bytes(bytes(range(256)))

@@ -73,6 +73,7 @@ def test_a_report_on_a_subset_left_by_an_older_version_scores_all_attacks(tmp_pa
 # --------------------------------------------------------------------------- 2. rounds from 0
 
 
+@pytest.mark.slow
 def test_terminal_report_and_files_number_rounds_alike(tmp_path, capsys):
     from conftest import tiny_config
 

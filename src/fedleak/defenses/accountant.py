@@ -23,7 +23,7 @@ most ``C`` in L2 norm. Its RDP of order α is ``ε(α) = log(A_α) / (α − 1)`
 RDP composes additively over steps. The conversion to (ε, δ) is the tighter bound of Balle et al. 2020
 (Prop. 12; also Canonne, Kamath & Steinke 2020):
 ``ε = min_α [ ε_RDP(α) + log((α − 1)/α) − (log δ + log α)/(α − 1) ]``, over the same grid of orders Opacus uses by
-default (so that both report the same number; ``tests/test_defense_accountant.py`` checks this).
+default (so that both report the same number; ``tests/defenses/test_defense_accountant.py`` checks this).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Accountants:
   the RDP value (tests: within 0.03 of Opacus's PRV accountant, and of the exact ε for q = 1).
 
 ``q = 1`` is the plain Gaussian mechanism: the composition of ``T`` releases is then exactly μ-GDP with
-``μ = √T / σ`` (``tests/test_dp_accounting.py`` checks both accountants against that closed form).
+``μ = √T / σ`` (``tests/defenses/test_dp_accounting.py`` checks both accountants against that closed form).
 
 Client-level DP (:func:`client_level_epsilon`) is the same mechanism with clients as records: the server adds
 ``N(0, (σC)²)`` to the sum of the clipped updates of the clients that take part, each independently with

@@ -11,7 +11,7 @@ The pieces are those of a normal Flower app, built from one ``ExperimentConfig``
 - :func:`server_app` -- a ``ServerApp`` that maps nodes to partitions, wraps ``EngineFedAvg`` in
   :class:`~fedleak.flower.strategy.AuditStrategy` and starts from the engine's seeded initial model.
 
-Same config and seed as ``fedleak train``, so the run directories can be compared (tests/test_flower_sim.py).
+Same config and seed as ``fedleak train``, so the run directories can be compared (tests/flower/test_flower_sim.py).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Either right-hand side is the p-value of the hypothesis "the algorithm is (ε, �
 (:func:`p_value`). The reported bound at confidence ``1 − β`` is
 ``ε̂ = inf {ε ≥ 0 : p_value(ε) > β}``: every ε below ε̂ is rejected at level β, so ``P[ε̂ > ε_true] ≤ β``
 (:func:`epsilon_lower_bound`). The p-value is increasing in ε in every case we have checked
-(``tests/test_one_run_audit.py`` scans a grid); the search brackets the *first* crossing on a fine grid before
+(``tests/metrics/test_one_run_audit.py`` scans a grid); the search brackets the *first* crossing on a fine grid before
 bisecting, so a non-monotone stretch above it cannot raise ε̂.
 
 **Validity needs** the coins: each canary's inclusion drawn independently with probability ½ and the guesses a

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import rounding_tol
+from conftest import SHARED_DATA, rounding_tol
 from fedleak.config import DataConfig
 from fedleak.data import (
     DataError,
@@ -35,7 +35,7 @@ from fedleak.data.idx import parse_idx, read_idx
 from fedleak.data.safe_pickle import safe_loads
 from fedleak.data.splits import stratified_split
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = SHARED_DATA
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared test data {SHARED} is absent")
 MNIST_RAW = SHARED / "MNIST" / "raw"
 CIFAR10_DIR = SHARED / "cifar-10-subset"

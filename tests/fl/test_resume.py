@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from conftest import tiny_config
@@ -21,6 +22,7 @@ def _cli(cfg_path, out, **kw):
                             env=env, **kw)
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
     cfg = tiny_config(fl__rounds=8, data__synthetic={"n_train": 600, "n_test": 100, "num_classes": 4,
                                                      "channels": 1, "size": 8})

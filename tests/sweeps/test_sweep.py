@@ -163,6 +163,7 @@ def test_sweep_inline_failures_outputs_skip_and_resume(tmp_path):
     assert statuses["ok__none__seed0"] != "finished"
 
 
+@pytest.mark.slow
 def test_local_process_backend_runs_in_parallel_and_isolates_crashes(tmp_path):
     p = _write(tmp_path, {"seeds": [0], "defenses": [], "attacks": {"names": ["fedmia-i"]},
                           "variants": [{"label": "v"}, {"label": "bad", "set": {"data.name": "nosuchdata"}}]})
@@ -180,6 +181,7 @@ def test_local_process_backend_runs_in_parallel_and_isolates_crashes(tmp_path):
     assert res["status"] == "failed" and "timed out" in res["error"]
 
 
+@pytest.mark.slow
 def test_ray_backend_on_a_local_instance(tmp_path):
     pytest.importorskip("ray")
     p = _write(tmp_path, {"seeds": [0, 1], "baseline": False, "attacks": {"names": ["fedmia-ii"]},
@@ -210,6 +212,7 @@ def test_cli_dry_run_and_bad_backend(tmp_path):
     assert r.exit_code != 0 and "unknown backend 'slurm'" in str(r.exception)
 
 
+@pytest.mark.slow
 def test_stopping_the_driver_stops_its_workers(tmp_path):
     import os
     import signal

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import tiny_config
+from conftest import SRC, tiny_config
 from fedleak.fl.simulation import train
 from fedleak.runlock import LOCK, RunLockError, acquire_lock, lock_holder, release_lock, run_lock
 from fedleak.signals.store import read_metrics
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(SRC)
 ENV = dict(os.environ, FEDLEAK_QUIET="1", PYTHONUNBUFFERED="1", PYTHONPATH=SRC)
 
 
@@ -37,6 +37,7 @@ def _wait_for(cond, timeout: float = 120.0) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_a_second_train_on_the_same_out_is_refused_and_the_first_finishes_cleanly(tmp_path):
     rounds = 8
     cfg = tiny_config(fl__rounds=rounds, data__synthetic={"n_train": 600, "n_test": 100, "num_classes": 4,

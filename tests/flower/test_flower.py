@@ -15,7 +15,7 @@ flwr = pytest.importorskip("flwr")
 from flwr.app import Context, Message, RecordDict  # noqa: E402
 from flwr.serverapp import Grid  # noqa: E402
 
-from conftest import assert_within, longest_sum, rounding_tol, tiny_config  # noqa: E402
+from conftest import REPO, assert_within, longest_sum, rounding_tol, tiny_config  # noqa: E402
 from fedleak.fl.simulation import train  # noqa: E402
 from fedleak.signals.loading import load_signals
 from fedleak.signals.store import read_metrics  # noqa: E402
@@ -314,7 +314,7 @@ def test_example_apps_audit_a_plain_fedavg_federation(tmp_path, monkeypatch):
 
     from fedleak.signals.candidates import gather
 
-    example = Path(__file__).resolve().parents[1] / "examples" / "flower_digits"
+    example = REPO / "examples" / "flower_digits"
     monkeypatch.syspath_prepend(str(example))
     from flower_digits.client_app import app as client_app
     from flower_digits.server_app import app as server_app

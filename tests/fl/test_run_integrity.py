@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_config
+from conftest import SRC, tiny_config
 from fedleak.config import load_config
 from fedleak.fl.simulation import train
 from fedleak.signals import store
@@ -334,10 +334,11 @@ def test_a_bad_checkpoint_gets_fedleaks_own_message(run, tmp_path, kind):
         assert marker.exists()
 
 
+@pytest.mark.slow
 def test_cli_on_a_malicious_checkpoint_prints_one_line_and_runs_nothing(run, tmp_path):
     marker = tmp_path / "pwned"
     _evil_checkpoint(run / "checkpoint.pt", marker)
-    env = dict(os.environ, FEDLEAK_QUIET="1", PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    env = dict(os.environ, FEDLEAK_QUIET="1", PYTHONPATH=str(SRC))
     p = subprocess.run(
         [sys.executable, "-m", "fedleak.cli", "train", str(run / "config.yaml"), "--out", str(run)],
         capture_output=True, text=True, env=env, timeout=300,
@@ -461,11 +462,12 @@ def test_a_really_full_disk(tmpfs, trained):
     _same_as(run, trained)
 
 
+@pytest.mark.slow
 def test_a_read_only_run_directory(tmpfs, trained):
     run, cfg = tmpfs / "run", tiny_config(fl__rounds=ROUNDS)
     train(cfg, run, quiet=True, stop_after=1)
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
-    env = dict(os.environ, FEDLEAK_QUIET="1", PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    env = dict(os.environ, FEDLEAK_QUIET="1", PYTHONPATH=str(SRC))
     (tmpfs.parent / "c.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     for out in (run, tmpfs / "new"):
         p = subprocess.run([sys.executable, "-m", "fedleak.cli", "train", str(tmpfs.parent / "c.yaml"), "--out",
@@ -478,10 +480,11 @@ def test_a_read_only_run_directory(tmpfs, trained):
     _same_as(run, trained)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["attack", "report", "summarize"])
 def test_the_cli_readers_print_one_line_naming_the_damaged_file(run, command):
     _truncate(round_path(run, 1))
-    env = dict(os.environ, FEDLEAK_QUIET="1", PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    env = dict(os.environ, FEDLEAK_QUIET="1", PYTHONPATH=str(SRC))
     p = subprocess.run([sys.executable, "-m", "fedleak.cli", command, str(run)], capture_output=True, text=True,
                        env=env, timeout=300)
     assert p.returncode == 2 and "Traceback" not in p.stderr

@@ -129,6 +129,7 @@ def test_bound_stays_below_the_true_epsilon_of_the_gaussian_mechanism():
     assert np.median(bounds) > 1.0  # and it is informative
 
 
+@pytest.mark.slow
 def test_bound_is_nearly_tight_and_still_valid_for_a_pure_dp_mechanism():
     """Laplace mechanism: members ~ 1 + Lap(1), non-members ~ Lap(1) is ε = 1 pure DP and every threshold above 1
     has TPR/FPR = e exactly, so the bound comes close to 1; it must stay <= 1 in >= 95% of seeds."""

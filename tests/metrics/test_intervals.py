@@ -136,6 +136,7 @@ def test_delong_coverage_on_simulated_data():
     assert 0.93 <= hits / 1000 <= 0.97
 
 
+@pytest.mark.slow
 def test_bootstrap_coverage_and_agreement_with_delong():
     true_auc = norm.cdf(0.8 / math.sqrt(2))
     hits = 0
