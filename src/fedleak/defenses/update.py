@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from fedleak.config import ConfigError, ExperimentConfig
+from fedleak.defenses.accountant import epsilon as rdp_epsilon
 from fedleak.defenses.base import Defense, UpdateContext, register_defense
 from fedleak.defenses.params import (
     FLOAT,
@@ -25,9 +26,8 @@ from fedleak.defenses.params import (
     parse_params,
     positive,
 )
-from fedleak.defenses.accountant import epsilon as rdp_epsilon
-from fedleak.seeding import participation_counts as participation_counts_per_client
 from fedleak.models.functional import largest_k_mask
+from fedleak.seeding import participation_counts as participation_counts_per_client
 
 Delta = dict[str, torch.Tensor]
 

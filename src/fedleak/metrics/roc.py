@@ -34,12 +34,18 @@ import numpy as np
 from fedleak.errors import FedleakError
 
 DEFAULT_FPRS: tuple[float, ...] = (0.1, 0.01, 0.001, 0.0001)
+#: The FPR every headline number, ranking and verdict is read at (TPR@0.1%); defined here only.
+HEADLINE_FPR = 0.001
 LOG_FLOOR = -5.0  # log-AUC axes start at 1e-5
 
 
 def fpr_key(t: float) -> str:
     """Readable metric key for an FPR target: 0.001 -> 'tpr@0.1%'."""
     return f"tpr@{100.0 * t:g}%"
+
+
+#: ``fpr_key(HEADLINE_FPR)``, the metrics key of the headline TPR
+HEADLINE_KEY = fpr_key(HEADLINE_FPR)
 
 
 def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

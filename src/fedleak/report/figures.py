@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fedleak.metrics.roc import fpr_key
+from fedleak.metrics.roc import HEADLINE_FPR, HEADLINE_KEY, fpr_key
 from fedleak.report.ranking import ranked
 
 LOG_MIN = 1e-5
@@ -87,7 +87,7 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], metrics: dict[s
     ax = fig.add_subplot()
     grid = np.logspace(-5, 0, 200)
     ax.plot(grid, grid, color="0.55", ls=":", lw=1.2, label="chance (TPR = FPR)")
-    key = fpr_key(0.001)
+    key = HEADLINE_KEY
     order = ranked(metrics["attacks"])
     order = [n for n in order if n in curves]
     sty = styles(order)
@@ -118,7 +118,7 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], metrics: dict[s
     return fig
 
 
-def tpr_per_round_figure(metrics: dict[str, Any], fpr: float = 0.001, title: str = "") -> Figure:
+def tpr_per_round_figure(metrics: dict[str, Any], fpr: float = HEADLINE_FPR, title: str = "") -> Figure:
     """TPR at one FPR against the round: per-round attacks as lines with markers, the attacks that
     combine all rounds (temporal, FedMIA) as horizontal lines."""
     key = fpr_key(fpr)

@@ -27,8 +27,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from fedleak.attacks.mia.attacks import ATTACKS, resolve_names
-from fedleak.attacks.mia.evaluate import HEADLINE_FPR, Evaluation, evaluate
-from fedleak.metrics.roc import fpr_key
+from fedleak.attacks.mia.evaluate import evaluate, Evaluation
+from fedleak.metrics.roc import HEADLINE_FPR, fpr_key
 from fedleak.report import figures
 from fedleak.signals.loading import load_signals
 from fedleak.signals.store import atomic_write_text, read_metrics, recorded_rounds, round_path
@@ -114,7 +114,7 @@ def write_figures(ev: Evaluation, out: Path, metrics_rows: list[dict[str, Any]] 
     if any(a.get("per_round") for a in m["attacks"].values()) or any(
         a["kind"] == "temporal" for a in m["attacks"].values()
     ):
-        fig = figures.tpr_per_round_figure(m, HEADLINE_FPR, title=f"TPR@0.1% per round, target client {m['target']}")
+        fig = figures.tpr_per_round_figure(m, HEADLINE_FPR, title=f"TPR@{100 * HEADLINE_FPR:g}% per round, target client {m['target']}")
         figures.save(fig, out / "tpr_per_round")
         made["tpr_per_round"] = "tpr_per_round.png"
     fed = [n for n in ev.scores if ATTACKS[n].kind == "fedmia"]

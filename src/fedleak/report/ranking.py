@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping
 
-from fedleak.metrics.roc import fpr_key
+from fedleak.metrics.roc import HEADLINE_FPR, HEADLINE_KEY
 
-HEAD_FPR = 0.001
-HEAD_KEY = fpr_key(HEAD_FPR)
+HEAD_FPR, HEAD_KEY = HEADLINE_FPR, HEADLINE_KEY  # the names the report modules use
 
 
 def _value(a: Mapping[str, Any], key: str) -> float:

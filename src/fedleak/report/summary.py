@@ -14,10 +14,10 @@ from typing import Any, Iterable
 import numpy as np
 
 from fedleak.errors import FedleakError
-from fedleak.metrics.roc import fpr_key, roc_metrics
+from fedleak.metrics.roc import HEADLINE_KEY, fpr_key, roc_metrics
 from fedleak.signals.store import read_metrics
 
-KEYS = ("auc", fpr_key(0.01), fpr_key(0.001))
+KEYS = ("auc", fpr_key(0.01), HEADLINE_KEY)
 
 
 def _ms(values: list[float], pct: bool) -> str:
@@ -66,12 +66,12 @@ def summary_table(metrics: list[dict[str, Any]], rotating: bool = False) -> str:
         "| attack | AUC | TPR@1% (%) | TPR@0.1% (%) |",
         "|---|---|---|---|",
     ]
-    order = sorted(names, key=lambda n: -np.mean(per[n][fpr_key(0.001)]))
+    order = sorted(names, key=lambda n: -np.mean(per[n][HEADLINE_KEY]))
     for n in order:
         label = metrics[0]["attacks"][n]["label"]
         lines.append(
             f"| {label} | {_ms(per[n]['auc'], False)} | {_ms(per[n][fpr_key(0.01)], True)} | "
-            f"{_ms(per[n][fpr_key(0.001)], True)} |"
+            f"{_ms(per[n][HEADLINE_KEY], True)} |"
         )
     accs = [m["final_test_acc"] for m in metrics if m.get("final_test_acc") is not None]
     def span(key: str) -> str:

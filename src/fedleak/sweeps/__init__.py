@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from fedleak.sweeps.spec import RunSpec, SweepSpec, default_out, expand, load_sweep
+from fedleak.metrics.roc import HEADLINE_KEY
+from fedleak.sweeps.spec import default_out, expand, load_sweep, RunSpec, SweepSpec
 
 
 def plan(
@@ -80,7 +81,7 @@ def run_sweep(
         head = f"[{state['n']}/{len(todo)}] {res.get('run_id')}"
         if res.get("status") == "finished":
             u = res.get("utility", {})
-            best = max((m["tpr@0.1%"] for m in (res.get("attacks") or {}).values()), default=float("nan"))
+            best = max((m[HEADLINE_KEY] for m in (res.get("attacks") or {}).values()), default=float("nan"))
             log(f"{head} finished in {res.get('time_s', 0):.0f} s: test acc {100 * u.get('test_acc', float('nan')):.1f}%"
                 f", best TPR@0.1% {100 * best:.1f}%")
         else:

@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fedleak.metrics.roc import HEADLINE_FPR, HEADLINE_KEY, fpr_key
 from fedleak.signals.loading import load_signals
 from fedleak.signals.store import read_metrics
 
-FPRS = (0.001, 0.01)
-METRIC_KEYS = ("tpr@0.1%", "tpr@1%", "auc")
+FPRS = (HEADLINE_FPR, 0.01)
+METRIC_KEYS = (HEADLINE_KEY, fpr_key(0.01), "auc")
 
 
 def check_attack_names(names: Any) -> list[str]:

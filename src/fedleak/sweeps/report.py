@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from fedleak.sweeps.hypervolume import hypervolume
+from fedleak.metrics.roc import HEADLINE_FPR, HEADLINE_KEY
 from fedleak.sweeps.evaluate import METRIC_KEYS
+from fedleak.sweeps.hypervolume import hypervolume
 
 Key = tuple[str, str, Any, Any]  # variant, defense, param, value (value as given)
 
@@ -103,7 +104,7 @@ def hypervolumes(results: list[dict[str, Any]], include_baseline: bool = True) -
                 points = [base_runs] + points
             for a in attacks:
                 def pt(rs: list[dict[str, Any]]) -> tuple[float, float]:
-                    return (_mean_std([r["attacks"][a]["tpr@0.1%"] for r in rs if a in r["attacks"]])[0],
+                    return (_mean_std([r["attacks"][a][HEADLINE_KEY] for r in rs if a in r["attacks"]])[0],
                             1 - _mean_std([r["utility"]["test_acc"] for r in rs])[0])
 
                 hv = hypervolume([pt(rs) for rs in points])
@@ -183,7 +184,7 @@ def markdown(results: list[dict[str, Any]], hv_rows: list[dict[str, Any]], title
             e = "–" if math.isnan(eps[0]) else (f"{eps[0]:.3g} ({delta:g})" if delta else f"{eps[0]:.3g}")
             lines.append(f"| {d} | {_strength(p, json.loads(vk))} | {len(rs)} | {_pm(*acc)} | {e} |")
         lines.append("")
-        for key, name, scale, nd in (("tpr@0.1%", "TPR@0.1% (%)", 100.0, 1), ("tpr@1%", "TPR@1% (%)", 100.0, 1),
+        for key, name, scale, nd in ((HEADLINE_KEY, f"TPR@{100 * HEADLINE_FPR:g}% (%)", 100.0, 1), ("tpr@1%", "TPR@1% (%)", 100.0, 1),
                                      ("auc", "AUC", 1.0, 3)):
             lines += [f"### {name}", "", "| defense | strength | " + " | ".join(label(a) for a in attacks) + " |",
                       "|---|---|" + "---|" * len(attacks)]
@@ -241,7 +242,7 @@ def plot(results: list[dict[str, Any]], out_dir: Path, include_baseline: bool = 
                 xs, ys, yerr, labels = [], [], [], []
                 for (_, d, p, vk), rs in pts:
                     err = _mean_std([1 - r["utility"]["test_acc"] for r in rs])
-                    tpr = _mean_std([r["attacks"][a]["tpr@0.1%"] for r in rs if a in r["attacks"]])
+                    tpr = _mean_std([r["attacks"][a][HEADLINE_KEY] for r in rs if a in r["attacks"]])
                     xs.append(100 * err[0])
                     ys.append(100 * tpr[0])
                     yerr.append(100 * (tpr[1] if not math.isnan(tpr[1]) else 0.0))

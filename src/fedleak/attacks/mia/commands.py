@@ -27,7 +27,7 @@ def print_table(metrics: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from fedleak.metrics.roc import fpr_key
+    from fedleak.metrics.roc import HEADLINE_KEY, fpr_key
     from fedleak.report.ranking import ranked
 
     fprs = metrics["fpr_targets"]
@@ -47,7 +47,7 @@ def print_table(metrics: dict) -> None:
         a = metrics["attacks"][name]
         cells = [a["label"], f"{a['auc']:.3f}", *[f"{100 * a[fpr_key(f)]:.2f}" for f in fprs]]
         if rot:
-            r = a["rotating"][fpr_key(0.001)]
+            r = a["rotating"][HEADLINE_KEY]
             cells.append(f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}")
         tab.add_row(*cells)
     # a pipe or a log file gets the table's natural width, not rich's 80-column default

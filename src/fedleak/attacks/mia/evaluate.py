@@ -26,10 +26,17 @@ from fedleak.attacks.mia.attacks import (
     run_attacks,
 )
 from fedleak.errors import FedleakError
-from fedleak.metrics.roc import DEFAULT_FPRS, auc_from_curve, fpr_key, roc_curve, roc_metrics, tpr_at_fpr
+from fedleak.metrics.roc import (
+    DEFAULT_FPRS,
+    HEADLINE_FPR,
+    auc_from_curve,
+    fpr_key,
+    roc_curve,
+    roc_metrics,
+    tpr_at_fpr,
+)
 from fedleak.signals.loading import Signals
 
-HEADLINE_FPR = 0.001
 
 
 def is_aligned(signals: Signals) -> bool:
