@@ -23,12 +23,13 @@ Data dir: ``data.data_dir``, else ``$FEDLEAK_DATA_DIR``, else ``<user cache dir>
 ``data.download`` fetches missing official files (md5-checked; ``data.mirror`` replaces the base URL).
 
 Normalisation (``data.normalization``; pixels stay in [0,1], ``Dataset.normalize`` applies it):
-``default`` = MNIST (0.1307,)/(0.3081,); Fashion-MNIST (0.2860,)/(0.3530,); CIFAR-10
-(0.4914, 0.4822, 0.4465)/(0.2023, 0.1994, 0.2010) (FedMIA's constants); CIFAR-100 and Dermnet the
-same CIFAR-10 constants (parity with the original; ``cifar100`` gives the true CIFAR-100 stats
-(0.5071, 0.4865, 0.4409)/(0.2673, 0.2564, 0.2762)); digits, synthetic, HAM10000, imagefolder:
-``dataset`` statistics of the training split. Also ``none`` (0/1), ``dataset``, ``mnist``,
-``fashion-mnist``, ``cifar10``, ``cifar100``. Details: ``fedleak.data.registry``.
+``default`` = MNIST (0.1307,)/(0.3081,); Fashion-MNIST (0.2860,)/(0.3530,); CIFAR-10, CIFAR-100 and
+Dermnet ``cifar10-fedmia`` (0.4914, 0.4822, 0.4465)/(0.2023, 0.1994, 0.2010) (the FedMIA original's
+constants, for parity); digits, synthetic, HAM10000, imagefolder: ``dataset`` statistics of the training
+split. Also ``none`` (0/1), ``dataset``, and every key of the one table
+``fedleak.data.normalization.NORMALIZATIONS`` (``cifar10`` = the true CIFAR-10 statistics
+(0.4914, 0.4822, 0.4465)/(0.2470, 0.2435, 0.2616), ``cifar100``, ``mnist``, ``fashion-mnist``, the
+inversion originals' ``*-ig``). Details: ``fedleak.data.registry``.
 """
 
 from fedleak.data.base import DataError, Dataset, Split

@@ -183,7 +183,7 @@ def load_dermnet_raw(cfg: Any, data_dir: Path, seed: int) -> RawData:
     if n_train < 1 or n_test < 1:
         raise DataError(f"{root} holds {n} images; the Dermnet split needs at least 5")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(DERMNET_SEED)).numpy()
-    return _build(paths, labels, perm[:n_train], perm[n - n_test :], cfg, classes, "cifar10")
+    return _build(paths, labels, perm[:n_train], perm[n - n_test :], cfg, classes, "cifar10-fedmia")
 
 
 HAM_CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")

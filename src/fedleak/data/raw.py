@@ -19,4 +19,4 @@ class RawData:
     num_classes: int
     class_names: list[str] = field(default_factory=list)
     scale: float = 255.0
-    default_norm: str = "dataset"  # a key of registry.NORMALIZATIONS, or "dataset"
+    default_norm: str = "dataset"  # a key of fedleak.data.normalization.NORMALIZATIONS, or "dataset"

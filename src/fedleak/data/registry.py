@@ -16,17 +16,20 @@ Every loader returns raw arrays; one generic post-processing step then applies, 
    ``dataset``    per-channel mean / std of the final training split (population std)
    ``mnist``      (0.1307,) / (0.3081,)
    ``fashion-mnist`` (0.2860,) / (0.3530,)
-   ``cifar10``    (0.4914, 0.4822, 0.4465) / (0.2023, 0.1994, 0.2010) (the FedMIA constants)
+   ``cifar10``    (0.4914, 0.4822, 0.4465) / (0.2470, 0.2435, 0.2616) (true CIFAR-10 stats)
    ``cifar100``   (0.5071, 0.4865, 0.4409) / (0.2673, 0.2564, 0.2762) (true CIFAR-100 stats)
+   ``cifar10-fedmia`` (0.4914, 0.4822, 0.4465) / (0.2023, 0.1994, 0.2010) (the FedMIA original's constants)
+   ``*-ig``       the inversion originals' full-precision constants (see ``fedleak.data.normalization``)
    ============== ==========================================================================
 
    ``default`` per dataset: mnist -> ``mnist``; fashion-mnist -> ``fashion-mnist``; cifar10 ->
-   ``cifar10``; **cifar100 -> ``cifar10``** (the FedMIA original normalises CIFAR-100 with the
-   CIFAR-10 constants; ask for ``cifar100`` to get the true statistics); dermnet -> ``cifar10``
+   ``cifar10-fedmia``; **cifar100 -> ``cifar10-fedmia``** (the FedMIA original normalises CIFAR-100 with
+   those constants; ask for ``cifar100`` to get the true statistics); dermnet -> ``cifar10-fedmia``
    (as the original's preprocessing); digits, synthetic, ham10000, imagefolder -> ``dataset``.
    One-channel constants are replicated when images are forced to 3 channels; when 3-channel
    constants meet images forced to 1 channel, ``default`` falls back to ``dataset`` statistics
-   (an explicit ``cifar10``/``cifar100`` is then an error).
+   (an explicit ``cifar10``/``cifar100`` is then an error). All constants live in one table,
+   :data:`fedleak.data.normalization.NORMALIZATIONS`.
 
 Images are float32 ``[N, C, H, W]`` in [0, 1], labels int64 (see ``fedleak.data.base``).
 """
@@ -45,18 +48,13 @@ import torch.nn.functional as F
 from fedleak.data import builtin, folders, vision
 from fedleak.data.base import DataError, Dataset, Split, check_memory
 from fedleak.data.paths import resolve_data_dir
+from fedleak.data.normalization import NORMALIZATIONS
 from fedleak.data.raw import RawData
 from fedleak.registry import Registry
 
 if TYPE_CHECKING:
     from fedleak.config import DataConfig
 
-NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "mnist": ((0.1307,), (0.3081,)),
-    "fashion-mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
 NORMALIZATION_CHOICES = ("default", "none", "dataset", *NORMALIZATIONS)
 LUMINANCE = (0.299, 0.587, 0.114)
 

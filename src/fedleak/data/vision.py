@@ -169,7 +169,7 @@ CIFAR10 = CifarSpec(
     b"labels",
     b"label_names",
     10,
-    "cifar10",
+    "cifar10-fedmia",  # the FedMIA original's constants (fedleak.data.normalization)
 )
 CIFAR100 = CifarSpec(
     "cifar100",
@@ -181,7 +181,7 @@ CIFAR100 = CifarSpec(
     b"fine_labels",
     b"fine_label_names",
     100,
-    "cifar10",  # parity with the FedMIA original, which normalises CIFAR-100 with CIFAR-10's constants
+    "cifar10-fedmia",  # parity with the FedMIA original, which normalises CIFAR-100 with these constants
 )
 
 

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationInfo, field
 from fedleak.attacks.inversion.optimize import InversionConfig, dlg_config, idlg_config, ig_config
 from fedleak.config import MAX_BATCH, MAX_SAMPLES, MAX_THREADS, SInt
 from fedleak.config_messages import non_finite
+from fedleak.data.normalization import NORMALIZATIONS
 from fedleak.errors import FedleakError
 from fedleak.registry import Registry
 
@@ -45,19 +46,6 @@ MAX_IMAGES = 100_000
 MAX_JOINT_IMAGES = 1024
 MAX_SEED = 2**32 - 1
 
-# input normalisation constants of the original code (inversion.md §2.3)
-NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "none": ((0.0,), (1.0,)),
-    "cifar10": (
-        (0.4914672374725342, 0.4822617471218109, 0.4467701315879822),
-        (0.24703224003314972, 0.24348513782024384, 0.26158785820007324),
-    ),
-    "cifar100": (
-        (0.5071598291397095, 0.4866936206817627, 0.44120192527770996),
-        (0.2673342823982239, 0.2564384639263153, 0.2761504650115967),
-    ),
-    "mnist": ((0.13066373765468597,), (0.30810782313346863,)),
-}
 
 
 class InvertSpec(BaseModel):
@@ -75,8 +63,9 @@ class InvertSpec(BaseModel):
     indices: list[Annotated[int, Strict(), Field(ge=0, le=MAX_SAMPLES)]] | None = Field(None, description="Explicit image indices (overrides start_index/images).")
     images: SInt = Field(1, ge=1, le=MAX_IMAGES, description="How many images are attacked in total.")
     batch_size: SInt = Field(1, ge=1, le=MAX_JOINT_IMAGES, description="Images per shared update (attacked jointly).")
-    normalization: Literal["none", "cifar10", "cifar100", "mnist", "auto"] = Field(
-        "auto", description="Model input normalisation; auto = the dataset's IG constants."
+    normalization: str = Field(
+        "auto", description="Model input normalisation: none, auto (the inversion originals' constants for their "
+        "datasets, <dataset>-ig) or any key of fedleak.data.normalization.NORMALIZATIONS."
     )
     # model
     model: str = "convnet64"
@@ -120,6 +109,13 @@ class InvertSpec(BaseModel):
                 raise ValueError(f"attack.{floats[0]} must be a whole number written as one, got {data[floats[0]]!r}")
         return v
 
+    @field_validator("normalization")
+    @classmethod
+    def _known_normalization(cls, v: str) -> str:
+        if v not in ("none", "auto", *NORMALIZATIONS):
+            raise ValueError(f"unknown normalization {v!r}; choose from: none, auto, {', '.join(NORMALIZATIONS)}")
+        return v
+
     @field_validator("attack")
     @classmethod
     def _attack_limits(cls, v: InversionConfig) -> InversionConfig:
@@ -145,9 +141,9 @@ class InvertSpec(BaseModel):
 
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         key = self.normalization
-        if key == "auto":
-            key = self.dataset if self.dataset in NORMALIZATIONS else "none"
-        return NORMALIZATIONS[key]
+        if key == "auto":  # the inversion originals' constants for their datasets, else none
+            key = f"{self.dataset}-ig" if f"{self.dataset}-ig" in NORMALIZATIONS else "none"
+        return ((0.0,), (1.0,)) if key == "none" else NORMALIZATIONS[key]
 
 
 def _dlg_like(**kw: Any) -> dict[str, Any]:
@@ -172,13 +168,13 @@ for _spec in (
     InvertSpec(
         name="soteria-gs",
         description="Soteria's GS script: ConvNet-64, CIFAR-10, IG (Adam 0.1, signed, boxed, TV 1e-4, 24k)",
-        dataset="cifar10", normalization="cifar10", model="convnet64", labels_known=True,
+        dataset="cifar10", normalization="cifar10-ig", model="convnet64", labels_known=True,
         defense="soteria", defense_params={"rate": 60.0, "denominator": "legacy"}, attack=ig_config(),
     ),
     InvertSpec(
         name="ig-cifar",
         description="IG notebook: ConvNet-64, CIFAR-10, cosine, Adam 0.1, signed, boxed, TV 1e-6, 4,000",
-        dataset="cifar10", normalization="cifar10", model="convnet64", labels_known=True,
+        dataset="cifar10", normalization="cifar10-ig", model="convnet64", labels_known=True,
         attack=ig_config(iterations=4000, tv=1e-6),
     ),
 ):
