@@ -280,24 +280,37 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     return parse_config(raw, str(p), applied)
 
 
-def apply_override(raw: dict[str, Any], override: str) -> Loc:
-    """Apply one ``a.b.c=value`` override (value parsed as YAML) to a raw config dict; returns its key path."""
+def apply_override(
+    raw: dict[str, Any],
+    override: str,
+    model: type[BaseModel] | None = None,
+    flag: str = "--set",
+    example: str = "fl.rounds=5",
+    form: str = "section.key=value",
+) -> Loc:
+    """Apply one ``a.b.c=value`` override (value parsed as YAML) to a raw config dict; returns its key path.
+
+    The one ``--set`` parser of fedleak: experiment configs (``model`` = ExperimentConfig, the default) and
+    inversion specs (``model`` = InvertSpec) use it, and ``--defense-param k=v`` too (``flag``/``example`` name
+    the option in the messages).
+    """
+    model = ExperimentConfig if model is None else model
     if "=" not in override:
-        raise ConfigError(f"--set '{override}' must look like section.key=value, e.g. fl.rounds=5")
+        raise ConfigError(f"{flag} '{override}' must look like {form}, e.g. {example}")
     key, value = override.split("=", 1)
     parts = key.strip().split(".")
     if not all(parts):
-        raise ConfigError(f"--set '{override}': '{key.strip()}' is not a key; write section.key=value, e.g. fl.rounds=5")
+        raise ConfigError(f"{flag} '{override}': '{key.strip()}' is not a key; write {form}, e.g. {example}")
     try:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError as e:
-        raise ConfigError(f"--set '{override}': the value is not valid YAML ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"{flag} '{override}': the value is not valid YAML ({str(e).splitlines()[0]})") from None
     node = raw
     for i, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             where = ".".join(parts[: i + 1])
-            raise ConfigError(f"--set '{override}': '{where}' is a value, not a section" + suggest_key(ExperimentConfig, tuple(parts)))
+            raise ConfigError(f"{flag} '{override}': '{where}' is a value, not a section" + suggest_key(model, tuple(parts)))
     node[parts[-1]] = parsed
     return tuple(parts)
 

@@ -64,7 +64,7 @@ def test_presets_reproduce_the_original_settings():
 
 def test_build_spec_overrides_and_rejects_bad_settings():
     spec = build_spec("soteria-gs", defense="prune", pruning_rate=40, images=3, iterations=7,
-                      overrides={"tv": 1e-3, "attack.restarts": 2, "batch_size": 3})
+                      overrides=["tv=1e-3", "attack.restarts=2", "batch_size=3"])
     assert spec.defense == "prune" and spec.defense_params == {"rate": 40}
     assert (spec.images, spec.attack.iterations, spec.attack.tv, spec.attack.restarts, spec.batch_size) == (
         3, 7, 1e-3, 2, 3)
@@ -74,11 +74,11 @@ def test_build_spec_overrides_and_rejects_bad_settings():
     with pytest.raises(FedleakError, match="unknown inversion preset"):
         build_spec("dlgg")
     with pytest.raises(FedleakError, match="invalid inversion settings"):
-        build_spec("dlg", overrides={"attack.tvv": 1.0})
+        build_spec("dlg", overrides=["attack.tvv=1.0"])
     with pytest.raises(FedleakError, match="pruning-rate"):
         build_spec("dlg", defense="dp-gaussian", pruning_rate=10)
     with pytest.raises(FedleakError, match="defense 'soteria'"):
-        build_spec("soteria-gs", defense_params={"denominatr": "abs"})
+        build_spec("soteria-gs", defense_params=["denominatr=abs"])
     with pytest.raises(FedleakError, match="readout"):
         build_spec("soteria-gs", adaptive="readout", local_steps=2)
 

@@ -37,20 +37,6 @@ class AdaptiveChoice(str, Enum):
     readout = "readout"
 
 
-def _parse_kv(items: list[str], what: str) -> dict[str, Any]:
-    import yaml
-
-    from fedleak.errors import FedleakError
-
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise FedleakError(f"{what} '{item}' must look like key=value")
-        k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
-
-
 def build_spec(
     preset: str,
     *,
@@ -58,14 +44,21 @@ def build_spec(
     pruning_rate: float | None = None,
     noise_scale: float | None = None,
     clip: float | None = None,
-    defense_params: dict[str, Any] | None = None,
+    defense_params: list[str] | None = None,
     attack: str = "preset",
     adaptive: str | None = None,
-    overrides: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
     **fields: Any,
 ):
-    """The preset with command-line overrides applied and validated (raises ``FedleakError``)."""
+    """The preset with command-line overrides applied and validated (raises ``FedleakError``).
+
+    ``overrides`` (``--set``) and ``defense_params`` (``--defense-param``) are ``key=value`` strings parsed by the
+    one override parser, :func:`fedleak.config.apply_override`; ``--set tv=1e-3`` is short for ``attack.tv``.
+    """
     from pydantic import ValidationError
+
+    from fedleak.attacks.inversion.presets import InvertSpec
+    from fedleak.config import apply_override
 
     from fedleak.attacks.inversion.optimize import dlg_config, idlg_config, ig_config
     from fedleak.attacks.inversion.presets import get_preset
@@ -90,7 +83,8 @@ def build_spec(
             params["scale"] = noise_scale
         if clip is not None:
             params["clip"] = clip
-    params.update(defense_params or {})
+    for item in defense_params or []:
+        apply_override(params, item, InvertSpec, flag="--defense-param", example="rate=40", form="key=value")
     data["defense_params"] = params
     if adaptive is not None:
         data["adaptive"] = adaptive
@@ -100,16 +94,11 @@ def build_spec(
                 data["attack"][k] = v
             else:
                 data[k] = v
-    for key, value in (overrides or {}).items():
-        node = data
-        parts = key.split(".")
-        if len(parts) == 1 and key in data["attack"] and key not in data:
-            parts = ["attack", key]  # --set tv=1e-3 is short for attack.tv
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
-                raise FedleakError(f"--set {key}: {p!r} is not a section")
-            node = node[p]
-        node[parts[-1]] = value
+    for item in overrides or []:
+        key = item.split("=", 1)[0].strip()
+        if "." not in key and key in data["attack"] and key not in data:
+            item = f"attack.{item.lstrip()}"  # --set tv=1e-3 is short for attack.tv
+        apply_override(data, item, InvertSpec, example="attack.tv=1e-3", form="key=value")
     try:
         spec = type(spec).model_validate(data)
     except ValidationError as err:
@@ -165,10 +154,10 @@ def invert_command(
         pruning_rate=pruning_rate,
         noise_scale=noise_scale,
         clip=clip,
-        defense_params=_parse_kv(defense_param, "--defense-param"),
+        defense_params=list(defense_param),
         attack=attack.value,
         adaptive=adaptive.value if adaptive else None,
-        overrides=_parse_kv(set_, "--set"),
+        overrides=list(set_),
         images=images,
         start_index=start_index,
         batch_size=batch_size,
