@@ -16,7 +16,13 @@ from torch import nn
 from fedleak.config import FLConfig
 from fedleak.fl.hooks import Defense
 from fedleak.fl.local import TrainingDiverged, get_params, local_update
-from fedleak.fl.vectorized import batch_plan, local_updates_vectorized, supports_vectorized
+from fedleak.fl.vectorized import (
+    batch_plan,
+    local_updates_vectorized,
+    resolve_vectorize,
+    supports_vectorized,
+    vectorize_worthwhile,
+)
 from fedleak.fl.vectorized_optim import make_stacked_optimizer
 from fedleak.models import build_model
 
@@ -276,3 +282,22 @@ def test_supports_vectorized() -> None:
         ok, why = supports_vectorized(mlp(), d)
         assert not ok and d.name in why
     assert supports_vectorized(mlp(), Compose([Sampling(), Perturb({"sigma": 0.1})], "both"))[0]
+
+
+def test_resolve_vectorize() -> None:
+    """off / on / auto; auto on a CPU only for small per-step work (thresholds from benchmarks/training.py)."""
+    from fedleak.defenses import MixUp
+
+    digits = build_model("mlp", 10, (1, 8, 8))  # 100,864 FLOPs per sample, 50,826 parameters
+    mnist = build_model("mlp", 10, (1, 28, 28))  # 235,146 parameters: x10 clients > 2**21
+    assert resolve_vectorize("off", digits, Defense(), (1, 8, 8), 10, 10) == (False, "")
+    assert resolve_vectorize("on", mnist, Defense(), (1, 28, 28), 10, 10) == (True, "")
+    assert resolve_vectorize("auto", digits, Defense(), (1, 8, 8), 10, 10) == (True, "")
+    use, line = resolve_vectorize("on", digits, MixUp(), (1, 8, 8), 10, 10)
+    assert not use and "mixup" in line and "one by one" in line
+    use, line = resolve_vectorize("auto", mnist, Defense(), (1, 28, 28), 10, 10)
+    assert not use and "2,351,460 stacked parameters" in line
+    ok, why = vectorize_worthwhile(digits, (1, 8, 8), 20, 10)  # 2,017,280 FLOPs per client step > 2e6
+    assert not ok and "2.0 MFLOP" in why
+    assert vectorize_worthwhile(mnist, (1, 28, 28), 64, 10, device="cuda") == (True, "")
+    assert vectorize_worthwhile(digits, (1, 8, 8), 10, 1) == (False, "a single client")
