@@ -5,9 +5,17 @@
 (same data order, same batches, same loss, same optimizer), but with the K models' parameters stacked on a
 leading client axis: one ``torch.func.vmap(functional_call)`` forward over the per-client batches, one backward
 (ordinary autograd through the vmapped forward) and one element-wise optimizer step over the stacked tensors
-(:mod:`fedleak.fl.vectorized_optim`). The results agree with the per-client loop to float rounding
-(``tests/test_vectorized.py``); the model's own parameters are not touched (``local_update`` leaves the last
-client's weights in it).
+(:mod:`fedleak.fl.vectorized_optim`). The model's own parameters are not touched (``local_update`` leaves the
+last client's weights in it). Device-agnostic by construction (tested on the CPU only).
+
+Agreement with the loop (``tests/test_vectorized.py``): in float64 to ~1e-15. In float32 every step agrees to
+rounding, but over many steps a ReLU network can meet a unit whose pre-activation lies within rounding of 0; the
+two engines may then take different sides of the kink and drift apart, exactly as the loop itself does between
+two builds or CPUs (seen on random-label MNIST: 4e-2 after 79 steps, float32 loop vs float64 loop 8e-2). Equal
+attack metrics are therefore to be expected within run-to-run tolerance, not bit for bit.
+
+Speed: on a CPU it pays for small models and batches only (see :data:`CPU_MAX_STEP_FLOPS`,
+:func:`vectorize_worthwhile`, ``benchmarks/training.py``).
 
 Unequal shard sizes, without padding clients that are done: client k takes ``T_k = epochs * ceil(n_k / B)``
 steps. Clients are ordered by ``T_k`` (descending), so at global step t the clients still training are a prefix
@@ -254,24 +262,21 @@ def _train(
 ) -> torch.Tensor:
     """Run every step of ``plan``; the per-step losses [T, K] (stacked order; rows past a client's T unused)."""
     T, K = plan.rows.shape[:2]
-    losses = torch.full((T, K), float("nan"), dtype=torch.float64)
-    count = plan.count.to(x.dtype)
+    losses = torch.full((T, K), float("nan"), dtype=torch.float64, device=x.device)
+    all_rows, count = plan.rows.to(x.device), plan.count.to(x.device)
+    weights = (torch.arange(plan.width, device=x.device) < count[..., None]) / count.clamp(min=1)[..., None].to(x.dtype)
     sample_shape = x.shape[1:]
     for t in range(T):
         m = plan.active[t]
-        rows = plan.rows[t, :m]
-        xb = normalize(x.index_select(0, rows.flatten())).view(m, plan.width, *sample_shape)
-        yb = y.index_select(0, rows.flatten()).view(m, plan.width)
-        weights = None
-        if not plan.full[t]:
-            real = torch.arange(plan.width) < plan.count[t, :m, None]
-            weights = real.to(x.dtype) / count[t, :m, None]
-        loss, grads = net.losses_and_grads(net.leaves(stacked, m), xb, yb, weights)
+        rows = all_rows[t, :m].flatten()
+        xb = normalize(x.index_select(0, rows)).view(m, plan.width, *sample_shape)
+        yb = y.index_select(0, rows).view(m, plan.width)
+        loss, grads = net.losses_and_grads(net.leaves(stacked, m), xb, yb, None if plan.full[t] else weights[t, :m])
         if t == 0 and opt.align_layouts(grads):  # state now has the gradients' memory layout
             net.forget_leaves()
         opt.step(grads, m)
         losses[t, :m] = loss
-    return losses
+    return losses.cpu()
 
 
 def _results(
