@@ -317,3 +317,37 @@ def test_float64_convnet_with_group_norm(opt: str) -> None:
     p_vec, l_vec, _, _ = run_vec(model, g0, xs, ys, fl, lr)
     assert max_diff(p_vec, p_loop) < 1e-12
     assert l_vec == pytest.approx(l_loop, rel=1e-13, abs=0)
+
+
+def test_two_fedavg_rounds_of_digits_quick() -> None:
+    """The digits-quick preset (real partition, 89-90 samples per client, 5 epochs, batch 10, SGD momentum and
+    weight decay, exponential lr schedule): two FedAvg rounds, in float64, give the same global model and test
+    accuracy with either engine."""
+    from fedleak.config import load_config, resolve_config_path
+    from fedleak.fl.local import evaluate
+    from fedleak.fl.schedule import lr_at
+    from fedleak.fl.simulation import aggregate, build_federation
+
+    cfg = load_config(resolve_config_path("digits-quick"))
+    fed = build_federation(cfg)
+    model, data = fed.model.double(), fed.data
+    xs = [data.train.x[torch.as_tensor(c)].double() for c in fed.clients]
+    ys = [data.train.y[torch.as_tensor(c)] for c in fed.clients]
+    initial, finals = get_params(model), []  # (the loop leaves its last client's weights in the model)
+    for engine in ("loop", "vectorised"):
+        params = initial
+        for rnd in range(2):
+            lr = lr_at(cfg.fl.schedule, cfg.fl.lr, rnd, cfg.fl.rounds)
+            gs = [torch.Generator().manual_seed(1000 * rnd + k) for k in range(len(xs))]
+            if engine == "loop":
+                local = [local_update(model, params, x, y, fl=cfg.fl, lr=lr, num_classes=10, normalize=data.normalize,
+                                      defense=Defense(), gen=g)[0] for x, y, g in zip(xs, ys, gs)]
+            else:
+                local = local_updates_vectorized(model, params, xs, ys, gs, fl=cfg.fl, lr=lr, num_classes=10,
+                                                 normalize=data.normalize)[0]
+            params = aggregate(dict(enumerate(local)), fed.weights)
+        finals.append(params)
+    assert max_diff([finals[0]], [finals[1]]) < 1e-12
+    test_x = data.normalize(data.test.x.double())
+    accs = [evaluate(model, p, test_x, data.test.y, 512)[0] for p in finals]
+    assert accs[0] == accs[1] > 0.5
