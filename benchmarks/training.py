@@ -79,7 +79,8 @@ class Setting:
     def describe(self) -> str:
         sizes = [len(y) for y in self.ys]
         n_params = sum(p.numel() for p in self.model.parameters())
-        return (f"{self.name}: {len(sizes)} clients of {min(sizes)}-{max(sizes)} samples {tuple(self.xs[0].shape[1:])}, "
+        shape = tuple(self.xs[0].shape[1:])
+        return (f"{self.name}: {len(sizes)} clients of {min(sizes)}-{max(sizes)} samples {shape}, "
                 f"{type(self.model).__name__} ({n_params:,} parameters), {self.fl.local_epochs} local epoch(s), "
                 f"batch {self.fl.batch_size}, {self.fl.optimizer}")
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from fedleak.config import FLConfig
 from fedleak.fl.hooks import Defense
-from fedleak.fl.local import TrainingDiverged, get_params, local_update
+from fedleak.fl.local import TrainingDiverged, get_params, local_update, make_optimizer
 from fedleak.fl.vectorized import (
     batch_plan,
     local_updates_vectorized,
@@ -243,9 +243,7 @@ def test_stacked_optimizers_equal_torch_optim() -> None:
         lr = LR[fl.optimizer]
         stacked = [torch.randn(K, *s, dtype=torch.float64) for s in shapes]
         refs = [[nn.Parameter(s[k].clone()) for s in stacked] for k in range(K)]
-        opts = [torch.optim.SGD(r, lr=lr, momentum=fl.momentum, weight_decay=fl.weight_decay) if fl.optimizer == "sgd"
-                else (torch.optim.Adam if fl.optimizer == "adam" else torch.optim.AdamW)(r, lr=lr, weight_decay=fl.weight_decay)
-                for r in refs]
+        opts = [make_optimizer(r, fl, lr) for r in refs]  # torch.optim's SGD / Adam / AdamW
         for k in range(K):  # client k has taken k steps before
             for _ in range(k):
                 for p in refs[k]:

@@ -56,7 +56,8 @@ def supports_vectorized(model: nn.Module, defense: Defense | None = None) -> tup
     else (False, the reason to log once before falling back to the per-client loop)."""
     for name, mod in model.named_modules():
         if isinstance(mod, _RANDOM_MODULES) or "dropout" in type(mod).__name__.lower():
-            return False, f"module {name or type(mod).__name__} ({type(mod).__name__}) is random or has running statistics"
+            kind = type(mod).__name__
+            return False, f"module {name or kind} ({kind}) is random or has running statistics"
     buffers = [n for n, _ in model.named_buffers()]
     if buffers:
         return False, f"the model has buffers ({buffers[0]}), which training may update"

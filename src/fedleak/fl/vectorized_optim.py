@@ -62,10 +62,11 @@ class StackedOptimizer:
     def __init__(self, fl: FLConfig, lr: float, stacked: list[torch.Tensor]) -> None:
         self.fl, self.lr, self.stacked = fl, float(lr), stacked
         self.K = stacked[0].shape[0] if stacked else 0
-        self.state: dict[str, list[torch.Tensor]] = {key: [torch.zeros_like(s) for s in stacked] for key in self.state_keys}
+        self.state = {key: [torch.zeros_like(s) for s in stacked] for key in self.state_keys}
         self.loaded = [False] * self.K
         self._views: dict[tuple[str, int], list[torch.Tensor]] = {}
-        self._groups = make_optimizer([torch.nn.Parameter(s[0].detach().clone()) for s in stacked], fl, lr).state_dict()["param_groups"]
+        template = make_optimizer([torch.nn.Parameter(s[0].detach().clone()) for s in stacked], fl, lr)
+        self._groups = template.state_dict()["param_groups"]  # torch.optim's own keys and values
 
     def rows(self, key: str, m: int) -> list[torch.Tensor]:
         """The first m rows of the parameters (``key`` "param") or of a state list (cached views)."""
