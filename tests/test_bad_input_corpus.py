@@ -117,7 +117,7 @@ KNOWN_FAILURES: dict[str, str] = {
     "fl.lr=huge": "RuntimeError traceback: torch SGD cannot convert lr=1e300 to float",
     "augment.crop_padding=huge": "TypeError traceback from F.pad (crop_padding has no upper bound)",
     "resnet-groups-zero": "ZeroDivisionError traceback from GroupNorm (model options not validated)",
-    "invert-defense-param-rate-string": "TypeError traceback: build_spec catches only ValueError from build_transform",
+    "invert-defense-param-rate-string": "TypeError traceback from Soteria.prune_mask: rate='abc' is never type-checked",
     # attacks/mia/attacks.py FedMIA option checks
     "attack-eps-nan": "exit 0: `eps < 0` lets NaN through",
     "attack-eps-inf": "exit 0: eps=inf accepted",
