@@ -1,0 +1,405 @@
+"""Issue #10's broad corpus of bad inputs, driven through the real ``fedleak`` entry point (``fedleak.cli.main``).
+
+Every case in tests/corpus_cases.py is bad input for one command: a config key set to a wrong type, a
+non-finite or absurd number, an unknown section; a bad ``--set``/option value; a path of the wrong kind (missing,
+a directory, a file, a FIFO); a damaged or foreign run directory; a bad sweep file; bad inversion settings.
+Each must end the way the house rules say: exit code 2, stderr's last line ``error: ...`` (a single line; only
+``warning:`` lines may come before it), no traceback, and the line names the file or key at fault.
+
+Cases that do not hold today are marked ``xfail(strict=True)`` with what happens now (``KNOWN_FAILURES``, grouped
+by root cause): the suite stays green, and each mark turns into a failure the moment the behaviour is fixed, so
+whoever fixes it removes the mark. ``FEDLEAK_CORPUS_REPORT=path`` appends one line per case (id, verdict,
+last stderr line) to ``path`` for triage.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from corpus_cases import BASE, Case, Ctx, all_families
+from fedleak.cli import main
+
+FAMILIES = all_families()
+
+# ------------------------------------------------------------------------------------------ known failures
+# id -> what happens today, grouped by root cause (the fix named in each group's comment). When a fix lands, its
+# cases start passing, strict xfail turns them into failures, and the fixer deletes their lines here.
+
+
+def _same(reason: str, *ids: str) -> dict[str, str]:
+    return dict.fromkeys(ids, reason)
+
+
+KNOWN_FAILURES: dict[str, str] = {
+    # cli.py main: click's usage errors are printed by typer as 'Usage:' + 'Try --help' + a boxed rich panel.
+    # Fix: app(standalone_mode=False), catch click.UsageError -> one `error: <message> (see fedleak CMD --help)`.
+    **_same(
+        "click usage error: 'Usage:', 'Try ... --help' and a boxed rich panel (5 lines), not one error: line",
+        "attack-eps-not-a-number", "attack-round-not-an-int", "attack-target-not-an-int",
+        "attack-unknown-option-headline", "invert-adaptive-unknown", "invert-attack-unknown", "invert-defense-unknown",
+        "invert-images-not-an-int", "invert-missing-out", "summarize-no-run-dirs", "summarize-unknown-option",
+        "sweep-option-workers-negative", "sweep-option-workers-zero", "usage-attack-missing-run-dir",
+        "usage-flower-num-cpus-zero", "usage-invert-choice", "usage-set-without-value", "usage-train-missing-config",
+        "usage-train-unknown-option", "usage-unknown-command",
+    ),
+    # report/outputs.py load_attack_metrics: json.loads(read_text()) unchecked; its readers index it blindly.
+    "report-attack-metrics.json-garbage": "UnicodeDecodeError traceback",
+    "summarize-attack-metrics.json-garbage": "UnicodeDecodeError traceback",
+    "report-attack-metrics.json-empty": "JSONDecodeError traceback",
+    "summarize-attack-metrics.json-empty": "JSONDecodeError traceback",
+    "report-attack-metrics.json-truncated": "JSONDecodeError traceback",
+    "summarize-attack-metrics.json-truncated": "JSONDecodeError traceback",
+    "report-attack-metrics.json-json-list": "AttributeError traceback ('list' object has no attribute 'get')",
+    "summarize-attack-metrics.json-json-list": "TypeError traceback (list indices must be integers)",
+    "report-attack-metrics.json-json-empty-object": "KeyError 'round' traceback",
+    "summarize-attack-metrics.json-json-empty-object": "KeyError 'attacks' traceback",
+    "report-attack-metrics.json-no-attacks-key": "KeyError 'attacks' traceback",
+    "summarize-attack-metrics.json-no-attacks-key": "KeyError 'attacks' traceback",
+    "report-attack-metrics.json-auc-is-a-string": "ValueError traceback (Unknown format code 'f' for str)",
+    "summarize-attack-metrics.json-auc-is-a-string": "ValueError traceback (could not convert string to float)",
+    "summarize-attack-metrics.json-attacks-is-a-list": "exit 0: prints an empty table for a damaged metrics.json",
+    "report-attack-metrics.json-round-is-a-string": "exit 0: the report says the attacks ran at round 'last'",
+    # report/summary.py by_origin_table: np.load(attack/scores.npz) directly instead of the store's checked reader.
+    "summarize-by-origin-attack-scores.npz-garbage": "ValueError traceback (pickled data refused by np.load)",
+    "summarize-by-origin-attack-scores.npz-pickle": "ValueError traceback (pickled data refused by np.load)",
+    "summarize-by-origin-attack-scores.npz-truncated": "zipfile.BadZipFile traceback",
+    "summarize-by-origin-attack-scores.npz-npy-not-npz": "ValueError traceback (EOF reading the array header)",
+    "summarize-by-origin-attack-scores.npz-a-directory": "IsADirectoryError traceback",
+    "summarize-by-origin-attack-scores.npz-empty": "np.load raises EOFError; click prints 'Aborted.', exit 1",
+    # output folders created with a bare mkdir(): FileExistsError / NotADirectoryError are not in USER_ERRORS.
+    "attack-attack-dir-is-a-file": "FileExistsError traceback from report/outputs.py attack_run mkdir",
+    "report-attack-dir-is-a-file": "FileExistsError traceback from report/outputs.py attack_run mkdir",
+    "invert-out-is-a-file": "FileExistsError traceback from the inversion runner's mkdir of --out",
+    "invert-out-under-a-file": "NotADirectoryError traceback from the inversion runner's mkdir of --out",
+    "sweep-out-is-a-file": "FileExistsError traceback from sweeps run_sweep mkdir of the output folder",
+    "sweep-option-out-is-a-file": "FileExistsError traceback from sweeps run_sweep mkdir of the output folder",
+    # YAML read with bare read_text()/yaml.safe_load instead of fedleak.config.read_yaml_mapping / apply_override.
+    "sweep-file-binary": "UnicodeDecodeError traceback (sweeps/spec.py load_sweep read_text)",
+    "sweep-base-binary": "UnicodeDecodeError traceback (sweeps/spec.py _base_config read_text)",
+    "sweep-base-bad-yaml": "yaml ParserError traceback (sweeps/spec.py _base_config)",
+    "sweep-base-python-tag": "yaml ConstructorError traceback (sweeps/spec.py _base_config)",
+    "sweep-base-is-a-dir": "IsADirectoryError traceback (sweeps/spec.py _base_config read_text)",
+    "sweep-option-set-bad-yaml": "yaml ParserError traceback (sweeps/spec.py expand parses --set values raw)",
+    "invert-set-value-bad-yaml": "yaml ParserError traceback (inversion commands _parse_kv parses values raw)",
+    # a --set / set: entry with an empty key
+    "invert-set-empty-key": "error says 'invalid inversion settings: : Extra inputs are not permitted' (no key)",
+    "sweep-set-empty-key": "error says 'invalid config (sweep run none__seed0): unknown key' (no key, no file)",
+    # config.py: float fields are lax, YAML `true` becomes 1.0
+    **_same("exit 0: YAML true accepted as the number 1.0", "fl.lr=bool", "fl.participation=bool",
+            "fl.schedule.gamma=bool", "fl.weight_decay=bool", "partition.beta=bool"),
+    # settings that are accepted and then ignored (or mean nothing) -- the dead keys the config docstring forbids
+    **_same("exit 0: device is never read; training runs on the CPU whatever it says",
+            "device=empty", "device=unknown", "device=no-such-gpu"),
+    "none-with-params": "exit 0: defense 'none' ignores its params",
+    "train-set-defense-param-without-defense": "exit 0: defense 'none' ignores --set defense.params.sigma",
+    "milestones-without-kind": "exit 0: fl.schedule.milestones ignored unless kind is milestones",
+    "defense.clients=empty": "exit 0: defense.clients [] accepted (defends nobody)",
+    "defense-clients-empty-list": "exit 0: defense.clients [] trains a 'perturb' run in which no client is defended",
+    "signals.rounds=empty": "exit 0: signals.rounds [] records nothing; attack then says 'no recorded rounds yet'",
+    # fedleak.config.read_yaml_mapping: yaml.safe_load keeps the last of duplicate keys
+    "duplicate-key-fl.lr": "exit 0: the second fl.lr silently wins",
+    "duplicate-section-fl": "exit 0: the second fl: section silently replaces the first",
+    # names used as path components without a check
+    "name-empty-without-out": "exit 0: name '' writes the run into output.dir itself",
+    "name-with-dotdot-without-out": "exit 0: name '../escaped' writes the run outside output.dir",
+    "sweep-name-empty": "exit 0: name '' makes the output folder runs/sweeps itself",
+    # numbers without an upper bound (or a type check) reach torch
+    "fl.lr=huge": "RuntimeError traceback: torch SGD cannot convert lr=1e300 to float",
+    "augment.crop_padding=huge": "TypeError traceback from F.pad (crop_padding has no upper bound)",
+    "resnet-groups-zero": "ZeroDivisionError traceback from GroupNorm (model options not validated)",
+    "invert-defense-param-rate-string": "TypeError traceback from Soteria.prune_mask: rate='abc' is never type-checked",
+    # attacks/mia/attacks.py FedMIA option checks
+    "attack-eps-nan": "exit 0: `eps < 0` lets NaN through",
+    "attack-eps-inf": "exit 0: eps=inf accepted",
+    "attack-ddof-larger-than-shadows": "error names 'at least 1000001 other clients', not --ddof",
+    # sweeps: the plan checks the attack names only, and the CLI options not at all
+    "sweep-attacks-options-unknown": "exit 0: attacks.options checked only when each run is attacked",
+    "sweep-attacks-options-aggregation-unknown": "exit 0: attacks.options checked only when each run is attacked",
+    "sweep-attacks-options-ddof-negative": "exit 0: attacks.options checked only when each run is attacked",
+    "sweep-seeds-bool": "exit 0: seeds [true] becomes seed 1 (lax int)",
+    "sweep-seeds-numeric-string": "exit 0: seeds ['1'] becomes seed 1 (lax int)",
+    "sweep-option-timeout-negative": "exit 0: --timeout -1 accepted",
+    "sweep-option-timeout-zero": "exit 0: --timeout 0 accepted",
+    "sweep-option-timeout-nan": "exit 0: --timeout nan accepted",
+    "sweep-option-cpus-per-run-zero": "exit 0: --cpus-per-run 0 accepted",
+    "sweep-option-cpus-per-run-negative": "exit 0: --cpus-per-run -1 accepted",
+    "sweep-option-address-with-local-backend": "exit 0: --address is ignored by the local backend",
+    "sweep-option-dry-run-and-report-only": "exit 0: --dry-run silently wins over --report-only",
+    "sweep-option-data-dir-is-a-file": "exit 0: --data-dir that is a file is found out only inside each run",
+    # run directory readers that take a wrong kind of file for an absent one, or trust its contents
+    "attack-config.yaml-a-directory": "exit 0: read_run_config treats a directory config.yaml as absent",
+    "report-config.yaml-a-directory": "exit 0: read_run_config treats a directory config.yaml as absent",
+    "report-metrics.jsonl-a-directory": "exit 0: read_metrics treats a directory metrics.jsonl as absent",
+    "attack-meta.json-blanked-and-config-edited": "exit 0: meta.json {} turns off the edited-config check, no warning",
+    "report-meta.json-blanked-and-config-edited": "exit 0: meta.json {} turns off the edited-config check, no warning",
+    "report-meta.json-client-sizes-string": "exit 0: the report prints 'a–c samples per client'",
+    "report-metrics.jsonl-round-negative": "exit 0: a record for round -5 is accepted",
+    "report-metrics.jsonl-test-acc-string": "ValueError traceback (could not convert string to float)",
+    "summarize-metrics.jsonl-test-acc-string": "ValueError traceback (could not convert string to float)",
+    "attack-round-file-is-a-fifo": "hangs: the round reader opens the FIFO and blocks (is_file() is not checked)",
+    # fl/checkpoint.py load_checkpoint: `not path.is_file()` means "no checkpoint" even for a directory
+    "train-resume-checkpoint.pt-a-directory": "the finished run restarts at round 0: metrics.jsonl loses round 1",
+    # other commands
+    "datasets-data-dir-is-a-file": "exit 0: lists the datasets as if the file were a folder",
+    "datasets-data-dir-is-a-fifo": "exit 0: lists the datasets as if the FIFO were a folder",
+    "summarize-the-same-run-twice": "exit 0: one run counted as 2 run(s) with std 0",
+}
+
+
+# ------------------------------------------------------------------------------------------------ harness
+
+
+class _Hung(BaseException):
+    """Raised by the alarm when a case runs longer than its time (a BaseException: `except Exception`
+    in the code under test must not swallow it)."""
+
+
+@dataclass
+class Outcome:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.strip()]
+
+
+def run_cli(argv: list[str], monkeypatch, capsys, seconds: int = 60) -> Outcome:
+    """``fedleak <argv>`` in this process, as the console script runs it: an exception that escapes ``main``
+    is what Python would print as a traceback (exit code 1)."""
+    monkeypatch.setattr(sys, "argv", ["fedleak", *argv])
+
+    def alarm(signum, frame):
+        raise _Hung()
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    code, tb = 0, ""
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except _Hung:
+        code, tb = 124, f"hung: still running after {seconds} s\n"
+    except BaseException:  # noqa: BLE001 - exactly what the interpreter would print
+        code, tb = 1, traceback.format_exc()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        torch.set_num_threads(1)
+    cap = capsys.readouterr()
+    return Outcome(code, cap.out, cap.err + tb)
+
+
+def problems(o: Outcome, needle: str | None) -> list[str]:
+    """What is wrong with an outcome under the bad-input contract (empty: it holds)."""
+    out: list[str] = []
+    if "Traceback" in o.out + o.err or o.code == 124:
+        out.append("traceback" if o.code != 124 else "hung")
+    if o.code != 2:
+        out.append(f"exit code {o.code}")
+    lines = o.lines
+    if not lines or not lines[-1].startswith("error: "):
+        out.append("last stderr line is not 'error: ...'")
+    elif any(not line.startswith("warning: ") for line in lines[:-1]):
+        out.append(f"{len(lines)} stderr lines, not one error line")
+    elif needle is not None and needle not in lines[-1]:
+        out.append(f"the error does not name {needle!r}")
+    return out
+
+
+def _report(case: Case, o: Outcome, found: list[str]) -> None:
+    path = os.environ.get("FEDLEAK_CORPUS_REPORT")
+    if path:
+        last = o.lines[-1] if o.lines else ""
+        tb = [line for line in o.err.splitlines() if line and not line.startswith(" ")]
+        if "Traceback" in o.err and tb:
+            last = tb[-1]
+        with open(path, "a") as f:
+            f.write(f"{case.id}\t{'; '.join(found) or 'ok'}\t{last[:300]}\n")
+
+
+# the finished work in a run directory: what no failed command may change
+FINISHED_WORK = ("config.yaml", "metrics.jsonl", "candidates.npz", "split.npz", "signals/round_0000.npz",
+                 "signals/round_0001.npz")
+
+
+def _state(path: Path) -> object:
+    """The content of one file: its arrays for an .npz (the zip's timestamps do not count), else its bytes."""
+    if path.is_dir():
+        return "<directory>"
+    if not path.is_file():
+        return "<absent>" if not path.exists() else "<not a file>"
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: (z[k].dtype.str, z[k].shape, z[k].tobytes()) for k in z.files}
+        except Exception:  # noqa: BLE001 - a file the case damaged on purpose: compare its bytes
+            pass
+    return path.read_bytes()
+
+
+def finished_work(run: Path) -> dict[str, object]:
+    return {name: _state(run / name) for name in FINISHED_WORK}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def build_the_cli_once():
+    """typer rebuilds the click command from the function signatures on every ``app()`` (30 ms, a third of this
+    file's time); the build is a pure function of the app, so it is done once here. ``main`` and ``app()`` still
+    run as they are."""
+    import typer.main
+
+    built: dict[int, object] = {}
+    build = typer.main.get_command
+
+    def cached(app):
+        if id(app) not in built:
+            built[id(app)] = build(app)
+        return built[id(app)]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(typer.main, "get_command", cached)
+        yield
+
+
+@pytest.fixture(scope="module")
+def attacked_run(tmp_path_factory) -> Path:
+    """A trained (2 rounds, synthetic), attacked and reported run; every case gets its own copy."""
+    from fedleak.config import parse_config
+    from fedleak.fl.simulation import train
+    from fedleak.report.commands import make_report
+    from fedleak.report.outputs import attack_run
+
+    run = tmp_path_factory.mktemp("corpus") / "run"
+    train(parse_config(BASE), run, quiet=True)
+    attack_run(run)
+    make_report(run)
+    return run
+
+
+def check_case(case: Case, request, tmp_path, monkeypatch, capsys) -> None:
+    ctx = Ctx(tmp=tmp_path)
+    if case.needs_run:
+        src = request.getfixturevalue("attacked_run")
+        ctx.run = tmp_path / "run"
+        shutil.copytree(src, ctx.run)
+    (tmp_path / "nodata").mkdir()
+    monkeypatch.setenv("FEDLEAK_DATA_DIR", str(tmp_path / "nodata"))
+    monkeypatch.setenv("FEDLEAK_QUIET", "1")
+    monkeypatch.chdir(tmp_path)
+    if case.requires:
+        pytest.importorskip(case.requires)
+    if case.setup is not None:
+        case.setup(ctx)
+    before = finished_work(ctx.run) if ctx.run else None
+    o = run_cli([ctx.expand(a) for a in case.argv], monkeypatch, capsys, case.seconds)
+    found = problems(o, ctx.expand(case.needle) if case.needle else None)
+    if before is not None:
+        after = finished_work(ctx.run)
+        changed = [name for name in FINISHED_WORK if before[name] != after[name]]
+        if changed:
+            found.append(f"finished work changed: {', '.join(changed)}")
+    _report(case, o, found)
+    assert not found, f"{'; '.join(found)}\n--- stderr ---\n{o.err[-3000:]}\n--- stdout ---\n{o.out[-1000:]}"
+
+
+def cases(family: str) -> list:
+    out = []
+    for c in FAMILIES[family]:
+        reason = KNOWN_FAILURES.get(c.id)
+        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+        out.append(pytest.param(c, id=c.id, marks=marks))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- tests
+
+
+def test_case_ids_are_unique_and_every_known_failure_is_a_case():
+    ids = [c.id for fam in FAMILIES.values() for c in fam]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    assert not dup, dup
+    stale = sorted(set(KNOWN_FAILURES) - set(ids))
+    assert not stale, f"KNOWN_FAILURES names cases that do not exist: {stale}"
+
+
+def test_the_harness_sees_a_traceback_a_wrong_code_and_extra_lines(monkeypatch, capsys):
+    """The checks themselves, on hand-made outcomes and on one real good case and one real error."""
+    assert problems(Outcome(2, "", "error: bad key 'x'\n"), "'x'") == []
+    assert problems(Outcome(2, "", "warning: w\nerror: bad\n"), None) == []
+    assert "traceback" in problems(Outcome(1, "", "Traceback (most recent call last):\n  ...\nKeyError: 'a'\n"), None)
+    assert problems(Outcome(0, "done\n", ""), None) == ["exit code 0", "last stderr line is not 'error: ...'"]
+    assert problems(Outcome(2, "", "error: a\nmore\n"), None) == ["last stderr line is not 'error: ...'"]
+    assert problems(Outcome(2, "", "Usage: x\nerror: a\n"), None) == ["2 stderr lines, not one error line"]
+    assert problems(Outcome(2, "", "error: a\n"), "b") == ["the error does not name 'b'"]
+    o = run_cli(["datasets", "--data-dir", "/nonexistent-corpus-dir"], monkeypatch, capsys)
+    assert o.code == 0 and "synthetic" in o.out
+    o = run_cli(["train", "no-such-preset-for-corpus"], monkeypatch, capsys)
+    assert problems(o, "no-such-preset-for-corpus") == []
+
+
+@pytest.mark.parametrize("case", cases("config_value"))
+def test_config_value(case, request, tmp_path, monkeypatch, capsys):
+    check_case(case, request, tmp_path, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("case", cases("config_structure"))
+def test_config_structure(case, request, tmp_path, monkeypatch, capsys):
+    check_case(case, request, tmp_path, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("case", cases("config_semantic"))
+def test_config_semantic(case, request, tmp_path, monkeypatch, capsys):
+    check_case(case, request, tmp_path, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("case", cases("defense_param"))
+def test_defense_param(case, request, tmp_path, monkeypatch, capsys):
+    check_case(case, request, tmp_path, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("case", cases("set_and_paths"))
+def test_set_and_paths(case, request, tmp_path, monkeypatch, capsys):
+    check_case(case, request, tmp_path, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("case", cases("run_dir"))
+def test_run_dir(case, request, tmp_path, monkeypatch, capsys):
+    check_case(case, request, tmp_path, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("case", cases("attack_option"))
+def test_attack_option(case, request, tmp_path, monkeypatch, capsys):
+    check_case(case, request, tmp_path, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("case", cases("summarize"))
+def test_summarize(case, request, tmp_path, monkeypatch, capsys):
+    check_case(case, request, tmp_path, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("case", cases("invert"))
+def test_invert(case, request, tmp_path, monkeypatch, capsys):
+    check_case(case, request, tmp_path, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("case", cases("sweep"))
+def test_sweep(case, request, tmp_path, monkeypatch, capsys):
+    check_case(case, request, tmp_path, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("case", cases("usage"))
+def test_usage(case, request, tmp_path, monkeypatch, capsys):
+    check_case(case, request, tmp_path, monkeypatch, capsys)
