@@ -86,7 +86,7 @@ class Setting:
 
 
 def digits_quick() -> Setting:
-    from fedleak.fl.simulation import build_federation
+    from fedleak.fl.federation import build_federation
 
     cfg = load_config(REPO / "configs" / "digits-quick.yaml")
     fed = build_federation(cfg)

@@ -44,7 +44,8 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from fedleak.config import FLConfig
-from fedleak.fl.hooks import Defense
+from fedleak.defenses.base import Defense
+from fedleak.defenses.data import Compose
 from fedleak.fl.local import ParamDict, _diverged
 from fedleak.fl.vectorized_optim import StackedOptimizer, make_stacked_optimizer
 
@@ -121,8 +122,6 @@ def resolve_vectorize(
 
 def _local_training_hooks(defense: Defense) -> str:
     """Which of ``defense``'s local-training hooks are not the identity ("" when none is)."""
-    from fedleak.defenses.data import Compose  # lazily: fedleak.defenses imports fedleak.fl.hooks
-
     if isinstance(defense, Compose):
         return ", ".join(filter(None, (_local_training_hooks(d) for d in defense.parts)))
     hooks = ("transform_batch", "training_step")

@@ -324,7 +324,8 @@ def test_two_fedavg_rounds_of_digits_quick() -> None:
     from fedleak.config import load_config, resolve_config_path
     from fedleak.fl.local import evaluate
     from fedleak.fl.schedule import lr_at
-    from fedleak.fl.simulation import aggregate, build_federation
+    from fedleak.fl.federation import build_federation
+    from fedleak.fl.round import aggregate
 
     cfg = load_config(resolve_config_path("digits-quick"))
     fed = build_federation(cfg)
