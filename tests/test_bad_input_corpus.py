@@ -90,9 +90,7 @@ KNOWN_FAILURES: dict[str, str] = {
     "sweep-base-python-tag": "yaml ConstructorError traceback (sweeps/spec.py _base_config)",
     "sweep-base-is-a-dir": "IsADirectoryError traceback (sweeps/spec.py _base_config read_text)",
     "sweep-option-set-bad-yaml": "yaml ParserError traceback (sweeps/spec.py expand parses --set values raw)",
-    "invert-set-value-bad-yaml": "yaml ParserError traceback (inversion commands _parse_kv parses values raw)",
     # a --set / set: entry with an empty key
-    "invert-set-empty-key": "error says 'invalid inversion settings: : Extra inputs are not permitted' (no key)",
     "sweep-set-empty-key": "error says 'invalid config (sweep run none__seed0): unknown key' (no key, no file)",
     # config.py: float fields are lax, YAML `true` becomes 1.0
     **_same("exit 0: YAML true accepted as the number 1.0", "fl.lr=bool", "fl.participation=bool",
@@ -117,7 +115,6 @@ KNOWN_FAILURES: dict[str, str] = {
     "fl.lr=huge": "RuntimeError traceback: torch SGD cannot convert lr=1e300 to float",
     "augment.crop_padding=huge": "TypeError traceback from F.pad (crop_padding has no upper bound)",
     "resnet-groups-zero": "ZeroDivisionError traceback from GroupNorm (model options not validated)",
-    "invert-defense-param-rate-string": "TypeError traceback from Soteria.prune_mask: rate='abc' is never type-checked",
     # attacks/mia/attacks.py FedMIA option checks
     "attack-eps-nan": "exit 0: `eps < 0` lets NaN through",
     "attack-eps-inf": "exit 0: eps=inf accepted",

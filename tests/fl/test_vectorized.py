@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fedleak.config import FLConfig
-from fedleak.fl.hooks import Defense
+from fedleak.defenses.base import Defense
 from fedleak.fl.local import TrainingDiverged, get_params, local_update, make_optimizer
 from fedleak.fl.vectorized import (
     batch_plan,
