@@ -83,15 +83,6 @@ KNOWN_FAILURES: dict[str, str] = {
     "invert-out-under-a-file": "NotADirectoryError traceback from the inversion runner's mkdir of --out",
     "sweep-out-is-a-file": "FileExistsError traceback from sweeps run_sweep mkdir of the output folder",
     "sweep-option-out-is-a-file": "FileExistsError traceback from sweeps run_sweep mkdir of the output folder",
-    # YAML read with bare read_text()/yaml.safe_load instead of fedleak.config.read_yaml_mapping / apply_override.
-    "sweep-file-binary": "UnicodeDecodeError traceback (sweeps/spec.py load_sweep read_text)",
-    "sweep-base-binary": "UnicodeDecodeError traceback (sweeps/spec.py _base_config read_text)",
-    "sweep-base-bad-yaml": "yaml ParserError traceback (sweeps/spec.py _base_config)",
-    "sweep-base-python-tag": "yaml ConstructorError traceback (sweeps/spec.py _base_config)",
-    "sweep-base-is-a-dir": "IsADirectoryError traceback (sweeps/spec.py _base_config read_text)",
-    "sweep-option-set-bad-yaml": "yaml ParserError traceback (sweeps/spec.py expand parses --set values raw)",
-    # a --set / set: entry with an empty key
-    "sweep-set-empty-key": "error says 'invalid config (sweep run none__seed0): unknown key' (no key, no file)",
     # config.py: float fields are lax, YAML `true` becomes 1.0
     **_same("exit 0: YAML true accepted as the number 1.0", "fl.lr=bool", "fl.participation=bool",
             "fl.schedule.gamma=bool", "fl.weight_decay=bool", "partition.beta=bool"),

@@ -294,24 +294,36 @@ def apply_override(
     inversion specs (``model`` = InvertSpec) use it, and ``--defense-param k=v`` too (``flag``/``example`` name
     the option in the messages).
     """
-    model = ExperimentConfig if model is None else model
     if "=" not in override:
         raise ConfigError(f"{flag} '{override}' must look like {form}, e.g. {example}")
     key, value = override.split("=", 1)
-    parts = key.strip().split(".")
-    if not all(parts):
-        raise ConfigError(f"{flag} '{override}': '{key.strip()}' is not a key; write {form}, e.g. {example}")
     try:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError as e:
         raise ConfigError(f"{flag} '{override}': the value is not valid YAML ({str(e).splitlines()[0]})") from None
+    return set_key(raw, key, parsed, model, f"{flag} '{override}'", f"write {form}, e.g. {example}")
+
+
+def set_key(
+    raw: dict[str, Any], key: str, value: Any, model: type[BaseModel] | None = None, where: str = "",
+    how: str = "write section.key=value, e.g. fl.rounds=5",
+) -> Loc:
+    """Set the dotted ``key`` (``a.b.c``) of a raw config dict to an already parsed ``value``; returns its path.
+
+    Used by :func:`apply_override` and for the ``set:`` mappings of sweep files. ``where`` names the source in
+    the messages (e.g. ``--set 'fl.rounds=5'``)."""
+    model = ExperimentConfig if model is None else model
+    where = where or f"override '{key}'"
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"{where}: '{key.strip()}' is not a key; {how}")
     node = raw
     for i, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            where = ".".join(parts[: i + 1])
-            raise ConfigError(f"{flag} '{override}': '{where}' is a value, not a section" + suggest_key(model, tuple(parts)))
-    node[parts[-1]] = parsed
+            at = ".".join(parts[: i + 1])
+            raise ConfigError(f"{where}: '{at}' is a value, not a section" + suggest_key(model, tuple(parts)))
+    node[parts[-1]] = value
     return tuple(parts)
 
 

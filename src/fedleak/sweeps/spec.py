@@ -39,10 +39,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedleak.config import ConfigError, ExperimentConfig, format_validation_error, parse_config, resolve_config_path
+from fedleak.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_override,
+    format_validation_error,
+    parse_config,
+    read_yaml_mapping,
+    resolve_config_path,
+    set_key,
+)
 
 
 class _Strict(BaseModel):
@@ -156,26 +164,11 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"sweep file '{path}' not found; give the path of a sweep YAML (see configs/sweeps/)")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: top level must be a mapping (name:, base:, defenses:, ...)")
+    raw = read_yaml_mapping(p, "sweep file", "name:, base:, defenses:, ...")  # read as experiment configs are
     try:
         return SweepSpec.model_validate(raw), p.resolve().parent
     except ValidationError as err:
         raise ConfigError(_format_error(err, str(p))) from None
-
-
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override '{key}': '{part}' is not a section")
-    node[parts[-1]] = value
 
 
 def _base_config(base: str, root: Path) -> dict[str, Any]:
@@ -183,10 +176,7 @@ def _base_config(base: str, root: Path) -> dict[str, Any]:
     if not cand.is_absolute() and (root / cand).is_file():
         cand = root / cand
     p = resolve_config_path(cand if cand.is_file() else base)
-    raw = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: top level must be a mapping of sections")
-    return raw
+    return read_yaml_mapping(p, "sweep base config")
 
 
 def _fmt(v: Any) -> str:
@@ -220,14 +210,11 @@ def expand(
 
     base = _base_config(spec.base, root)
     for k, v in spec.set.items():
-        _set_dotted(base, k, v)
+        set_key(base, k, v, where=f"sweep set: '{k}'")
     for ov in overrides or []:
-        if "=" not in ov:
-            raise ConfigError(f"override '{ov}' must look like section.key=value, e.g. fl.rounds=5")
-        k, v = ov.split("=", 1)
-        _set_dotted(base, k.strip(), yaml.safe_load(v))
+        apply_override(base, ov)
     if data_dir:
-        _set_dotted(base, "data.data_dir", data_dir)
+        set_key(base, "data.data_dir", data_dir)
     variants = spec.variants or [Variant(label="")]
     grids: list[DefenseGrid] = ([DefenseGrid(name="none")] if spec.baseline else []) + list(spec.defenses)
     runs: list[RunSpec] = []
@@ -235,7 +222,7 @@ def expand(
     for var in variants:
         vraw = json.loads(json.dumps(base))
         for k, v in var.set.items():
-            _set_dotted(vraw, k, v)
+            set_key(vraw, k, v, where=f"sweep variant {var.label!r} set: '{k}'")
         for grid in grids:
             for param, value in grid.settings():
                 for seed in spec.seeds:
