@@ -1,7 +1,8 @@
 """Named inversion experiments that reproduce each original setting (inversion.md §1, §2, §6.2 item 2).
 
 An :class:`InvertSpec` is one complete, validated experiment (data, model, victim, defence, attack); a preset is
-a named spec. The CLI starts from a preset and overrides fields; unknown keys are rejected.
+a named spec, one YAML file in ``configs/inversion/`` (read like the experiment presets). The CLI starts from a
+preset and overrides fields (``--set`` through :func:`fedleak.config.apply_override`); unknown keys are rejected.
 
 ========================  ===================================================================================
 preset                    reproduces
@@ -29,13 +30,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from fedleak.attacks.inversion.optimize import InversionConfig, dlg_config, idlg_config, ig_config
-from fedleak.config import MAX_BATCH, MAX_SAMPLES, MAX_THREADS, SInt
-from fedleak.config_messages import non_finite
+from fedleak.attacks.inversion.optimize import InversionConfig
+from fedleak.config import MAX_BATCH, MAX_SAMPLES, MAX_THREADS, SInt, presets_dir, read_yaml_mapping
+from fedleak.config_messages import format_validation_error, non_finite
 from fedleak.data.normalization import NORMALIZATIONS
-from fedleak.errors import FedleakError
+from fedleak.errors import ConfigError, FedleakError
 from fedleak.registry import Registry
 
 # upper limits of the attack's loops (checked before anything runs)
@@ -146,39 +156,21 @@ class InvertSpec(BaseModel):
         return ((0.0,), (1.0,)) if key == "none" else NORMALIZATIONS[key]
 
 
-def _dlg_like(**kw: Any) -> dict[str, Any]:
-    return dict(dataset="cifar100", normalization="none", model="lenet_dlg", model_options={"init": "uniform"},
-                model_seed=1234, start_index=25, labels_known=False, **kw)
-
-
-#: The inversion presets (one ``PRESETS.add(name, InvertSpec(...))`` line each).
+#: The inversion presets: one YAML file each in ``configs/inversion/`` (only the settings that differ from
+#: InvertSpec's defaults), read the same way as the experiment presets and registered by file name.
 PRESETS: Registry[InvertSpec] = Registry("inversion preset", error=FedleakError)
-for _spec in (
-    InvertSpec(name="dlg", description="DLG: sigmoid LeNet, CIFAR-100, joint soft labels, L-BFGS 300",
-               attack=dlg_config(), **_dlg_like()),
-    InvertSpec(name="idlg", description="iDLG: DLG with the analytic label (row-sum rule)",
-               attack=idlg_config(), **_dlg_like()),
-    InvertSpec(
-        name="soteria-dlg",
-        description="Soteria's DLG notebook: 4-conv LeNet, CIFAR-10, Soteria 1 % (notebook score), DLG 300",
-        dataset="cifar10", normalization="none", model="lenet_soteria", model_options={"init": "uniform"},
-        model_seed=50, start_index=25, labels_known=False, defense="soteria",
-        defense_params={"rate": 1.0, "denominator": "notebook"}, attack=dlg_config(),
-    ),
-    InvertSpec(
-        name="soteria-gs",
-        description="Soteria's GS script: ConvNet-64, CIFAR-10, IG (Adam 0.1, signed, boxed, TV 1e-4, 24k)",
-        dataset="cifar10", normalization="cifar10-ig", model="convnet64", labels_known=True,
-        defense="soteria", defense_params={"rate": 60.0, "denominator": "legacy"}, attack=ig_config(),
-    ),
-    InvertSpec(
-        name="ig-cifar",
-        description="IG notebook: ConvNet-64, CIFAR-10, cosine, Adam 0.1, signed, boxed, TV 1e-6, 4,000",
-        dataset="cifar10", normalization="cifar10-ig", model="convnet64", labels_known=True,
-        attack=ig_config(iterations=4000, tv=1e-6),
-    ),
-):
-    PRESETS.add(_spec.name, _spec)
+
+
+def _load_presets() -> None:
+    for path in sorted((presets_dir() / "inversion").glob("*.yaml")):
+        raw = read_yaml_mapping(path, "inversion preset", "dataset:, model:, attack:, ...")
+        try:
+            PRESETS.add(path.stem, InvertSpec.model_validate({**raw, "name": path.stem}))
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, str(path), "inversion preset")) from None
+
+
+_load_presets()
 
 
 def get_preset(name: str) -> InvertSpec:
