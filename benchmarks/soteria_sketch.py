@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from fedleak.attacks.inversion import client_update, ig_config, invert  # noqa: E402
 from fedleak.defenses.gradient import GradientContext, Soteria, jacobian_rows, prune_mask  # noqa: E402
 from fedleak.defenses.gradient import last_linear, linear_param_names, representation_fn  # noqa: E402
+from fedleak.defenses.gradient.soteria import auto_chunk_size  # noqa: E402
 from fedleak.metrics.image import mse, psnr, to_pixels  # noqa: E402
 from fedleak.models import build_model  # noqa: E402
 from fedleak.models.jacobian_sketch import sketch_chunk_size, sketch_squared_norms  # noqa: E402
@@ -76,18 +77,17 @@ def _seed(base: int, image: int, kind: str, m: int) -> torch.Generator:
     return torch.Generator().manual_seed(base * 1_000_003 + image * 10_007 + (kind == "gaussian") * 101 + m)
 
 
-def run_image(f, x, image: int, a) -> dict:
-    """Exact and sketched scores of one image, exact blocks interleaved with the sketch runs."""
+def run_image(f, x, image: int, chunk: int, ex_chunk: int, a) -> dict:
+    """Exact and sketched scores of one image, exact blocks interleaved with the sketch runs (``chunk`` probes
+    per vmapped JVP and ``ex_chunk`` features per batched VJP, both fixed per model)."""
     r0 = f(x).detach()
     D = r0.shape[1]
     settings = [(k, m) for m in a.probes for k in a.kinds]
-    ex_chunk = a.exact_chunk or None
-    block = -(-D // len(settings))
-    if ex_chunk:
-        block = -(-block // ex_chunk) * ex_chunk
+    per_setting = -(-D // len(settings))  # ceil: one exact block per sketch setting
+    block = -(-per_setting // ex_chunk) * ex_chunk  # rounded up to whole chunks
     blocks = [torch.arange(i, min(D, i + block)) for i in range(0, D, block)]
-    jacobian_rows(f, x, chunk_size=ex_chunk, features=torch.arange(min(D, ex_chunk or 4)))  # warm-up
-    sketch_squared_norms(f, x, 2, "rademacher", torch.Generator().manual_seed(0), memory_budget_mb=a.sketch_budget_mb)
+    jacobian_rows(f, x, chunk_size=ex_chunk, features=torch.arange(min(D, ex_chunk)))  # warm-up
+    sketch_squared_norms(f, x, 2, "rademacher", torch.Generator().manual_seed(0), chunk=chunk)
     exact = torch.empty(1, D, dtype=x.dtype, device=x.device)
     t_exact, t_sketch, sk = 0.0, {}, {}
     for j in range(max(len(blocks), len(settings))):
@@ -98,8 +98,7 @@ def run_image(f, x, image: int, a) -> dict:
         if j < len(settings):
             kind, m = settings[j]
             t = _clock()
-            r, q = sketch_squared_norms(f, x, m, kind, _seed(a.seed, image, kind, m),
-                                        memory_budget_mb=a.sketch_budget_mb)
+            r, q = sketch_squared_norms(f, x, m, kind, _seed(a.seed, image, kind, m), chunk=chunk)
             t_sketch[(kind, m)] = _clock() - t
             sk[(kind, m)] = scores(q.sqrt(), r).cpu()
     s_exact = scores(exact, r0).cpu()
@@ -190,7 +189,7 @@ def print_tables(s: dict, a) -> None:
             cells.append(f"{100 * statistics.mean(v):.1f} ({100 * min(v):.1f})")
         print(f"| {m} | " + " | ".join(cells) + " |")
     print(f"\n### {s['model']}: time per image (median), exact batched `jacobian_rows` "
-          f"(chunk {a.exact_chunk or 'auto'}) = {s['exact_s']:.2f} s\n")
+          f"(chunk {s['exact_chunk']}) = {s['exact_s']:.2f} s; sketch chunk {s['sketch_chunk']}\n")
     print("| m | sketch s | speedup vs exact |")
     print("|---:|---:|---:|")
     for m in a.probes:
@@ -217,6 +216,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rates", type=lambda s: [float(v) for v in s.split(",")], default=[20.0, 40.0, 60.0, 80.0])
     ap.add_argument("--exact-chunk", type=int, default=0, help="jacobian_rows chunk (0: Soteria's auto choice).")
     ap.add_argument("--sketch-budget-mb", type=float, default=256.0, help="Memory budget of the sketch's chunks.")
+    ap.add_argument("--sketch-chunk", type=int, default=0, help="Probes per vmapped JVP (0: from the budget).")
     ap.add_argument("--check-max-d", type=int, default=1024, help="Check scores vs Soteria when D is at most this.")
     ap.add_argument("--ig-model", default="lenet_soteria", help="Model for part (c); '' skips it.")
     ap.add_argument("--ig-images", type=int, default=1)
@@ -260,15 +260,18 @@ def main() -> None:
         model = build_model(name, 10, (3, 32, 32)).eval().to(DEVICE)
         f = representation_fn(model, last_linear(model))
         x_all = ((pixels - MEAN[0]) / STD[0]).to(DEVICE)
-        print(f"[{name}] sketch chunk {sketch_chunk_size(f, x_all[:1], a.sketch_budget_mb)} probes "
-              f"({a.sketch_budget_mb:g} MB budget)", flush=True)
+        chunk = a.sketch_chunk or sketch_chunk_size(f, x_all[:1], a.sketch_budget_mb)
+        ex_chunk = a.exact_chunk or auto_chunk_size(f, x_all[:1])  # what Soteria picks by default
+        print(f"[{name}] sketch chunk {chunk} probes ({a.sketch_budget_mb:g} MB budget), exact chunk {ex_chunk} "
+              "features", flush=True)
         per_model[name] = []
         for i in range(a.images):
-            r = run_image(f, x_all[i : i + 1], i, a)
+            r = run_image(f, x_all[i : i + 1], i, chunk, ex_chunk, a)
             per_model[name].append(r)
             print(f"[{name}] image {i}: exact {r['exact_s']:.2f} s, sketch m={a.probes[-1]} "
                   f"{r['sketch_s'][(a.kinds[0], a.probes[-1])]:.2f} s", flush=True)
         s = summarise(name, per_model[name], a)
+        s["sketch_chunk"], s["exact_chunk"] = chunk, ex_chunk
         if s["D"] <= a.check_max_d:
             s["soteria_check"] = check_against_soteria(model, x_all[:1], labels[:1].to(DEVICE),
                                                        per_model[name][0]["s_exact"], 60.0)

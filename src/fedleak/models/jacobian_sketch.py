@@ -107,24 +107,22 @@ def sketch_variance(rows: torch.Tensor, kind: ProbeKind, probes: int = 1) -> tor
 
 
 def _activation_elements_per_sample(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> int:
-    """Largest tensor ``f`` saves for backward that grows with the batch, per sample (one vs. two samples)."""
+    """Largest tensor that depends on the input among those ``f`` saves for backward, for one sample.
 
-    def saved(xb: torch.Tensor) -> list[int]:
-        sizes: list[int] = []
+    One forward of one sample with the input requiring grad; saved tensors that require grad are activations
+    (parameters of ``f`` that require grad are counted too, which only makes the chunk smaller).
+    """
+    sizes = [x[0].numel()]
 
-        def pack(t: torch.Tensor):
+    def pack(t: torch.Tensor):
+        if t.requires_grad:
             sizes.append(t.numel())
-            return t
+        return t
 
-        xb = xb.detach().clone().requires_grad_(True)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            f(xb)
-        return sizes
-
-    one = x[:1]
-    s1, s2 = saved(one), saved(torch.cat([one, one]))
-    grown = [a for a, b in zip(s1, s2) if b == 2 * a] if len(s1) == len(s2) else s2  # else: conservative
-    return max([one.numel(), *grown])
+    xb = x[:1].detach().clone().requires_grad_(True)
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        f(xb)
+    return max(sizes)
 
 
 def sketch_chunk_size(
