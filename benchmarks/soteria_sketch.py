@@ -6,12 +6,14 @@ Per model and image (batch of one, the inversion setting), Soteria's score ``S_i
 
 (a) **mask agreement**: fraction of features on which ``prune_mask(S_sketch, p)`` equals ``prune_mask(S_exact, p)``
     for each probe kind, ``m`` and rate ``p``; the score formula is checked against ``Soteria`` on the first image
-    of every model with at most ``--check-max-d`` features (the check repeats the exact computation);
+    of every model with at most 1024 features (the check repeats the exact computation);
 (b) **speed**: the exact computation is split into as many feature blocks as there are sketch settings and
     each block is followed by one sketch run (interleaved, GPU synchronised), so both see the same load;
     with ``--repeat R`` each block and each sketch run is timed R times and the best kept (for fast models);
 (c) **Inverting Gradients** against the update defended with the exact vs the sketched mask at one rate: same
-    model, image, labels (known) and attack seed, only the mask differs; MSE / PSNR in [0, 1] pixel space.
+    model, image, labels (known) and attack seed, only the mask differs; MSE / PSNR in [0, 1] pixel space; the
+    plain attack matches every entry, ``mask-zeros`` ignores the zeroed ones. A random mask pruning as many
+    features is the control: where it does as well as the exact one, (c) cannot tell masks apart.
 
 Usage::
 
@@ -78,6 +80,16 @@ def _seed(base: int, image: int, kind: str, m: int) -> torch.Generator:
     return torch.Generator().manual_seed(base * 1_000_003 + image * 10_007 + (kind == "gaussian") * 101 + m)
 
 
+def _best_of(repeat: int, fn):
+    """``(fn(), best wall time of repeat calls)``, the GPU synchronised around each call."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = _clock()
+        out = fn()
+        best = min(best, _clock() - t)
+    return out, best
+
+
 def run_image(f, x, image: int, chunk: int, ex_chunk: int, a) -> dict:
     """Exact and sketched scores of one image, exact blocks interleaved with the sketch runs (``chunk`` probes
     per vmapped JVP and ``ex_chunk`` features per batched VJP, both fixed per model)."""
@@ -93,20 +105,13 @@ def run_image(f, x, image: int, chunk: int, ex_chunk: int, a) -> dict:
     t_exact, t_sketch, sk = 0.0, {}, {}
     for j in range(max(len(blocks), len(settings))):
         if j < len(blocks):
-            best = float("inf")
-            for _ in range(a.repeat):
-                t = _clock()
-                _, exact[:, blocks[j]] = jacobian_rows(f, x, chunk_size=ex_chunk, features=blocks[j])
-                best = min(best, _clock() - t)
-            t_exact += best
-        if j < len(settings):
+            (_, exact[:, blocks[j]]), sec = _best_of(
+                a.repeat, lambda: jacobian_rows(f, x, chunk_size=ex_chunk, features=blocks[j]))
+            t_exact += sec
+        if j < len(settings):  # the same seed on every repeat: the same probes and result
             kind, m = settings[j]
-            best = float("inf")
-            for _ in range(a.repeat):  # same seed each time: the same probes and result
-                t = _clock()
-                r, q = sketch_squared_norms(f, x, m, kind, _seed(a.seed, image, kind, m), chunk=chunk)
-                best = min(best, _clock() - t)
-            t_sketch[(kind, m)] = best
+            (r, q), t_sketch[(kind, m)] = _best_of(
+                a.repeat, lambda: sketch_squared_norms(f, x, m, kind, _seed(a.seed, image, kind, m), chunk=chunk))
             sk[(kind, m)] = scores(q.sqrt(), r).cpu()
     s_exact = scores(exact, r0).cpu()
     agree = {}
@@ -153,20 +158,27 @@ def run_ig(model_name: str, per_image: list[dict], pixels, labels, a) -> list[di
         x = (pixels[i : i + 1] - MEAN[0]) / STD[0]
         y = labels[i : i + 1]
         keep_exact = prune_mask(res["s_exact"], a.ig_rate)[0]
-        masks = {"none": None, "exact": keep_exact}
+        D = keep_exact.numel()
+        rand = torch.ones(D, dtype=torch.bool)  # control: the same number of features, pruned at random
+        rand[torch.randperm(D, generator=torch.Generator().manual_seed(a.seed + i))[: int((~keep_exact).sum())]] = False
+        masks = {"none": None, "exact": keep_exact, "random (control)": rand}
         for kind in a.kinds:
             for m in a.ig_probes:
                 masks[f"{kind} m={m}"] = prune_mask(res["s_sketch"][(kind, m)], a.ig_rate)[0]
-        for label, keep in masks.items():
-            tr = None if keep is None else MaskColumns(wname, keep)
-            view, truth = client_update(model, x, y, transform=tr, labels_known=True, mean=MEAN, std=STD)
-            t = time.perf_counter()
-            rec = invert(model, view, ig_config(iterations=a.ig_iters, seed=a.seed))
-            pix_rec = to_pixels(rec.x, view.side.denormalize)
-            pix_true = to_pixels(truth.x, view.side.denormalize)
-            agree = float((keep == keep_exact).double().mean()) if keep is not None else float("nan")
-            rows.append({"image": i, "mask": label, "agreement": agree, "mse": float(mse(pix_rec, pix_true)[0]),
-                         "psnr": float(psnr(pix_rec, pix_true)[0]), "seconds": time.perf_counter() - t})
+        for attack in a.ig_attacks:
+            for label, keep in masks.items():
+                if keep is None and attack == "mask-zeros":
+                    continue  # nothing zeroed: the same as the plain attack
+                tr = None if keep is None else MaskColumns(wname, keep)
+                view, truth = client_update(model, x, y, transform=tr, labels_known=True, mean=MEAN, std=STD)
+                cfg = ig_config(iterations=a.ig_iters, seed=a.seed, mask_zeros=attack == "mask-zeros")
+                t = time.perf_counter()
+                rec = invert(model, view, cfg)
+                pix_rec, pix_true = (to_pixels(v, view.side.denormalize) for v in (rec.x, truth.x))
+                agree = float((keep == keep_exact).double().mean()) if keep is not None else float("nan")
+                rows.append({"image": i, "attack": attack, "mask": label, "agreement": agree,
+                             "mse": float(mse(pix_rec, pix_true)[0]), "psnr": float(psnr(pix_rec, pix_true)[0]),
+                             "seconds": time.perf_counter() - t})
     return rows
 
 
@@ -225,12 +237,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--sketch-budget-mb", type=float, default=256.0, help="Memory budget of the sketch's chunks.")
     ap.add_argument("--sketch-chunk", type=int, default=0, help="Probes per vmapped JVP (0: from the budget).")
     ap.add_argument("--repeat", type=int, default=1, help="Time every block/setting this often, keep the best.")
-    ap.add_argument("--check-max-d", type=int, default=1024, help="Check scores vs Soteria when D is at most this.")
     ap.add_argument("--ig-model", default="lenet_soteria", help="Model for part (c); '' skips it.")
     ap.add_argument("--ig-images", type=int, default=1)
     ap.add_argument("--ig-iters", type=int, default=300)
     ap.add_argument("--ig-probes", type=ints, default=[32, 128])
     ap.add_argument("--ig-rate", type=float, default=60.0)
+    ap.add_argument("--ig-attacks", default="plain,mask-zeros", help="IG matching all entries, or ignoring zeros.")
     ap.add_argument("--data-dir", default=None, help="Folder with cifar-10-batches-py (default ../shared/data/...).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
@@ -238,12 +250,14 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="LeNet, 2 images, m up to 32, 30 IG iterations.")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    a.kinds = a.kinds.split(",")
+    a.kinds, a.ig_attacks = a.kinds.split(","), a.ig_attacks.split(",")
     if a.quick:
         a.models, a.images, a.probes, a.ig_probes, a.ig_iters = "lenet_soteria", 2, [8, 32], [32], 30
     bad = [v for v in a.ig_probes if v not in a.probes] + [a.ig_rate] * (a.ig_rate not in a.rates)
     if bad:
         ap.error(f"--ig-probes and --ig-rate must be among --probes / --rates (not {bad})")
+    if a.ig_model and a.ig_model not in a.models.split(","):
+        ap.error(f"--ig-model {a.ig_model} must be one of --models ({a.models}), or '' to skip part (c)")
     return a
 
 
@@ -280,7 +294,7 @@ def main() -> None:
                   f"{r['sketch_s'][(a.kinds[0], a.probes[-1])]:.2f} s", flush=True)
         s = summarise(name, per_model[name], a)
         s["sketch_chunk"], s["exact_chunk"] = chunk, ex_chunk
-        if s["D"] <= a.check_max_d:
+        if s["D"] <= 1024:  # the check repeats the exact computation: only where it is cheap
             s["soteria_check"] = check_against_soteria(model, x_all[:1], labels[:1].to(DEVICE),
                                                        per_model[name][0]["s_exact"], 60.0)
         s["recommended"] = recommend(s, a)
@@ -295,17 +309,15 @@ def main() -> None:
             print(f"{s['model']}: smallest m with mean agreement >= 95% at 60%, {k}: "
                   + (f"m = {v['m']} ({v['speedup']:.1f}x faster than exact)" if v["m"] else "none in the sweep"))
     if a.ig_model:
-        if a.ig_model not in per_model:
-            raise SystemExit(f"--ig-model {a.ig_model} must be one of --models ({a.models})")
         rows = run_ig(a.ig_model, per_model[a.ig_model], pixels, labels, a)
         res["ig"] = rows
         print(f"\n### Inverting Gradients on {a.ig_model}, {a.ig_iters} iterations, rate {a.ig_rate:g}%, "
               "labels known, same attack seed (pixel space)\n")
-        print("| image | mask | agreement with exact | MSE | PSNR dB | s |")
-        print("|---:|---|---:|---:|---:|---:|")
+        print("| image | attack | mask | agreement with exact | MSE | PSNR dB |")
+        print("|---:|---|---|---:|---:|---:|")
         for r in rows:
             ag = "-" if r["agreement"] != r["agreement"] else f"{100 * r['agreement']:.1f}%"
-            print(f"| {r['image']} | {r['mask']} | {ag} | {r['mse']:.4f} | {r['psnr']:.2f} | {r['seconds']:.1f} |")
+            print(f"| {r['image']} | {r['attack']} | {r['mask']} | {ag} | {r['mse']:.4f} | {r['psnr']:.2f} |")
     res["loadavg_end"] = os.getloadavg()
     if a.json:
         for s in res["models"].values():

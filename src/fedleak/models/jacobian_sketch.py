@@ -1,4 +1,4 @@
-"""Randomised sketch of per-sample Jacobian row norms, ``‖∂f(x)[b, i] / ∂x[b]‖₂`` for all features ``i`` at once.
+"""Randomised sketch of per-sample Jacobian row norms ``‖∂f(x)[b, i] / ∂x[b]‖₂``, all features ``i`` at once.
 
 For ``r = f(x) ∈ R^{B×D}`` with per-sample Jacobians ``J_b ∈ R^{D×n}`` (samples do not interact inside ``f``:
 no BatchNorm), and a probe ``v ∈ R^n`` with independent entries of mean 0 and variance 1, one forward-mode JVP
@@ -9,26 +9,29 @@ gives ``u = J_b v`` for every feature together, and for each row ``a = J_b[i]``:
 
 * Gaussian probes (κ = 3): ``Var = 2‖a‖⁴`` whatever the row looks like; the mean of ``m`` probes is exactly
   ``‖a‖² · χ²_m / m`` (``u_i ~ N(0, ‖a‖²)``), relative standard deviation ``sqrt(2/m)``.
-* Rademacher probes (±1, κ = 1): ``Var = 2(‖a‖⁴ − Σ_j a_j⁴) = 2 Σ_{j≠k} a_j² a_k²`` — never larger than the
-  Gaussian one, smaller the more a row's mass sits on few input coordinates, and zero for a row with a single
-  non-zero entry. Not χ²-distributed; the mean of ``m`` probes has variance ``Var / m``.
+* Rademacher probes (±1, κ = 1): ``Var = 2(‖a‖⁴ − Σ_j a_j⁴) = 2 Σ_{j≠k} a_j² a_k²`` — never larger than
+  the Gaussian one, smaller the more a row's mass sits on few input coordinates, and zero for a row with a
+  single non-zero entry. Not χ²-distributed; the mean of ``m`` probes has variance ``Var / m``. For conv-net
+  rows, spread over many pixels (``Σ_j a_j⁴ ≪ ‖a‖⁴``), the two are nearly the same
+  (``benchmarks/soteria_sketch.py``).
 
 :func:`row_norms_sketch` returns ``sqrt`` of the mean of ``m`` squared JVP entries: the squares are unbiased
 (:func:`sketch_squared_norms`), the square root is biased low by Jensen (about ``1/(4m)`` relatively for
 Gaussian probes), by the same factor for every feature when probes are Gaussian, so rankings are not tilted.
 
-Cost: ``m`` JVPs (each ≈ one forward on the tangent) instead of ``min(D, n)`` VJPs for the exact norms; the
+Cost: ``m`` JVPs (each one to two forwards) instead of ``D`` VJPs for the exact norms (``jacobian_rows``); the
 ``m`` probes of a chunk go through one ``torch.func.vmap`` of ``torch.func.jvp``, so the primal forward runs
 once per chunk and every layer sees a ``chunk·B`` batch of tangents.
 
 Exact shortcuts checked (the issue asks to use structure where it gives exact norms more cheaply):
 
-* ``r = flatten(maxpool(ReLU(z)))`` (ConvNet-64): ``∂r_i/∂x = 1[z_{a(i)} > 0] ∂z_{a(i)}/∂x`` with ``a(i)`` the
-  arg-max. Rows with ``r_i = 0`` are exactly zero (the sketch returns exactly 0 for them too, since the JVP
-  passes the same ReLU mask), but the rest are rows of the Jacobian of ``z``, a conv of the previous block's
-  output: ``‖J_i‖² = w_c ⊗ patch ·(J_h J_hᵀ)· (w_c ⊗ patch)ᵀ`` needs the Gram matrix of the previous layer's
-  Jacobian, which costs as much as the rows themselves. Only the dead features are free, and on a
-  GroupNorm'ed random or trained ConvNet-64 almost none are (a 3×3 pool of ~half-positive entries).
+* ``r = flatten(maxpool(ReLU(z)))`` (ConvNet-64): ``∂r_i/∂x = 1[z_{a(i)} > 0] ∂z_{a(i)}/∂x`` with ``a(i)``
+  the arg-max. Rows with ``r_i = 0`` are exactly zero (the sketch returns exactly 0 for them too, since the
+  JVP passes the same ReLU mask), but the rest are rows of the Jacobian of ``z``, a conv of the previous
+  block's output ``h``: ``‖J_i‖² = wᵢᵀ (J_h J_hᵀ)_{patch} wᵢ`` (live ``i``) needs the Gram matrix of ``h``'s
+  Jacobian over the patch, which costs as much as the rows themselves. Only dead features are free, and few are:
+  2.0 % of ConvNet-64's 2304 features (random init, 8 CIFAR-10 test images; a 3×3 pool of GroupNorm'ed,
+  about half-positive entries is rarely all zero).
 * ``r = flatten(sigmoid(conv(h)))`` (the LeNets): the same, with ``σ'(z_i)`` in place of the ReLU mask, and no
   row is ever zero.
 * Forward mode over the input basis gives the exact ``J`` in ``n`` JVPs; reverse mode, in ``D`` VJPs
