@@ -187,10 +187,8 @@ def summarise(model_name: str, per_image: list[dict], a) -> dict:
     agree = {f"{k}/{m}/{p:g}": [r["agree"][(k, m, p)] for r in per_image] for k in a.kinds for m in a.probes
              for p in a.rates}
     exact_s = statistics.median(r["exact_s"] for r in per_image)
-    speed = {}
-    for m in a.probes:
-        t = statistics.median(r["sketch_s"][(k, m)] for r in per_image for k in a.kinds)
-        speed[m] = {"sketch_s": t, "speedup": exact_s / t}
+    sk = {m: statistics.median(r["sketch_s"][(k, m)] for r in per_image for k in a.kinds) for m in a.probes}
+    speed = {m: {"sketch_s": t, "speedup": exact_s / t} for m, t in sk.items()}
     return {"model": model_name, "D": D, "images": len(per_image), "exact_s": exact_s, "agree": agree,
             "speed": speed}
 
@@ -202,12 +200,10 @@ def print_tables(s: dict, a) -> None:
     print("| m | " + " | ".join(f"{k[:4]}. {p:g}%" for k, p in cols) + " |")
     print("|---:|" + "---:|" * len(cols))
     for m in a.probes:
-        cells = []
-        for k, p in cols:
-            v = s["agree"][f"{k}/{m}/{p:g}"]
-            cells.append(f"{100 * statistics.mean(v):.1f} ({100 * min(v):.1f})")
-        print(f"| {m} | " + " | ".join(cells) + " |")
-    print(f"\n### {s['model']}: time per image (median), exact batched `jacobian_rows` "
+        vals = [s["agree"][f"{k}/{m}/{p:g}"] for k, p in cols]
+        print(f"| {m} | " + " | ".join(f"{100 * statistics.mean(v):.1f} ({100 * min(v):.1f})" for v in vals) + " |")
+    print(f"\n### {s['model']}: time per image (median over images of the best of --repeat), exact batched "
+          "`jacobian_rows` "
           f"(chunk {s['exact_chunk']}) = {s['exact_s']:.2f} s; sketch chunk {s['sketch_chunk']}\n")
     print("| m | sketch s | speedup vs exact |")
     print("|---:|---:|---:|")
