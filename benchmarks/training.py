@@ -63,6 +63,20 @@ from fedleak.fl.local import ParamDict, get_params, local_update
 from fedleak.fl.vectorized import local_updates_vectorized
 
 REPO = Path(__file__).resolve().parent.parent
+DEVICE = torch.device("cpu")
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def on_device(s: "Setting") -> "Setting":
+    """The setting's model and data on DEVICE (generators stay on the CPU: data order is drawn there)."""
+    s.model.to(DEVICE)
+    s.xs = [x.to(DEVICE) for x in s.xs]
+    s.ys = [y.to(DEVICE) for y in s.ys]
+    return s
 
 
 @dataclass
@@ -130,8 +144,10 @@ def best_of(fn: Callable[[], object], repeat: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeat):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return min(times)
 
@@ -182,7 +198,12 @@ def main() -> None:
     ap.add_argument("--mnist-epochs", type=int, default=1)
     ap.add_argument("--flower", action="store_true", help="also time flower-sim vs train end to end (the hook)")
     ap.add_argument("--flower-rounds", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronise the GPU)")
     a = ap.parse_args()
+    global DEVICE
+    DEVICE = torch.device(a.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda: no CUDA device is visible to torch; use --device cpu")
     makers = {
         "digits-quick": digits_quick,
         "mnist-mlp": lambda: mnist_shaped("mlp", a.mnist_batch, a.mnist_epochs),
@@ -192,7 +213,7 @@ def main() -> None:
     unknown = [n for n in names if n not in makers]
     if unknown:
         sys.exit(f"error: unknown setting(s) {', '.join(unknown)}; choose from {', '.join(makers)}")
-    rows = bench([makers[n]() for n in names], [int(t) for t in a.threads.split(",")], a.repeat)
+    rows = bench([on_device(makers[n]()) for n in names], [int(t) for t in a.threads.split(",")], a.repeat)
     if rows:
         table(rows, a.repeat)
     if a.flower:  # ---- Flower hook: end-to-end train vs flower-sim ----
@@ -203,7 +224,8 @@ def main() -> None:
 
 
 def table(rows: list[tuple[str, int, float, float]], repeat: int) -> None:
-    print(f"\nlocal training, one round (best of {repeat}); {platform.processor() or platform.machine()}, "
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else (platform.processor() or platform.machine())
+    print(f"\nlocal training, one round (best of {repeat}); {where}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}\n")
     print("| setting | threads | loop (s/round) | vectorised (s/round) | speed-up |")
     print("|---|---|---|---|---|")
