@@ -58,7 +58,7 @@ from typing import Callable
 import torch
 
 from fedleak.config import FLConfig, load_config
-from fedleak.fl.hooks import Defense
+from fedleak.defenses.base import Defense
 from fedleak.fl.local import ParamDict, get_params, local_update
 from fedleak.fl.vectorized import local_updates_vectorized
 
