@@ -147,8 +147,6 @@ KNOWN_FAILURES: dict[str, str] = {
     "report-metrics.jsonl-test-acc-string": "ValueError traceback (could not convert string to float)",
     "summarize-metrics.jsonl-test-acc-string": "ValueError traceback (could not convert string to float)",
     "attack-round-file-is-a-fifo": "hangs: the round reader opens the FIFO and blocks (is_file() is not checked)",
-    # fl/checkpoint.py load_checkpoint: `not path.is_file()` means "no checkpoint" even for a directory
-    "train-resume-checkpoint.pt-a-directory": "the finished run restarts at round 0: metrics.jsonl loses round 1",
     # other commands
     "datasets-data-dir-is-a-file": "exit 0: lists the datasets as if the file were a folder",
     "datasets-data-dir-is-a-fifo": "exit 0: lists the datasets as if the FIFO were a folder",
