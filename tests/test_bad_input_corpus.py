@@ -41,17 +41,6 @@ def _same(reason: str, *ids: str) -> dict[str, str]:
 
 
 KNOWN_FAILURES: dict[str, str] = {
-    # cli.py main: click's usage errors are printed by typer as 'Usage:' + 'Try --help' + a boxed rich panel.
-    # Fix: app(standalone_mode=False), catch click.UsageError -> one `error: <message> (see fedleak CMD --help)`.
-    **_same(
-        "click usage error: 'Usage:', 'Try ... --help' and a boxed rich panel (5 lines), not one error: line",
-        "attack-eps-not-a-number", "attack-round-not-an-int", "attack-target-not-an-int",
-        "attack-unknown-option-headline", "invert-adaptive-unknown", "invert-attack-unknown", "invert-defense-unknown",
-        "invert-images-not-an-int", "invert-missing-out", "summarize-no-run-dirs", "summarize-unknown-option",
-        "sweep-option-workers-negative", "sweep-option-workers-zero", "usage-attack-missing-run-dir",
-        "usage-flower-num-cpus-zero", "usage-invert-choice", "usage-set-without-value", "usage-train-missing-config",
-        "usage-train-unknown-option", "usage-unknown-command",
-    ),
     # report/outputs.py load_attack_metrics: json.loads(read_text()) unchecked; its readers index it blindly.
     "report-attack-metrics.json-garbage": "UnicodeDecodeError traceback",
     "summarize-attack-metrics.json-garbage": "UnicodeDecodeError traceback",
