@@ -83,9 +83,6 @@ KNOWN_FAILURES: dict[str, str] = {
     # a --set / set: entry with an empty key
     "invert-set-empty-key": "error says 'invalid inversion settings: : Extra inputs are not permitted' (no key)",
     "sweep-set-empty-key": "error says 'invalid config (sweep run none__seed0): unknown key' (no key, no file)",
-    # config.py: float fields are lax, YAML `true` becomes 1.0
-    **_same("exit 0: YAML true accepted as the number 1.0", "fl.lr=bool", "fl.participation=bool",
-            "fl.schedule.gamma=bool", "fl.weight_decay=bool", "partition.beta=bool"),
     # settings that are accepted and then ignored (or mean nothing) -- the dead keys the config docstring forbids
     **_same("exit 0: device is never read; training runs on the CPU whatever it says",
             "device=empty", "device=unknown", "device=no-such-gpu"),

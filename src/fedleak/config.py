@@ -48,6 +48,14 @@ class _Strict(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_float(cls, value: Any, info: Any) -> Any:
+        """Float fields stay lax about ints (``lr: 1``) but refuse YAML ``true``/``false`` (pydantic reads 1.0)."""
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in (float, float | None):
+            raise ValueError(f"must be a number, not {str(value).lower()}")
+        return value
+
 
 class DataConfig(_Strict):
     """Which dataset, where its files live and how images are shaped."""
