@@ -92,9 +92,6 @@ KNOWN_FAILURES: dict[str, str] = {
     "defense.clients=empty": "exit 0: defense.clients [] accepted (defends nobody)",
     "defense-clients-empty-list": "exit 0: defense.clients [] trains a 'perturb' run in which no client is defended",
     "signals.rounds=empty": "exit 0: signals.rounds [] records nothing; attack then says 'no recorded rounds yet'",
-    # fedleak.config.read_yaml_mapping: yaml.safe_load keeps the last of duplicate keys
-    "duplicate-key-fl.lr": "exit 0: the second fl.lr silently wins",
-    "duplicate-section-fl": "exit 0: the second fl: section silently replaces the first",
     # names used as path components without a check
     "name-empty-without-out": "exit 0: name '' writes the run into output.dir itself",
     "name-with-dotdot-without-out": "exit 0: name '../escaped' writes the run outside output.dir",

@@ -257,6 +257,22 @@ def parse_config(data: dict[str, Any], source: str = "", overrides: dict[Loc, st
 # ------------------------------------------------------------------------------------------------ loading
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice in one mapping; keep one of them", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(p: Path, what: str = "config", hint: str = "data:, model:, fl:, ...") -> dict[str, Any]:
     """A YAML file whose top level is a non-empty mapping; anything else is a one-line ConfigError."""
     if p.is_dir():
@@ -270,7 +286,7 @@ def read_yaml_mapping(p: Path, what: str = "config", hint: str = "data:, model:,
     if "\x00" in text:
         raise ConfigError(f"{what} {p} is not a text file (it holds NUL bytes); give a YAML file")
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if raw is None:
