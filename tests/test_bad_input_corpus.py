@@ -92,10 +92,6 @@ KNOWN_FAILURES: dict[str, str] = {
     "defense.clients=empty": "exit 0: defense.clients [] accepted (defends nobody)",
     "defense-clients-empty-list": "exit 0: defense.clients [] trains a 'perturb' run in which no client is defended",
     "signals.rounds=empty": "exit 0: signals.rounds [] records nothing; attack then says 'no recorded rounds yet'",
-    # names used as path components without a check
-    "name-empty-without-out": "exit 0: name '' writes the run into output.dir itself",
-    "name-with-dotdot-without-out": "exit 0: name '../escaped' writes the run outside output.dir",
-    "sweep-name-empty": "exit 0: name '' makes the output folder runs/sweeps itself",
     # numbers without an upper bound (or a type check) reach torch
     "fl.lr=huge": "RuntimeError traceback: torch SGD cannot convert lr=1e300 to float",
     "augment.crop_padding=huge": "TypeError traceback from F.pad (crop_padding has no upper bound)",

@@ -194,6 +194,13 @@ class OutputConfig(_Strict):
     checkpoint_every: SInt = Field(1, ge=1, le=MAX_ROUNDS, description="Save a resumable checkpoint every N rounds.")
 
 
+def check_path_name(name: str) -> str:
+    """A name used as one path component (a run or sweep folder): not empty, '.', '..', nor holding a separator."""
+    if name.strip() in ("", ".", "..") or any(c in name for c in "/\\\x00"):
+        raise ValueError(f"{name!r} cannot name a folder; use letters, digits, '-', '_' or '.' (no '/', not '..')")
+    return name
+
+
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     seed: SInt = Field(0, ge=0, le=MAX_SEED)
@@ -206,6 +213,8 @@ class ExperimentConfig(_Strict):
     defense: DefenseConfig = Field(default_factory=DefenseConfig)
     signals: SignalsConfig = Field(default_factory=SignalsConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    _name_is_a_folder = field_validator("name")(check_path_name)
 
     @model_validator(mode="after")
     def _check(self) -> "ExperimentConfig":

@@ -42,7 +42,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedleak.config import ConfigError, ExperimentConfig, format_validation_error, parse_config, resolve_config_path
+from fedleak.config import (
+    ConfigError,
+    ExperimentConfig,
+    check_path_name,
+    format_validation_error,
+    parse_config,
+    resolve_config_path,
+)
 
 
 class _Strict(BaseModel):
@@ -108,6 +115,8 @@ class SweepSpec(_Strict):
     hypervolume: HVSettings = Field(default_factory=HVSettings)
     out: str | None = None
     threads: int = Field(1, ge=1)
+
+    _name_is_a_folder = field_validator("name")(check_path_name)
 
     @model_validator(mode="after")
     def _check(self) -> "SweepSpec":
