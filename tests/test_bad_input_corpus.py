@@ -41,23 +41,6 @@ def _same(reason: str, *ids: str) -> dict[str, str]:
 
 
 KNOWN_FAILURES: dict[str, str] = {
-    # report/outputs.py load_attack_metrics: json.loads(read_text()) unchecked; its readers index it blindly.
-    "report-attack-metrics.json-garbage": "UnicodeDecodeError traceback",
-    "summarize-attack-metrics.json-garbage": "UnicodeDecodeError traceback",
-    "report-attack-metrics.json-empty": "JSONDecodeError traceback",
-    "summarize-attack-metrics.json-empty": "JSONDecodeError traceback",
-    "report-attack-metrics.json-truncated": "JSONDecodeError traceback",
-    "summarize-attack-metrics.json-truncated": "JSONDecodeError traceback",
-    "report-attack-metrics.json-json-list": "AttributeError traceback ('list' object has no attribute 'get')",
-    "summarize-attack-metrics.json-json-list": "TypeError traceback (list indices must be integers)",
-    "report-attack-metrics.json-json-empty-object": "KeyError 'round' traceback",
-    "summarize-attack-metrics.json-json-empty-object": "KeyError 'attacks' traceback",
-    "report-attack-metrics.json-no-attacks-key": "KeyError 'attacks' traceback",
-    "summarize-attack-metrics.json-no-attacks-key": "KeyError 'attacks' traceback",
-    "report-attack-metrics.json-auc-is-a-string": "ValueError traceback (Unknown format code 'f' for str)",
-    "summarize-attack-metrics.json-auc-is-a-string": "ValueError traceback (could not convert string to float)",
-    "summarize-attack-metrics.json-attacks-is-a-list": "exit 0: prints an empty table for a damaged metrics.json",
-    "report-attack-metrics.json-round-is-a-string": "exit 0: the report says the attacks ran at round 'last'",
     # report/summary.py by_origin_table: np.load(attack/scores.npz) directly instead of the store's checked reader.
     "summarize-by-origin-attack-scores.npz-garbage": "ValueError traceback (pickled data refused by np.load)",
     "summarize-by-origin-attack-scores.npz-pickle": "ValueError traceback (pickled data refused by np.load)",
