@@ -41,13 +41,6 @@ def _same(reason: str, *ids: str) -> dict[str, str]:
 
 
 KNOWN_FAILURES: dict[str, str] = {
-    # report/summary.py by_origin_table: np.load(attack/scores.npz) directly instead of the store's checked reader.
-    "summarize-by-origin-attack-scores.npz-garbage": "ValueError traceback (pickled data refused by np.load)",
-    "summarize-by-origin-attack-scores.npz-pickle": "ValueError traceback (pickled data refused by np.load)",
-    "summarize-by-origin-attack-scores.npz-truncated": "zipfile.BadZipFile traceback",
-    "summarize-by-origin-attack-scores.npz-npy-not-npz": "ValueError traceback (EOF reading the array header)",
-    "summarize-by-origin-attack-scores.npz-a-directory": "IsADirectoryError traceback",
-    "summarize-by-origin-attack-scores.npz-empty": "np.load raises EOFError; click prints 'Aborted.', exit 1",
     # output folders created with a bare mkdir(): FileExistsError / NotADirectoryError are not in USER_ERRORS.
     "attack-attack-dir-is-a-file": "FileExistsError traceback from report/outputs.py attack_run mkdir",
     "report-attack-dir-is-a-file": "FileExistsError traceback from report/outputs.py attack_run mkdir",

@@ -15,7 +15,7 @@ import numpy as np
 
 from fedleak.errors import FedleakError
 from fedleak.metrics.roc import fpr_key, roc_metrics
-from fedleak.signals.store import read_metrics
+from fedleak.signals.store import read_metrics, read_npz
 
 KEYS = ("auc", fpr_key(0.01), fpr_key(0.001))
 
@@ -104,9 +104,11 @@ def by_origin_table(run_dirs: Iterable[str | Path]) -> str:
         f = d / "attack" / "scores.npz"
         if not f.exists():
             raise FedleakError(f"{d} has no attack/scores.npz; run `fedleak attack {d}` first")
-        with np.load(f, allow_pickle=False) as z:
-            owner, member = z["owner"], z["member"].astype(bool)
-            scores = {k: z[k] for k in z.files if k not in ("ids", "owner", "member", "target")}
+        z = read_npz(f, f"re-run `fedleak attack {d}` to rewrite it")
+        if "owner" not in z or "member" not in z:
+            raise FedleakError(f"{f} has no owner/member arrays; re-run `fedleak attack {d}` to rewrite it")
+        owner, member = z["owner"], z["member"].astype(bool)
+        scores = {k: v for k, v in z.items() if k not in ("ids", "owner", "member", "target")}
         groups = {"test": ~member & (owner == -1), "other": ~member & (owner != -1)}
         for kind, neg in groups.items():
             if not neg.any():

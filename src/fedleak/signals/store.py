@@ -206,6 +206,14 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise _Damaged(f"is truncated or corrupt (not a valid .npz: {type(e).__name__})") from None
 
 
+def read_npz(path: Path, fix: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz (never unpickles); a damaged file raises StoreError naming it, then ``fix``."""
+    try:
+        return _read_npz(Path(path))
+    except _Damaged as e:
+        raise StoreError(f"{path} {e}; {fix}") from None
+
+
 def _is_int(a: np.ndarray) -> bool:
     return a.dtype.kind in "iu"
 
