@@ -41,13 +41,6 @@ def _same(reason: str, *ids: str) -> dict[str, str]:
 
 
 KNOWN_FAILURES: dict[str, str] = {
-    # output folders created with a bare mkdir(): FileExistsError / NotADirectoryError are not in USER_ERRORS.
-    "attack-attack-dir-is-a-file": "FileExistsError traceback from report/outputs.py attack_run mkdir",
-    "report-attack-dir-is-a-file": "FileExistsError traceback from report/outputs.py attack_run mkdir",
-    "invert-out-is-a-file": "FileExistsError traceback from the inversion runner's mkdir of --out",
-    "invert-out-under-a-file": "NotADirectoryError traceback from the inversion runner's mkdir of --out",
-    "sweep-out-is-a-file": "FileExistsError traceback from sweeps run_sweep mkdir of the output folder",
-    "sweep-option-out-is-a-file": "FileExistsError traceback from sweeps run_sweep mkdir of the output folder",
     # YAML read with bare read_text()/yaml.safe_load instead of fedleak.config.read_yaml_mapping / apply_override.
     "sweep-file-binary": "UnicodeDecodeError traceback (sweeps/spec.py load_sweep read_text)",
     "sweep-base-binary": "UnicodeDecodeError traceback (sweeps/spec.py _base_config read_text)",

@@ -34,6 +34,7 @@ from fedleak.signals.store import (
     StoreError,
     atomic_write_text,
     load_signals,
+    make_dirs,
     read_metrics,
     recorded_rounds,
     round_path,
@@ -157,7 +158,7 @@ def attack_run(
     ev.metrics["run_dir"] = str(run_dir)
     ev.metrics["seconds"] = {"load": round_(t_load), "attacks": round_(time.time() - t0 - t_load)}
     out = attack_dir(run_dir, names)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     if make_figures:
         ev.metrics["figures"] = write_figures(ev, out, read_metrics(run_dir))
     else:  # never leave figures of an earlier evaluation next to these metrics

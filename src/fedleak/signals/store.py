@@ -69,6 +69,18 @@ def write_failed(path: Path, e: OSError) -> StoreError:
     return StoreError(f"cannot write {path}: {why}")
 
 
+def make_dirs(path: Path) -> Path:
+    """``mkdir -p path``; a file in the way or an unwritable parent is a one-line StoreError naming the path."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise StoreError(f"cannot create folder {path}: a file is in the way (at that path or above it); "
+                         "give another path") from None
+    except OSError as e:
+        raise write_failed(Path(path), e) from None
+    return Path(path)
+
+
 def _discard(path: Path) -> None:
     try:
         path.unlink(missing_ok=True)
