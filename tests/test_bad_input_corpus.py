@@ -84,17 +84,6 @@ KNOWN_FAILURES: dict[str, str] = {
     "sweep-option-address-with-local-backend": "exit 0: --address is ignored by the local backend",
     "sweep-option-dry-run-and-report-only": "exit 0: --dry-run silently wins over --report-only",
     "sweep-option-data-dir-is-a-file": "exit 0: --data-dir that is a file is found out only inside each run",
-    # run directory readers that take a wrong kind of file for an absent one, or trust its contents
-    "attack-config.yaml-a-directory": "exit 0: read_run_config treats a directory config.yaml as absent",
-    "report-config.yaml-a-directory": "exit 0: read_run_config treats a directory config.yaml as absent",
-    "report-metrics.jsonl-a-directory": "exit 0: read_metrics treats a directory metrics.jsonl as absent",
-    "attack-meta.json-blanked-and-config-edited": "exit 0: meta.json {} turns off the edited-config check, no warning",
-    "report-meta.json-blanked-and-config-edited": "exit 0: meta.json {} turns off the edited-config check, no warning",
-    "report-meta.json-client-sizes-string": "exit 0: the report prints 'a–c samples per client'",
-    "report-metrics.jsonl-round-negative": "exit 0: a record for round -5 is accepted",
-    "report-metrics.jsonl-test-acc-string": "ValueError traceback (could not convert string to float)",
-    "summarize-metrics.jsonl-test-acc-string": "ValueError traceback (could not convert string to float)",
-    "attack-round-file-is-a-fifo": "hangs: the round reader opens the FIFO and blocks (is_file() is not checked)",
     # other commands
     "datasets-data-dir-is-a-file": "exit 0: lists the datasets as if the file were a folder",
     "datasets-data-dir-is-a-fifo": "exit 0: lists the datasets as if the FIFO were a folder",
