@@ -52,15 +52,6 @@ KNOWN_FAILURES: dict[str, str] = {
     # a --set / set: entry with an empty key
     "invert-set-empty-key": "error says 'invalid inversion settings: : Extra inputs are not permitted' (no key)",
     "sweep-set-empty-key": "error says 'invalid config (sweep run none__seed0): unknown key' (no key, no file)",
-    # settings that are accepted and then ignored (or mean nothing) -- the dead keys the config docstring forbids
-    **_same("exit 0: device is never read; training runs on the CPU whatever it says",
-            "device=empty", "device=unknown", "device=no-such-gpu"),
-    "none-with-params": "exit 0: defense 'none' ignores its params",
-    "train-set-defense-param-without-defense": "exit 0: defense 'none' ignores --set defense.params.sigma",
-    "milestones-without-kind": "exit 0: fl.schedule.milestones ignored unless kind is milestones",
-    "defense.clients=empty": "exit 0: defense.clients [] accepted (defends nobody)",
-    "defense-clients-empty-list": "exit 0: defense.clients [] trains a 'perturb' run in which no client is defended",
-    "signals.rounds=empty": "exit 0: signals.rounds [] records nothing; attack then says 'no recorded rounds yet'",
     # numbers without an upper bound (or a type check) reach torch
     "fl.lr=huge": "RuntimeError traceback: torch SGD cannot convert lr=1e300 to float",
     "augment.crop_padding=huge": "TypeError traceback from F.pad (crop_padding has no upper bound)",

@@ -204,7 +204,10 @@ def check_path_name(name: str) -> str:
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     seed: SInt = Field(0, ge=0, le=MAX_SEED)
-    device: str = "cpu"
+    device: str = Field(
+        "cpu", description="'cpu' or 'cuda[:N]' (checked against the GPUs present); not used by the engine yet: "
+        "training and signals run on the CPU whatever it says."
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     candidates: CandidatesConfig = Field(default_factory=CandidatesConfig)
@@ -215,6 +218,22 @@ class ExperimentConfig(_Strict):
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     _name_is_a_folder = field_validator("name")(check_path_name)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        import re
+
+        m = re.fullmatch(r"cpu|cuda(?::(\d+))?", v)
+        if m is None:
+            raise ValueError(f"{v!r} is not a device; use 'cpu' or 'cuda' / 'cuda:N'")
+        if v.startswith("cuda"):
+            import torch
+
+            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if int(m.group(1) or 0) >= n:
+                raise ValueError(f"{v!r} is not available (this machine has {n} CUDA device(s)); use 'cpu'")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "ExperimentConfig":
@@ -239,7 +258,18 @@ def cross_field_problems(cfg: ExperimentConfig) -> list[tuple[Loc, str]]:
     dup = sorted({c for c in clients if clients.count(c) > 1})
     if dup:
         out.append((("defense", "clients"), f"lists client(s) {dup} more than once"))
+    if cfg.defense.name == "none" and cfg.defense.params:
+        out.append((("defense", "params"), f"{sorted(cfg.defense.params)} given but defense.name is 'none'; name the "
+                    "defense they belong to or remove them"))
+    if cfg.defense.clients == []:
+        out.append((("defense", "clients"), "is empty (it defends nobody); list client ids or omit it for all clients"))
+    if cfg.signals.rounds == []:
+        out.append((("signals", "rounds"), "is empty (nothing would be recorded); list rounds or omit it for the "
+                    "default (every signals.every-th round and the last)"))
     sched, rounds = cfg.fl.schedule, cfg.fl.rounds
+    if sched.milestones and sched.kind != "milestones":
+        out.append((("fl", "schedule", "milestones"), f"are only used with kind: milestones (kind is '{sched.kind}'); "
+                    "set kind: milestones or remove them"))
     late = [m for m in sched.milestones if m >= rounds]
     if sched.kind == "milestones" and late:
         out.append((("fl", "schedule", "milestones"), f"{late} are not rounds of this run (0..{rounds - 1}, fl.rounds)"))
