@@ -38,6 +38,7 @@ MAX_IMAGE_SIZE = 1024
 MAX_THREADS = 1024
 MAX_MEMORY_MB = 1_048_576
 MAX_SEED = 2**63 - 1
+MAX_LR = 1e6  # far above any useful step size; 1e300 overflows torch's optimizers
 
 #: An int that must be written as one: ``1e20`` (a YAML string) or ``5.0`` (a float) are rejected, not coerced.
 SInt = Annotated[int, Strict()]
@@ -144,7 +145,7 @@ class FLConfig(_Strict):
     local_epochs: SInt = Field(1, ge=1, le=MAX_EPOCHS)
     batch_size: SInt = Field(32, ge=1, le=MAX_BATCH)
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0)
+    lr: float = Field(0.1, gt=0, le=MAX_LR)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     fresh_optimizer: bool = Field(True, description="Re-create the optimizer each round, as the original does.")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedleak.config import ConfigError, ExperimentConfig
+from fedleak.config import MAX_IMAGE_SIZE, ConfigError, ExperimentConfig
 from fedleak.defenses._params import Param, between, non_negative, parse_params, positive
 from fedleak.fl.hooks import Defense, register_defense
 
@@ -84,7 +84,7 @@ AUGMENT_PARAMS = {
     "recipe": Param("standard", "str", "starting point: " + ", ".join(RECIPES) + " or none; the other "
                     "parameters override it", choices=(*RECIPES, "none")),
     "crop_padding": Param(None, "int", "random crop of the original size after zero padding by this many pixels "
-                          "(0: off)", check=non_negative, optional=True),
+                          "(0: off)", check=between(0, MAX_IMAGE_SIZE), optional=True),
     "hflip": Param(None, "float", "probability of a horizontal flip", check=between(0, 1), optional=True),
     "vflip": Param(None, "float", "probability of a vertical flip", check=between(0, 1), optional=True),
     "rotation": Param(None, "float", "rotation by an angle uniform in [−d, d] degrees (bilinear, zero fill)",

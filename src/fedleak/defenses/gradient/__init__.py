@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from fedleak.defenses.gradient.base import (
@@ -51,8 +52,23 @@ __all__ = [
 TRANSFORMS = ("none", "soteria", "prune", "prune-global", "dp-gaussian", "dp-laplace")
 
 
+def _check_numbers(name: str, transform: Any) -> Any:
+    """Fields declared float/int must hold numbers (``rate='abc'`` from the command line would reach torch)."""
+    for f in dataclasses.fields(transform) if dataclasses.is_dataclass(transform) else ():
+        kinds = {k.strip() for k in str(f.type).split("|")} - {"None"}
+        v = getattr(transform, f.name)
+        if kinds and kinds <= {"float", "int"} and v is not None and (
+                isinstance(v, bool) or not isinstance(v, int if kinds == {"int"} else (int, float))):
+            raise ValueError(f"defense {name!r}: parameter '{f.name}' must be a number, got {v!r}")
+    return transform
+
+
 def build_transform(name: str, **params: Any) -> GradientTransform:
     """A transform from its short name; unknown names or parameters raise ``ValueError``."""
+    return _check_numbers(name, _build_transform(name, **params))
+
+
+def _build_transform(name: str, **params: Any) -> GradientTransform:
     try:
         if name == "none":
             if params:
