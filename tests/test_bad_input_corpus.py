@@ -52,10 +52,6 @@ KNOWN_FAILURES: dict[str, str] = {
     # a --set / set: entry with an empty key
     "invert-set-empty-key": "error says 'invalid inversion settings: : Extra inputs are not permitted' (no key)",
     "sweep-set-empty-key": "error says 'invalid config (sweep run none__seed0): unknown key' (no key, no file)",
-    # attacks/mia/attacks.py FedMIA option checks
-    "attack-eps-nan": "exit 0: `eps < 0` lets NaN through",
-    "attack-eps-inf": "exit 0: eps=inf accepted",
-    "attack-ddof-larger-than-shadows": "error names 'at least 1000001 other clients', not --ddof",
     # sweeps: the plan checks the attack names only, and the CLI options not at all
     "sweep-attacks-options-unknown": "exit 0: attacks.options checked only when each run is attacked",
     "sweep-attacks-options-aggregation-unknown": "exit 0: attacks.options checked only when each run is attacked",

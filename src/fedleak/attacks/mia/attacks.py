@@ -45,6 +45,7 @@ exactly 3 only when nine shadows are identical; in practice it first acts at S â
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -236,8 +237,8 @@ def fedmia_rounds(
     """
     if ddof < 0:
         raise FedleakError(f"ddof must be >= 0 (got {ddof})")
-    if eps < 0:
-        raise FedleakError(f"eps must be >= 0 (got {eps})")
+    if not (eps >= 0 and math.isfinite(eps)):  # `eps < 0` alone lets NaN through
+        raise FedleakError(f"eps must be a finite number >= 0 (got {eps})")
     if outlier_filter and robust:
         raise FedleakError("choose either the 3-sigma outlier filter or the robust (median/MAD) null, not both")
     t = resolve_target(signals, target)
@@ -252,6 +253,7 @@ def fedmia_rounds(
         raise StoreError(
             f"FedMIA needs rounds where target client {t} "
             f"took part together with at least {need} other clients; none of the recorded rounds qualifies"
+            + (f" (ddof={ddof} needs ddof+1 shadows; lower --ddof)" if ddof > 0 else "")
         )
     N = m.shape[2]
     z = np.empty((use.size, N), np.float64)
