@@ -66,10 +66,6 @@ KNOWN_FAILURES: dict[str, str] = {
     "sweep-option-address-with-local-backend": "exit 0: --address is ignored by the local backend",
     "sweep-option-dry-run-and-report-only": "exit 0: --dry-run silently wins over --report-only",
     "sweep-option-data-dir-is-a-file": "exit 0: --data-dir that is a file is found out only inside each run",
-    # other commands
-    "datasets-data-dir-is-a-file": "exit 0: lists the datasets as if the file were a folder",
-    "datasets-data-dir-is-a-fifo": "exit 0: lists the datasets as if the FIFO were a folder",
-    "summarize-the-same-run-twice": "exit 0: one run counted as 2 run(s) with std 0",
 }
 
 

@@ -30,8 +30,12 @@ def collect(run_dirs: Iterable[str | Path], attack_missing: bool = True) -> list
     from fedleak.report.outputs import attack_run, is_stale, load_attack_metrics
 
     out = []
+    seen: dict[Path, Path] = {}
     for d in run_dirs:
         d = Path(d)
+        if d.resolve() in seen:
+            raise FedleakError(f"{d} is given twice (also as {seen[d.resolve()]}); list each run once")
+        seen[d.resolve()] = d
         if is_stale(d):
             if not attack_missing:
                 raise FedleakError(f"{d} has no up-to-date attack outputs; run `fedleak attack {d}` first")
