@@ -41,14 +41,6 @@ def _same(reason: str, *ids: str) -> dict[str, str]:
 
 
 KNOWN_FAILURES: dict[str, str] = {
-    # YAML read with bare read_text()/yaml.safe_load instead of fedleak.config.read_yaml_mapping / apply_override.
-    "sweep-file-binary": "UnicodeDecodeError traceback (sweeps/spec.py load_sweep read_text)",
-    "sweep-base-binary": "UnicodeDecodeError traceback (sweeps/spec.py _base_config read_text)",
-    "sweep-base-bad-yaml": "yaml ParserError traceback (sweeps/spec.py _base_config)",
-    "sweep-base-python-tag": "yaml ConstructorError traceback (sweeps/spec.py _base_config)",
-    "sweep-base-is-a-dir": "IsADirectoryError traceback (sweeps/spec.py _base_config read_text)",
-    "sweep-option-set-bad-yaml": "yaml ParserError traceback (sweeps/spec.py expand parses --set values raw)",
-    "invert-set-value-bad-yaml": "yaml ParserError traceback (inversion commands _parse_kv parses values raw)",
     # a --set / set: entry with an empty key
     "invert-set-empty-key": "error says 'invalid inversion settings: : Extra inputs are not permitted' (no key)",
     "sweep-set-empty-key": "error says 'invalid config (sweep run none__seed0): unknown key' (no key, no file)",

@@ -347,6 +347,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     return parse_config(raw, str(p), applied)
 
 
+def parse_yaml_value(value: str, what: str) -> Any:
+    """One ``key=value`` value parsed as YAML; invalid YAML is a one-line ConfigError that starts with ``what``."""
+    try:
+        return yaml.load(value, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+
+
 def apply_override(raw: dict[str, Any], override: str) -> Loc:
     """Apply one ``a.b.c=value`` override (value parsed as YAML) to a raw config dict; returns its key path."""
     if "=" not in override:
@@ -355,10 +363,7 @@ def apply_override(raw: dict[str, Any], override: str) -> Loc:
     parts = key.strip().split(".")
     if not all(parts):
         raise ConfigError(f"--set '{override}': '{key.strip()}' is not a key; write section.key=value, e.g. fl.rounds=5")
-    try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set '{override}': the value is not valid YAML ({str(e).splitlines()[0]})") from None
+    parsed = parse_yaml_value(value, f"--set '{override}'")
     node = raw
     for i, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})

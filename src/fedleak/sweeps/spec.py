@@ -39,15 +39,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedleak.config import (
     ConfigError,
     ExperimentConfig,
+    apply_override,
     check_path_name,
     format_validation_error,
     parse_config,
+    read_yaml_mapping,
     resolve_config_path,
 )
 
@@ -165,12 +166,7 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"sweep file '{path}' not found; give the path of a sweep YAML (see configs/sweeps/)")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: top level must be a mapping (name:, base:, defenses:, ...)")
+    raw = read_yaml_mapping(p, "sweep file", "name:, base:, defenses:, ...")
     try:
         return SweepSpec.model_validate(raw), p.resolve().parent
     except ValidationError as err:
@@ -192,10 +188,7 @@ def _base_config(base: str, root: Path) -> dict[str, Any]:
     if not cand.is_absolute() and (root / cand).is_file():
         cand = root / cand
     p = resolve_config_path(cand if cand.is_file() else base)
-    raw = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: top level must be a mapping of sections")
-    return raw
+    return read_yaml_mapping(p, "base config")
 
 
 def _fmt(v: Any) -> str:
@@ -231,10 +224,7 @@ def expand(
     for k, v in spec.set.items():
         _set_dotted(base, k, v)
     for ov in overrides or []:
-        if "=" not in ov:
-            raise ConfigError(f"override '{ov}' must look like section.key=value, e.g. fl.rounds=5")
-        k, v = ov.split("=", 1)
-        _set_dotted(base, k.strip(), yaml.safe_load(v))
+        apply_override(base, ov)
     if data_dir:
         _set_dotted(base, "data.data_dir", data_dir)
     variants = spec.variants or [Variant(label="")]

@@ -35,8 +35,7 @@ class AdaptiveChoice(str, Enum):
 
 
 def _parse_kv(items: list[str], what: str) -> dict[str, Any]:
-    import yaml
-
+    from fedleak.config import parse_yaml_value
     from fedleak.errors import FedleakError
 
     out: dict[str, Any] = {}
@@ -44,7 +43,7 @@ def _parse_kv(items: list[str], what: str) -> dict[str, Any]:
         if "=" not in item:
             raise FedleakError(f"{what} '{item}' must look like key=value")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        out[k.strip()] = parse_yaml_value(v, f"{what} '{item}'")
     return out
 
 
