@@ -41,9 +41,6 @@ def _same(reason: str, *ids: str) -> dict[str, str]:
 
 
 KNOWN_FAILURES: dict[str, str] = {
-    # a --set / set: entry with an empty key
-    "invert-set-empty-key": "error says 'invalid inversion settings: : Extra inputs are not permitted' (no key)",
-    "sweep-set-empty-key": "error says 'invalid config (sweep run none__seed0): unknown key' (no key, no file)",
     # sweeps: the plan checks the attack names only, and the CLI options not at all
     "sweep-attacks-options-unknown": "exit 0: attacks.options checked only when each run is attacked",
     "sweep-attacks-options-aggregation-unknown": "exit 0: attacks.options checked only when each run is attacked",

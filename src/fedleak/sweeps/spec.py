@@ -176,6 +176,8 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
 def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node = raw
     parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"set: '{key}' is not a key; write section.key, e.g. fl.lr")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):

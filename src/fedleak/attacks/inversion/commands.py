@@ -43,6 +43,8 @@ def _parse_kv(items: list[str], what: str) -> dict[str, Any]:
         if "=" not in item:
             raise FedleakError(f"{what} '{item}' must look like key=value")
         k, v = item.split("=", 1)
+        if not all(k.strip().split(".")):
+            raise FedleakError(f"{what} '{item}': '{k.strip()}' is not a key; write key=value")
         out[k.strip()] = parse_yaml_value(v, f"{what} '{item}'")
     return out
 
