@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fedleak.config import (
     ConfigError,
     ExperimentConfig,
+    SInt,
     apply_override,
     check_path_name,
     format_validation_error,
@@ -99,6 +100,18 @@ class AttackSettings(_Strict):
     strict: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("options")
+    @classmethod
+    def _fedmia_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from fedleak.attacks.mia.attacks import check_fedmia_options
+        from fedleak.errors import FedleakError
+
+        try:
+            check_fedmia_options(v)
+        except FedleakError as e:  # checked with the sweep file, not when the first run is attacked
+            raise ValueError(str(e)) from None
+        return v
+
 
 class HVSettings(_Strict):
     include_baseline: bool = Field(True, description="Add the undefended run to every defense's point set.")
@@ -108,7 +121,7 @@ class SweepSpec(_Strict):
     name: str = "sweep"
     base: str
     set: dict[str, Any] = Field(default_factory=dict)
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[SInt] = Field(default_factory=lambda: [0])
     variants: list[Variant] = Field(default_factory=list)
     baseline: bool = True
     defenses: list[DefenseGrid] = Field(default_factory=list)

@@ -403,6 +403,25 @@ def resolve_names(names: Iterable[str] | str | None) -> list[str]:
 FEDMIA_OPTIONS = ("aggregation", "ddof", "eps", "outlier_filter", "robust")
 
 
+def check_fedmia_options(options: dict[str, Any]) -> None:
+    """FedleakError naming the first bad FedMIA option (before any signal is read, e.g. for a whole sweep)."""
+    bad = sorted(set(options) - set(FEDMIA_OPTIONS))
+    if bad:
+        raise FedleakError(f"unknown attack options {bad}; FedMIA accepts {', '.join(FEDMIA_OPTIONS)}")
+    agg, ddof, eps = options.get("aggregation", "mean"), options.get("ddof", 0), options.get("eps", 1e-8)
+    if agg not in AGGREGATIONS:
+        raise FedleakError(f"unknown FedMIA aggregation '{agg}'; choose from {', '.join(AGGREGATIONS)}")
+    if isinstance(ddof, bool) or not isinstance(ddof, int) or ddof < 0:
+        raise FedleakError(f"ddof must be an integer >= 0 (got {ddof!r})")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (eps >= 0 and math.isfinite(eps)):
+        raise FedleakError(f"eps must be a finite number >= 0 (got {eps!r})")
+    for flag in ("outlier_filter", "robust"):
+        if not isinstance(options.get(flag, False), bool):
+            raise FedleakError(f"{flag} must be true or false (got {options[flag]!r})")
+    if options.get("outlier_filter") and options.get("robust"):
+        raise FedleakError("choose either the 3-sigma outlier filter or the robust (median/MAD) null, not both")
+
+
 def run_attacks(
     signals: Signals,
     names: Iterable[str] | str | None = None,
