@@ -290,3 +290,18 @@ def test_sweep(case, request, tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("case", cases("usage"))
 def test_usage(case, request, tmp_path, monkeypatch, capsys):
     check_case(case, request, tmp_path, monkeypatch, capsys)
+
+
+def test_main_keeps_help_and_normal_exit_codes(monkeypatch, capsys):
+    """main runs the app with standalone_mode=False: help, a normal run and typer.Exit keep their exit codes,
+    and a usage error is one line without click's doubled suggestion."""
+    o = run_cli(["--help"], monkeypatch, capsys)
+    assert o.code == 0 and "train" in o.out and not o.err
+    o = run_cli(["train", "--help"], monkeypatch, capsys)
+    assert o.code == 0 and "--set" in o.out
+    o = run_cli([], monkeypatch, capsys)  # no_args_is_help: the help, exit 2 as click's standalone mode does
+    assert o.code == 2 and "train" in o.out + o.err and "error:" not in o.err
+    o = run_cli(["datasets", "--data-dir", "/nonexistent-corpus-dir"], monkeypatch, capsys)
+    assert o.code == 0 and "synthetic" in o.out
+    o = run_cli(["trian"], monkeypatch, capsys)
+    assert o.lines == ["error: No such command 'trian'. Did you mean 'train'? (see fedleak --help)"] and o.code == 2

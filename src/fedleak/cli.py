@@ -7,6 +7,7 @@ Core commands live here; each later area registers its own commands from a ``com
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 import click
@@ -50,7 +51,8 @@ def _usage_line(e: click.UsageError) -> str:
         names.append(ctx.info_name or "")
         ctx = ctx.parent
     command = " ".join(["fedleak", *reversed(names)])
-    return f"{e.format_message()} (see {command} --help)"
+    sentences = re.split(r"(?<=[.?!])\s+", e.format_message().strip())  # typer and click both add "Did you mean"
+    return f"{' '.join(dict.fromkeys(sentences))} (see {command} --help)"
 
 
 def main() -> None:
