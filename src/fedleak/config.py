@@ -38,7 +38,7 @@ MAX_IMAGE_SIZE = 1024
 MAX_THREADS = 1024
 MAX_MEMORY_MB = 1_048_576
 MAX_SEED = 2**63 - 1
-MAX_LR = 1e6  # far above any useful step size; 1e300 overflows torch's optimizers
+MAX_LR = 1e30  # far above any useful step size (tests force divergence with 1e30); 1e300 overflows torch
 
 #: An int that must be written as one: ``1e20`` (a YAML string) or ``5.0`` (a float) are rejected, not coerced.
 SInt = Annotated[int, Strict()]
