@@ -40,108 +40,7 @@ def _same(reason: str, *ids: str) -> dict[str, str]:
     return dict.fromkeys(ids, reason)
 
 
-KNOWN_FAILURES: dict[str, str] = {
-    # cli.py main: click's usage errors are printed by typer as 'Usage:' + 'Try --help' + a boxed rich panel.
-    # Fix: app(standalone_mode=False), catch click.UsageError -> one `error: <message> (see fedleak CMD --help)`.
-    **_same(
-        "click usage error: 'Usage:', 'Try ... --help' and a boxed rich panel (5 lines), not one error: line",
-        "attack-eps-not-a-number", "attack-round-not-an-int", "attack-target-not-an-int",
-        "attack-unknown-option-headline", "invert-adaptive-unknown", "invert-attack-unknown", "invert-defense-unknown",
-        "invert-images-not-an-int", "invert-missing-out", "summarize-no-run-dirs", "summarize-unknown-option",
-        "sweep-option-workers-negative", "sweep-option-workers-zero", "usage-attack-missing-run-dir",
-        "usage-flower-num-cpus-zero", "usage-invert-choice", "usage-set-without-value", "usage-train-missing-config",
-        "usage-train-unknown-option", "usage-unknown-command",
-    ),
-    # report/outputs.py load_attack_metrics: json.loads(read_text()) unchecked; its readers index it blindly.
-    "report-attack-metrics.json-garbage": "UnicodeDecodeError traceback",
-    "summarize-attack-metrics.json-garbage": "UnicodeDecodeError traceback",
-    "report-attack-metrics.json-empty": "JSONDecodeError traceback",
-    "summarize-attack-metrics.json-empty": "JSONDecodeError traceback",
-    "report-attack-metrics.json-truncated": "JSONDecodeError traceback",
-    "summarize-attack-metrics.json-truncated": "JSONDecodeError traceback",
-    "report-attack-metrics.json-json-list": "AttributeError traceback ('list' object has no attribute 'get')",
-    "summarize-attack-metrics.json-json-list": "TypeError traceback (list indices must be integers)",
-    "report-attack-metrics.json-json-empty-object": "KeyError 'round' traceback",
-    "summarize-attack-metrics.json-json-empty-object": "KeyError 'attacks' traceback",
-    "report-attack-metrics.json-no-attacks-key": "KeyError 'attacks' traceback",
-    "summarize-attack-metrics.json-no-attacks-key": "KeyError 'attacks' traceback",
-    "report-attack-metrics.json-auc-is-a-string": "ValueError traceback (Unknown format code 'f' for str)",
-    "summarize-attack-metrics.json-auc-is-a-string": "ValueError traceback (could not convert string to float)",
-    "summarize-attack-metrics.json-attacks-is-a-list": "exit 0: prints an empty table for a damaged metrics.json",
-    "report-attack-metrics.json-round-is-a-string": "exit 0: the report says the attacks ran at round 'last'",
-    # report/summary.py by_origin_table: np.load(attack/scores.npz) directly instead of the store's checked reader.
-    "summarize-by-origin-attack-scores.npz-garbage": "ValueError traceback (pickled data refused by np.load)",
-    "summarize-by-origin-attack-scores.npz-pickle": "ValueError traceback (pickled data refused by np.load)",
-    "summarize-by-origin-attack-scores.npz-truncated": "zipfile.BadZipFile traceback",
-    "summarize-by-origin-attack-scores.npz-npy-not-npz": "ValueError traceback (EOF reading the array header)",
-    "summarize-by-origin-attack-scores.npz-a-directory": "IsADirectoryError traceback",
-    "summarize-by-origin-attack-scores.npz-empty": "np.load raises EOFError; click prints 'Aborted.', exit 1",
-    # output folders created with a bare mkdir(): FileExistsError / NotADirectoryError are not in USER_ERRORS.
-    "attack-attack-dir-is-a-file": "FileExistsError traceback from report/outputs.py attack_run mkdir",
-    "report-attack-dir-is-a-file": "FileExistsError traceback from report/outputs.py attack_run mkdir",
-    "invert-out-is-a-file": "FileExistsError traceback from the inversion runner's mkdir of --out",
-    "invert-out-under-a-file": "NotADirectoryError traceback from the inversion runner's mkdir of --out",
-    "sweep-out-is-a-file": "FileExistsError traceback from sweeps run_sweep mkdir of the output folder",
-    "sweep-option-out-is-a-file": "FileExistsError traceback from sweeps run_sweep mkdir of the output folder",
-    # config.py: float fields are lax, YAML `true` becomes 1.0
-    **_same("exit 0: YAML true accepted as the number 1.0", "fl.lr=bool", "fl.participation=bool",
-            "fl.schedule.gamma=bool", "fl.weight_decay=bool", "partition.beta=bool"),
-    # settings that are accepted and then ignored (or mean nothing) -- the dead keys the config docstring forbids
-    **_same("exit 0: device is never read; training runs on the CPU whatever it says",
-            "device=empty", "device=unknown", "device=no-such-gpu"),
-    "none-with-params": "exit 0: defense 'none' ignores its params",
-    "train-set-defense-param-without-defense": "exit 0: defense 'none' ignores --set defense.params.sigma",
-    "milestones-without-kind": "exit 0: fl.schedule.milestones ignored unless kind is milestones",
-    "defense.clients=empty": "exit 0: defense.clients [] accepted (defends nobody)",
-    "defense-clients-empty-list": "exit 0: defense.clients [] trains a 'perturb' run in which no client is defended",
-    "signals.rounds=empty": "exit 0: signals.rounds [] records nothing; attack then says 'no recorded rounds yet'",
-    # fedleak.config.read_yaml_mapping: yaml.safe_load keeps the last of duplicate keys
-    "duplicate-key-fl.lr": "exit 0: the second fl.lr silently wins",
-    "duplicate-section-fl": "exit 0: the second fl: section silently replaces the first",
-    # names used as path components without a check
-    "name-empty-without-out": "exit 0: name '' writes the run into output.dir itself",
-    "name-with-dotdot-without-out": "exit 0: name '../escaped' writes the run outside output.dir",
-    "sweep-name-empty": "exit 0: name '' makes the output folder runs/sweeps itself",
-    # numbers without an upper bound (or a type check) reach torch
-    "fl.lr=huge": "RuntimeError traceback: torch SGD cannot convert lr=1e300 to float",
-    "augment.crop_padding=huge": "TypeError traceback from F.pad (crop_padding has no upper bound)",
-    "resnet-groups-zero": "ZeroDivisionError traceback from GroupNorm (model options not validated)",
-    # attacks/mia/attacks.py FedMIA option checks
-    "attack-eps-nan": "exit 0: `eps < 0` lets NaN through",
-    "attack-eps-inf": "exit 0: eps=inf accepted",
-    "attack-ddof-larger-than-shadows": "error names 'at least 1000001 other clients', not --ddof",
-    # sweeps: the plan checks the attack names only, and the CLI options not at all
-    "sweep-attacks-options-unknown": "exit 0: attacks.options checked only when each run is attacked",
-    "sweep-attacks-options-aggregation-unknown": "exit 0: attacks.options checked only when each run is attacked",
-    "sweep-attacks-options-ddof-negative": "exit 0: attacks.options checked only when each run is attacked",
-    "sweep-seeds-bool": "exit 0: seeds [true] becomes seed 1 (lax int)",
-    "sweep-seeds-numeric-string": "exit 0: seeds ['1'] becomes seed 1 (lax int)",
-    "sweep-option-timeout-negative": "exit 0: --timeout -1 accepted",
-    "sweep-option-timeout-zero": "exit 0: --timeout 0 accepted",
-    "sweep-option-timeout-nan": "exit 0: --timeout nan accepted",
-    "sweep-option-cpus-per-run-zero": "exit 0: --cpus-per-run 0 accepted",
-    "sweep-option-cpus-per-run-negative": "exit 0: --cpus-per-run -1 accepted",
-    "sweep-option-address-with-local-backend": "exit 0: --address is ignored by the local backend",
-    "sweep-option-dry-run-and-report-only": "exit 0: --dry-run silently wins over --report-only",
-    "sweep-option-data-dir-is-a-file": "exit 0: --data-dir that is a file is found out only inside each run",
-    # run directory readers that take a wrong kind of file for an absent one, or trust its contents
-    "attack-config.yaml-a-directory": "exit 0: read_run_config treats a directory config.yaml as absent",
-    "report-config.yaml-a-directory": "exit 0: read_run_config treats a directory config.yaml as absent",
-    "report-metrics.jsonl-a-directory": "exit 0: read_metrics treats a directory metrics.jsonl as absent",
-    "attack-meta.json-blanked-and-config-edited": "exit 0: meta.json {} turns off the edited-config check, no warning",
-    "report-meta.json-blanked-and-config-edited": "exit 0: meta.json {} turns off the edited-config check, no warning",
-    "report-meta.json-client-sizes-string": "exit 0: the report prints 'a–c samples per client'",
-    "report-metrics.jsonl-round-negative": "exit 0: a record for round -5 is accepted",
-    "report-metrics.jsonl-test-acc-string": "ValueError traceback (could not convert string to float)",
-    "summarize-metrics.jsonl-test-acc-string": "ValueError traceback (could not convert string to float)",
-    "attack-round-file-is-a-fifo": "hangs: the round reader opens the FIFO and blocks (is_file() is not checked)",
-    # fl/checkpoint.py load_checkpoint: `not path.is_file()` means "no checkpoint" even for a directory
-    "train-resume-checkpoint.pt-a-directory": "the finished run restarts at round 0: metrics.jsonl loses round 1",
-    # other commands
-    "datasets-data-dir-is-a-file": "exit 0: lists the datasets as if the file were a folder",
-    "datasets-data-dir-is-a-fifo": "exit 0: lists the datasets as if the FIFO were a folder",
-    "summarize-the-same-run-twice": "exit 0: one run counted as 2 run(s) with std 0",
-}
+KNOWN_FAILURES: dict[str, str] = {}  # none today (issue #10's 110 are fixed); add new ones with _same(...)
 
 
 # ------------------------------------------------------------------------------------------------ harness
@@ -391,3 +290,18 @@ def test_sweep(case, request, tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("case", cases("usage"))
 def test_usage(case, request, tmp_path, monkeypatch, capsys):
     check_case(case, request, tmp_path, monkeypatch, capsys)
+
+
+def test_main_keeps_help_and_normal_exit_codes(monkeypatch, capsys):
+    """main runs the app with standalone_mode=False: help, a normal run and typer.Exit keep their exit codes,
+    and a usage error is one line without click's doubled suggestion."""
+    o = run_cli(["--help"], monkeypatch, capsys)
+    assert o.code == 0 and "train" in o.out and not o.err
+    o = run_cli(["train", "--help"], monkeypatch, capsys)
+    assert o.code == 0 and "--set" in o.out
+    o = run_cli([], monkeypatch, capsys)  # no_args_is_help: the help, exit 2 as click's standalone mode does
+    assert o.code == 2 and "train" in o.out + o.err and "error:" not in o.err
+    o = run_cli(["datasets", "--data-dir", "/nonexistent-corpus-dir"], monkeypatch, capsys)
+    assert o.code == 0 and "synthetic" in o.out
+    o = run_cli(["trian"], monkeypatch, capsys)
+    assert o.lines == ["error: No such command 'trian'. Did you mean 'train'? (see fedleak --help)"] and o.code == 2

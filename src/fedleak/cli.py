@@ -8,8 +8,10 @@ optional extras (Flower) are imported by the command when it runs, not at regist
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
+import click
 import typer
 
 app = typer.Typer(
@@ -40,14 +42,38 @@ def register_areas(target: typer.Typer, areas: tuple[str, ...] = AREAS) -> None:
 register_areas(app)
 
 
+def _usage_line(e: click.UsageError) -> str:
+    """click's usage error as one line: the message and the command whose --help explains it."""
+    names, ctx = [], e.ctx
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    command = " ".join(["fedleak", *reversed(names)])
+    sentences = re.split(r"(?<=[.?!])\s+", e.format_message().strip())  # typer and click both add "Did you mean"
+    return f"{' '.join(dict.fromkeys(sentences))} (see {command} --help)"
+
+
 def main() -> None:
     from fedleak.errors import USER_ERRORS
 
     try:
-        app()
+        rv = app(standalone_mode=False)  # click's usage errors come here instead of its multi-line panel
+    except click.exceptions.NoArgsIsHelpError:
+        sys.exit(2)  # typer has printed the help already (as before)
     except USER_ERRORS as e:  # one clear line, no traceback, for bad input
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         sys.exit(2)
+    except click.UsageError as e:
+        typer.secho(f"error: {_usage_line(e)}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        typer.secho(f"error: {e.format_message()}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except click.Abort:
+        typer.secho("Aborted!", err=True)
+        sys.exit(1)
+    # typer.Exit(code) comes back as a return value; a normal run exits 0 as in click's standalone mode
+    sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
 
 
 if __name__ == "__main__":

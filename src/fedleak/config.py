@@ -35,6 +35,7 @@ MAX_IMAGE_SIZE = 1024
 MAX_THREADS = 1024
 MAX_MEMORY_MB = 1_048_576
 MAX_SEED = 2**63 - 1
+MAX_LR = 1e30  # far above any useful step size (tests force divergence with 1e30); 1e300 overflows torch
 
 #: An int that must be written as one: ``1e20`` (a YAML string) or ``5.0`` (a float) are rejected, not coerced.
 SInt = Annotated[int, Strict()]
@@ -44,6 +45,14 @@ class _Strict(BaseModel):
     """Unknown keys are errors; ints must be ints; floats must be finite (no ``.inf`` / ``.nan``)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_float(cls, value: Any, info: Any) -> Any:
+        """Float fields stay lax about ints (``lr: 1``) but refuse YAML ``true``/``false`` (pydantic reads 1.0)."""
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in (float, float | None):
+            raise ValueError(f"must be a number, not {str(value).lower()}")
+        return value
 
 
 class DataConfig(_Strict):
@@ -133,7 +142,7 @@ class FLConfig(_Strict):
     local_epochs: SInt = Field(1, ge=1, le=MAX_EPOCHS)
     batch_size: SInt = Field(32, ge=1, le=MAX_BATCH)
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0)
+    lr: float = Field(0.1, gt=0, le=MAX_LR)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     fresh_optimizer: bool = Field(True, description="Re-create the optimizer each round, as the original does.")
@@ -183,10 +192,20 @@ class OutputConfig(_Strict):
     checkpoint_every: SInt = Field(1, ge=1, le=MAX_ROUNDS, description="Save a resumable checkpoint every N rounds.")
 
 
+def check_path_name(name: str) -> str:
+    """A name used as one path component (a run or sweep folder): not empty, '.', '..', nor holding a separator."""
+    if name.strip() in ("", ".", "..") or any(c in name for c in "/\\\x00"):
+        raise ValueError(f"{name!r} cannot name a folder; use letters, digits, '-', '_' or '.' (no '/', not '..')")
+    return name
+
+
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     seed: SInt = Field(0, ge=0, le=MAX_SEED)
-    device: str = "cpu"
+    device: str = Field(
+        "cpu", description="'cpu' or 'cuda[:N]' (checked against the GPUs present); not used by the engine yet: "
+        "training and signals run on the CPU whatever it says."
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     candidates: CandidatesConfig = Field(default_factory=CandidatesConfig)
@@ -195,6 +214,24 @@ class ExperimentConfig(_Strict):
     defense: DefenseConfig = Field(default_factory=DefenseConfig)
     signals: SignalsConfig = Field(default_factory=SignalsConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    _name_is_a_folder = field_validator("name")(check_path_name)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        import re
+
+        m = re.fullmatch(r"cpu|cuda(?::(\d+))?", v)
+        if m is None:
+            raise ValueError(f"{v!r} is not a device; use 'cpu' or 'cuda' / 'cuda:N'")
+        if v.startswith("cuda"):
+            import torch
+
+            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if int(m.group(1) or 0) >= n:
+                raise ValueError(f"{v!r} is not available (this machine has {n} CUDA device(s)); use 'cpu'")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "ExperimentConfig":
@@ -219,7 +256,18 @@ def cross_field_problems(cfg: ExperimentConfig) -> list[tuple[Loc, str]]:
     dup = sorted({c for c in clients if clients.count(c) > 1})
     if dup:
         out.append((("defense", "clients"), f"lists client(s) {dup} more than once"))
+    if cfg.defense.name == "none" and cfg.defense.params:
+        out.append((("defense", "params"), f"{sorted(cfg.defense.params)} given but defense.name is 'none'; name the "
+                    "defense they belong to or remove them"))
+    if cfg.defense.clients == []:
+        out.append((("defense", "clients"), "is empty (it defends nobody); list client ids or omit it for all clients"))
+    if cfg.signals.rounds == []:
+        out.append((("signals", "rounds"), "is empty (nothing would be recorded); list rounds or omit it for the "
+                    "default (every signals.every-th round and the last)"))
     sched, rounds = cfg.fl.schedule, cfg.fl.rounds
+    if sched.milestones and sched.kind != "milestones":
+        out.append((("fl", "schedule", "milestones"), f"are only used with kind: milestones (kind is '{sched.kind}'); "
+                    "set kind: milestones or remove them"))
     late = [m for m in sched.milestones if m >= rounds]
     if sched.kind == "milestones" and late:
         out.append((("fl", "schedule", "milestones"), f"{late} are not rounds of this run (0..{rounds - 1}, fl.rounds)"))
@@ -246,6 +294,22 @@ def parse_config(data: dict[str, Any], source: str = "", overrides: dict[Loc, st
 # ------------------------------------------------------------------------------------------------ loading
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice in one mapping; keep one of them", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(p: Path, what: str = "config", hint: str = "data:, model:, fl:, ...") -> dict[str, Any]:
     """A YAML file whose top level is a non-empty mapping; anything else is a one-line ConfigError."""
     if p.is_dir():
@@ -259,7 +323,7 @@ def read_yaml_mapping(p: Path, what: str = "config", hint: str = "data:, model:,
     if "\x00" in text:
         raise ConfigError(f"{what} {p} is not a text file (it holds NUL bytes); give a YAML file")
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if raw is None:
@@ -280,6 +344,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     return parse_config(raw, str(p), applied)
 
 
+def parse_yaml_value(value: str, what: str) -> Any:
+    """One ``key=value`` value parsed as YAML; invalid YAML is a one-line ConfigError that starts with ``what``."""
+    try:
+        return yaml.load(value, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+
+
 def apply_override(
     raw: dict[str, Any],
     override: str,
@@ -297,10 +369,7 @@ def apply_override(
     if "=" not in override:
         raise ConfigError(f"{flag} '{override}' must look like {form}, e.g. {example}")
     key, value = override.split("=", 1)
-    try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{flag} '{override}': the value is not valid YAML ({str(e).splitlines()[0]})") from None
+    parsed = parse_yaml_value(value, f"{flag} '{override}'")
     return set_key(raw, key, parsed, model, f"{flag} '{override}'", f"write {form}, e.g. {example}")
 
 

@@ -66,3 +66,26 @@ def test_resume_refuses_a_different_config(tmp_path):
     train(tiny_config(fl__rounds=1), tmp_path / "r", quiet=True)
     with pytest.raises(ConfigError, match="fl.lr"):
         train(tiny_config(fl__rounds=1, fl__lr=0.5), tmp_path / "r", quiet=True)
+
+
+def test_a_checkpoint_that_is_not_a_file_is_refused_and_keeps_the_finished_metrics(tmp_path):
+    """Only a missing checkpoint.pt means "start at round 0": a directory (or FIFO) in its place is refused
+    before anything is truncated, so the finished run keeps every metrics record."""
+    import pytest
+
+    from fedleak.fl.simulation import train
+    from fedleak.signals.store import StoreError
+
+    run = tmp_path / "r"
+    train(tiny_config(fl__rounds=2), run, quiet=True)
+    metrics = (run / "metrics.jsonl").read_bytes()
+    assert len(read_metrics(run)) == 2
+    for make in (lambda p: p.mkdir(), os.mkfifo):
+        ck = run / "checkpoint.pt"
+        ck.unlink()
+        make(ck)
+        with pytest.raises(StoreError, match="checkpoint.pt is not a regular file"):
+            train(tiny_config(fl__rounds=2), run, quiet=True)
+        assert (run / "metrics.jsonl").read_bytes() == metrics
+        ck.rmdir() if ck.is_dir() else ck.unlink()
+        ck.write_bytes(b"")  # any file again, so the next unlink works

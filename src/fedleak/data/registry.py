@@ -345,6 +345,8 @@ def describe_datasets(data_dir: str | os.PathLike[str] | None = None) -> list[di
     resolved data dir), True for the embedded/generated ones and None for ``imagefolder`` (whose
     folder is ``data.root``)."""
     d = resolve_data_dir(data_dir)
+    if d.exists() and not d.is_dir():
+        raise DataError(f"data dir {d} is not a folder; give the folder that holds (or will hold) the dataset files")
     out = []
     for info in DATASETS.values():
         if info.locate is None:

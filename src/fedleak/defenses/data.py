@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedleak.config import ConfigError, ExperimentConfig
+from fedleak.config import MAX_IMAGE_SIZE, ConfigError, ExperimentConfig
 from fedleak.defenses.base import Defense, register_defense
 from fedleak.defenses.params import (
     BOOL,
@@ -104,7 +104,7 @@ class AugmentParams(DefenseParams):
         "standard",
         description="starting point: " + ", ".join(RECIPES) + " or none; the other " "parameters override it",
     )
-    crop_padding: param(INT, check=non_negative, optional=True) = Field(
+    crop_padding: param(INT, check=between(0, MAX_IMAGE_SIZE), optional=True) = Field(
         None,
         description="random crop of the original size after zero padding by this many pixels (0: off)",
     )

@@ -82,8 +82,10 @@ def load_checkpoint(
 
     Checks that the file is a fedleak checkpoint of ``model`` for a round below ``rounds``."""
     path = Path(run_dir) / CHECKPOINT
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():  # only a missing file means "no checkpoint"
         return None
+    if not path.is_file():
+        raise _damaged(path, "not a regular file (a directory or a special file)")
     ck = _read(path)
     if not isinstance(ck, dict) or not isinstance(ck.get("round"), int) or not isinstance(ck.get("opt_states", {}), dict):
         raise _damaged(path, "not a fedleak checkpoint (no round number)")

@@ -49,6 +49,8 @@ def _alexnet_cifar(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Mo
 
 @MODELS.register("resnet18_gn")
 def _resnet18_gn(num_classes: int, input_shape: tuple[int, int, int], groups: int = 32) -> nn.Module:
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or 64 % groups:
+        raise ValueError(f"resnet18_gn: groups must divide 64 (1, 2, 4, 8, 16, 32 or 64), got {groups!r}")
     return ResNet18GN(num_classes, in_channels=input_shape[0], groups=groups)
 
 

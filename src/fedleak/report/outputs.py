@@ -31,7 +31,14 @@ from fedleak.attacks.mia.evaluate import evaluate, Evaluation
 from fedleak.metrics.roc import HEADLINE_FPR, fpr_key
 from fedleak.report import figures
 from fedleak.signals.loading import load_signals
-from fedleak.signals.store import atomic_write_text, read_metrics, recorded_rounds, round_path
+from fedleak.signals.store import (
+    StoreError,
+    atomic_write_text,
+    make_dirs,
+    read_metrics,
+    recorded_rounds,
+    round_path,
+)
 
 ATTACK_DIR = "attack"
 FIGURE_STEMS = ("roc", "tpr_per_round", "fedmia_scores", "utility")
@@ -151,7 +158,7 @@ def attack_run(
     ev.metrics["run_dir"] = str(run_dir)
     ev.metrics["seconds"] = {"load": round_(t_load), "attacks": round_(time.time() - t0 - t_load)}
     out = attack_dir(run_dir, names)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     if make_figures:
         ev.metrics["figures"] = write_figures(ev, out, read_metrics(run_dir))
     else:  # never leave figures of an earlier evaluation next to these metrics
@@ -187,5 +194,48 @@ def is_stale(run_dir: str | Path) -> bool:
     return newest > p.stat().st_mtime
 
 
+_INT_KEYS = ("target", "round", "num_clients", "n_members", "n_nonmembers")
+
+
+def _is_number(x: Any) -> bool:
+    """A JSON number, or one of the strings _finite writes for inf/NaN."""
+    return (isinstance(x, (int, float)) and not isinstance(x, bool)) or x in ("nan", "inf", "-inf")
+
+
+def _metrics_problem(m: Any) -> str | None:
+    """What makes a parsed metrics.json unusable by report/summarize (None: it has the shape they read)."""
+    if not isinstance(m, dict):
+        return "not a JSON object"
+    for key in _INT_KEYS:
+        if not isinstance(m.get(key), int) or isinstance(m.get(key), bool):
+            return f"'{key}' is missing or not an integer"
+    for key, ok in (("fpr_targets", _is_number), ("recorded_rounds", lambda r: isinstance(r, int))):
+        if not isinstance(m.get(key), list) or not all(ok(v) for v in m[key]):
+            return f"'{key}' is missing or not a list of numbers"
+    if not isinstance(m.get("attacks"), dict):
+        return "'attacks' is missing or not a mapping of attack results"
+    for name, a in m["attacks"].items():
+        if not isinstance(a, dict):
+            return f"attack '{name}' is not a mapping"
+        bad = [k for k, v in a.items() if (k in ("auc", "log_auc", "balanced_accuracy") or k.startswith("tpr@"))
+               and not _is_number(v)]
+        if bad:
+            return f"attack '{name}': {bad[0]} is not a number"
+    return None
+
+
 def load_attack_metrics(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((attack_dir(run_dir) / "metrics.json").read_text())
+    """RUN/attack/metrics.json, checked to have the shape its readers use (else a StoreError naming it)."""
+    p = attack_dir(run_dir) / "metrics.json"
+    try:
+        m: Any = json.loads(p.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        m = e
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise StoreError(f"cannot read {p}: {e.strerror or e}; re-run `fedleak attack {run_dir}`") from None
+    why = f"not JSON ({type(m).__name__})" if isinstance(m, Exception) else _metrics_problem(m)
+    if why:
+        raise StoreError(f"{p} is damaged ({why}); re-run `fedleak attack {run_dir}` to rewrite it")
+    return m

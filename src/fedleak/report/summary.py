@@ -15,7 +15,7 @@ import numpy as np
 
 from fedleak.errors import FedleakError
 from fedleak.metrics.roc import HEADLINE_KEY, fpr_key, roc_metrics
-from fedleak.signals.store import read_metrics
+from fedleak.signals.store import read_metrics, read_npz
 
 KEYS = ("auc", fpr_key(0.01), HEADLINE_KEY)
 
@@ -30,8 +30,12 @@ def collect(run_dirs: Iterable[str | Path], attack_missing: bool = True) -> list
     from fedleak.report.outputs import attack_run, is_stale, load_attack_metrics
 
     out = []
+    seen: dict[Path, Path] = {}
     for d in run_dirs:
         d = Path(d)
+        if d.resolve() in seen:
+            raise FedleakError(f"{d} is given twice (also as {seen[d.resolve()]}); list each run once")
+        seen[d.resolve()] = d
         if is_stale(d):
             if not attack_missing:
                 raise FedleakError(f"{d} has no up-to-date attack outputs; run `fedleak attack {d}` first")
@@ -104,9 +108,11 @@ def by_origin_table(run_dirs: Iterable[str | Path]) -> str:
         f = d / "attack" / "scores.npz"
         if not f.exists():
             raise FedleakError(f"{d} has no attack/scores.npz; run `fedleak attack {d}` first")
-        with np.load(f, allow_pickle=False) as z:
-            owner, member = z["owner"], z["member"].astype(bool)
-            scores = {k: z[k] for k in z.files if k not in ("ids", "owner", "member", "target")}
+        z = read_npz(f, f"re-run `fedleak attack {d}` to rewrite it")
+        if "owner" not in z or "member" not in z:
+            raise FedleakError(f"{f} has no owner/member arrays; re-run `fedleak attack {d}` to rewrite it")
+        owner, member = z["owner"], z["member"].astype(bool)
+        scores = {k: v for k, v in z.items() if k not in ("ids", "owner", "member", "target")}
         groups = {"test": ~member & (owner == -1), "other": ~member & (owner != -1)}
         for kind, neg in groups.items():
             if not neg.any():

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from fedleak.signals.store import StoreError, read_meta
+from fedleak.signals.store import StoreError, read_meta, retrain_hint
 
 HASH_KEY, COPY_KEY = "config_sha256", "config"
 _WARNED: set[str] = set()
@@ -82,11 +82,17 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     Raises StoreError when the file is damaged or was edited after training (naming the keys that differ)."""
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
-    if not path.is_file():
+    if not path.exists():
         return {}
+    if not path.is_file():
+        raise StoreError(f"{path} is not a regular file (a directory or a special file); the signals are intact — "
+                         "put the run's config.yaml back in its place")
     meta = read_meta(run_dir)
     raw = _parse(path, meta)
     want = meta.get(HASH_KEY)
+    if want is None and not meta and (run_dir / "meta.json").exists():
+        raise StoreError(f"{path} cannot be checked against the trained run: {run_dir / 'meta.json'} is an empty "
+                         f"object (blanked?); {retrain_hint(run_dir)} to rewrite it")
     if want is None:
         if meta and not meta.get("synthetic"):
             _warn_once(run_dir, f"{path} cannot be checked (the run predates config fingerprints); using it as it is")

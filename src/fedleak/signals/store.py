@@ -67,6 +67,18 @@ def write_failed(path: Path, e: OSError) -> StoreError:
     return StoreError(f"cannot write {path}: {why}")
 
 
+def make_dirs(path: Path) -> Path:
+    """``mkdir -p path``; a file in the way or an unwritable parent is a one-line StoreError naming the path."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise StoreError(f"cannot create folder {path}: a file is in the way (at that path or above it); "
+                         "give another path") from None
+    except OSError as e:
+        raise write_failed(Path(path), e) from None
+    return Path(path)
+
+
 def _discard(path: Path) -> None:
     try:
         path.unlink(missing_ok=True)
@@ -180,6 +192,8 @@ def _unreadable(head: bytes) -> str:
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     """Every array of an .npz (never unpickles), or _Damaged saying why not."""
+    if path.exists() and not path.is_file():  # never open a FIFO (it blocks) or a device
+        raise _Damaged("is not a regular file (a directory or a special file)")
     try:
         with open(path, "rb") as f:
             head = f.read(4)
@@ -202,6 +216,14 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         if "allow_pickle" in str(e):  # an object array
             raise _Damaged("holds pickled Python objects (not loaded: fedleak never unpickles run files)") from None
         raise _Damaged(f"is truncated or corrupt (not a valid .npz: {type(e).__name__})") from None
+
+
+def read_npz(path: Path, fix: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz (never unpickles); a damaged file raises StoreError naming it, then ``fix``."""
+    try:
+        return _read_npz(Path(path))
+    except _Damaged as e:
+        raise StoreError(f"{path} {e}; {fix}") from None
 
 
 def _is_int(a: np.ndarray) -> bool:
@@ -262,12 +284,31 @@ def recorded_rounds(run_dir: Path) -> list[int]:
     return sorted(out)
 
 
+_METRIC_NUMBERS = ("lr", "test_acc", "test_loss", "train_acc", "train_loss", "time")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_round_record(rec: Any) -> bool:
+    """A metrics.jsonl record: a round number >= 0 and numbers (or null) where its readers expect numbers."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("round"), int) or rec["round"] < 0:
+        return False
+    cta = rec.get("client_test_acc")
+    return all(rec.get(k) is None or _is_number(rec[k]) for k in _METRIC_NUMBERS) and (
+        cta is None or isinstance(cta, list) and all(v is None or _is_number(v) for v in cta))
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The per-round records of metrics.jsonl. A last line cut by a crash mid-write (no newline) is skipped;
     any other unreadable line raises StoreError naming it."""
     p = Path(run_dir) / "metrics.jsonl"
-    if not p.is_file():
+    if not p.exists():
         return []
+    if not p.is_file():
+        raise StoreError(f"{p} is not a regular file (a directory or a special file); remove it and "
+                         f"{retrain_hint(Path(run_dir))} to rewrite it")
     try:
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -283,7 +324,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
             if i == len(lines) - 1:  # no newline after it: the round being written when the process died
                 continue
             rec = None
-        if not isinstance(rec, dict) or not isinstance(rec.get("round"), int):
+        if not _is_round_record(rec):
             raise StoreError(
                 f"{p} line {i + 1} is damaged (not a JSON record of a round); the signals and the other lines are "
                 "intact — delete that line (only that round's utility numbers are lost)"
@@ -294,15 +335,30 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def read_meta(run_dir: str | Path) -> dict[str, Any]:
     p = Path(run_dir) / "meta.json"
-    if not p.is_file():
+    if not p.exists():
         return {}
+    meta: Any = None
     try:
-        meta = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        meta = e
-    if not isinstance(meta, dict):
+        meta = json.loads(p.read_text()) if p.is_file() else None  # never open a FIFO: it blocks
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    why = "not a JSON object" if not isinstance(meta, dict) else _meta_problem(meta)
+    if why:
         raise StoreError(
-            f"{p} is damaged (not a JSON object); the signals, split and config.yaml are intact — delete it and "
+            f"{p} is damaged ({why}); the signals, split and config.yaml are intact — delete it and "
             f"{retrain_hint(Path(run_dir))} to rewrite it"
         )
     return meta
+
+
+def _meta_problem(meta: dict[str, Any]) -> str | None:
+    """What in a parsed meta.json has the wrong type for its readers (None: nothing)."""
+    sizes = meta.get("client_sizes")
+    if sizes is not None and not (isinstance(sizes, list) and all(isinstance(n, int) for n in sizes)):
+        return "'client_sizes' is not a list of sample counts"
+    for key in ("config", "dataset", "model", "toy"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            return f"'{key}' is not a mapping"
+    if meta.get("config_sha256") is not None and not isinstance(meta["config_sha256"], str):
+        return "'config_sha256' is not a hash"
+    return None

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fedleak.metrics.roc import HEADLINE_KEY
-from fedleak.sweeps.spec import default_out, expand, load_sweep, RunSpec, SweepSpec
+from fedleak.signals.store import make_dirs
+from fedleak.sweeps.spec import RunSpec, SweepSpec, default_out, expand, load_sweep
 
 
 def plan(
@@ -69,7 +70,7 @@ def run_sweep(
     from fedleak.sweeps.runner import finished_result
 
     spec, out_dir, runs = plan(sweep_path, out, overrides, data_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(out_dir)
     todo = [r.to_dict() for r in runs if finished_result(r.to_dict()) is None]
     log(f"sweep '{spec.name}': {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run "
         f"(backend {backend}, {workers} worker{'s' if workers != 1 else ''}) -> {out_dir}")

@@ -35,6 +35,7 @@ def sweep_command(
 
     if backend not in BACKENDS:
         raise FedleakError(f"unknown backend '{backend}'; choose from {', '.join(BACKENDS)}")
+    _check_options(backend, address, timeout, cpus_per_run, dry_run, report, data_dir)
     if dry_run:
         spec, out_dir, runs = plan(sweep, out, set_, data_dir)
         for res in collect(runs):
@@ -50,6 +51,25 @@ def sweep_command(
                   log=typer.echo)
     if s["status"]["failed"]:
         raise typer.Exit(code=1)
+
+
+def _check_options(backend: str, address: Optional[str], timeout: Optional[float], cpus_per_run: float,
+                   dry_run: bool, report: bool, data_dir: Optional[str]) -> None:
+    """The command-line options that the sweep would otherwise take in silently (or find out about per run)."""
+    import math
+
+    from fedleak.errors import FedleakError
+
+    if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
+        raise FedleakError(f"--timeout must be a positive number of seconds (got {timeout})")
+    if not (cpus_per_run > 0 and math.isfinite(cpus_per_run)):
+        raise FedleakError(f"--cpus-per-run must be a positive number (got {cpus_per_run})")
+    if address is not None and backend != "ray":
+        raise FedleakError(f"--address is only used by --backend ray (the backend is '{backend}')")
+    if dry_run and report:
+        raise FedleakError("--dry-run and --report-only exclude each other; give one of them")
+    if data_dir and Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise FedleakError(f"--data-dir {data_dir} is not a folder; give the folder with the dataset files")
 
 
 def register(app: typer.Typer) -> None:

@@ -44,7 +44,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fedleak.config import (
     ConfigError,
     ExperimentConfig,
+    SInt,
     apply_override,
+    check_path_name,
     format_validation_error,
     parse_config,
     read_yaml_mapping,
@@ -99,6 +101,18 @@ class AttackSettings(_Strict):
     strict: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("options")
+    @classmethod
+    def _fedmia_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from fedleak.attacks.mia.attacks import check_fedmia_options
+        from fedleak.errors import FedleakError
+
+        try:
+            check_fedmia_options(v)
+        except FedleakError as e:  # checked with the sweep file, not when the first run is attacked
+            raise ValueError(str(e)) from None
+        return v
+
 
 class HVSettings(_Strict):
     include_baseline: bool = Field(True, description="Add the undefended run to every defense's point set.")
@@ -108,7 +122,7 @@ class SweepSpec(_Strict):
     name: str = "sweep"
     base: str
     set: dict[str, Any] = Field(default_factory=dict)
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[SInt] = Field(default_factory=lambda: [0])
     variants: list[Variant] = Field(default_factory=list)
     baseline: bool = True
     defenses: list[DefenseGrid] = Field(default_factory=list)
@@ -116,6 +130,8 @@ class SweepSpec(_Strict):
     hypervolume: HVSettings = Field(default_factory=HVSettings)
     out: str | None = None
     threads: int = Field(1, ge=1)
+
+    _name_is_a_folder = field_validator("name")(check_path_name)
 
     @model_validator(mode="after")
     def _check(self) -> "SweepSpec":

@@ -29,6 +29,7 @@ from fedleak.attacks.inversion.victim import LocalHyper, ServerView, client_upda
 from fedleak.defenses import build_transform
 from fedleak.defenses.gradient import last_linear, representation_fn
 from fedleak.metrics.image import aggregate, image_metrics, label_accuracy, logit_mse, to_pixels
+from fedleak.signals.store import make_dirs
 
 CSV_FIELDS = [
     "batch", "index", "label", "predicted_label", "mse", "psnr", "ssim", "logit_mse", "match_cost",
@@ -270,7 +271,7 @@ def _json_safe(v: Any) -> Any:
 
 def write_outputs(result: dict[str, Any], truth: torch.Tensor, rec: torch.Tensor, out_dir: str | Path) -> Path:
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     (out / "metrics.json").write_text(json.dumps(_json_safe(result), indent=1))
     with (out / "metrics.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)

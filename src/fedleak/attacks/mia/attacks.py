@@ -45,6 +45,7 @@ exactly 3 only when nine shadows are identical; in practice it first acts at S â
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -238,8 +239,8 @@ def fedmia_rounds(
     """
     if ddof < 0:
         raise FedleakError(f"ddof must be >= 0 (got {ddof})")
-    if eps < 0:
-        raise FedleakError(f"eps must be >= 0 (got {eps})")
+    if not (eps >= 0 and math.isfinite(eps)):  # `eps < 0` alone lets NaN through
+        raise FedleakError(f"eps must be a finite number >= 0 (got {eps})")
     if outlier_filter and robust:
         raise FedleakError("choose either the 3-sigma outlier filter or the robust (median/MAD) null, not both")
     t = resolve_target(signals, target)
@@ -254,6 +255,7 @@ def fedmia_rounds(
         raise StoreError(
             f"FedMIA needs rounds where target client {t} "
             f"took part together with at least {need} other clients; none of the recorded rounds qualifies"
+            + (f" (ddof={ddof} needs ddof+1 shadows; lower --ddof)" if ddof > 0 else "")
         )
     N = m.shape[2]
     z = np.empty((use.size, N), np.float64)
@@ -394,6 +396,25 @@ def resolve_names(names: Iterable[str] | str | None) -> list[str]:
 
 
 FEDMIA_OPTIONS = ("aggregation", "ddof", "eps", "outlier_filter", "robust")
+
+
+def check_fedmia_options(options: dict[str, Any]) -> None:
+    """FedleakError naming the first bad FedMIA option (before any signal is read, e.g. for a whole sweep)."""
+    bad = sorted(set(options) - set(FEDMIA_OPTIONS))
+    if bad:
+        raise FedleakError(f"unknown attack options {bad}; FedMIA accepts {', '.join(FEDMIA_OPTIONS)}")
+    agg, ddof, eps = options.get("aggregation", "mean"), options.get("ddof", 0), options.get("eps", 1e-8)
+    if agg not in AGGREGATIONS:
+        raise FedleakError(f"unknown FedMIA aggregation '{agg}'; choose from {', '.join(AGGREGATIONS)}")
+    if isinstance(ddof, bool) or not isinstance(ddof, int) or ddof < 0:
+        raise FedleakError(f"ddof must be an integer >= 0 (got {ddof!r})")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (eps >= 0 and math.isfinite(eps)):
+        raise FedleakError(f"eps must be a finite number >= 0 (got {eps!r})")
+    for flag in ("outlier_filter", "robust"):
+        if not isinstance(options.get(flag, False), bool):
+            raise FedleakError(f"{flag} must be true or false (got {options[flag]!r})")
+    if options.get("outlier_filter") and options.get("robust"):
+        raise FedleakError("choose either the 3-sigma outlier filter or the robust (median/MAD) null, not both")
 
 
 def run_attacks(
