@@ -76,7 +76,8 @@ DENOMINATORS = ("legacy", "notebook", "abs")
 REDUCTIONS = ("sum", "per-sample")
 SELECTIONS = ("percentile", "topk")
 METHODS = ("approx", "exact")
-JACOBIANS = ("vmap", "replicate", "loop")
+JACOBIANS = ("vmap", "replicate", "loop", "sketch")
+PROBE_KINDS = ("rademacher", "gaussian")
 TRANSFORMS = ("none", "soteria", "prune", "prune-global", "dp-gaussian", "dp-laplace")
 
 
@@ -112,10 +113,14 @@ class SoteriaParams(DefenseParams):
     reduction: param(STR, choices=REDUCTIONS) = Field("sum", description="one mask for the batch (sum) or per sample")
     selection: param(STR, choices=SELECTIONS) = Field("percentile", description="percentile threshold or exact top-k")
     method: param(STR, choices=METHODS) = Field("approx", description="Jacobian-row approximation or exact scores")
-    jacobian: param(STR, choices=JACOBIANS) = Field("vmap", description="how Jacobian rows are computed")
-    chunk_size: param(INT, check=positive, optional=True) = Field(None, description="rows per chunk (null: auto)")
+    jacobian: param(STR, choices=JACOBIANS) = Field(
+        "vmap", description="how Jacobian row norms are computed: exactly (vmap, replicate, loop) or sketched")
+    chunk_size: param(INT, check=positive, optional=True) = Field(None, description="rows (sketch: probes) per chunk "
+                                                                  "(null: auto)")
     memory_budget_mb: param(FLOAT, check=positive) = Field(32.0, description="memory for one chunk of Jacobian rows")
     ridge: param(FLOAT, check=non_negative) = Field(1e-6, description="exact method: ridge λ relative to diag(J Jᵀ)")
+    probes: param(INT, check=between(1, 65536)) = Field(64, description="jacobian=sketch: number of random probes")
+    probe_kind: param(STR, choices=PROBE_KINDS) = Field("rademacher", description="jacobian=sketch: probe distribution")
 
 
 class PruneParams(DefenseParams):

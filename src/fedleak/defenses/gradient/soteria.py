@@ -24,6 +24,13 @@ chunks of one-hot cotangents (``method="approx"``, the default), or by replicati
 of a chunk and doing one backward (``jacobian="replicate"``), never one backward pass per feature (that
 reference, ``jacobian="loop"``, is kept for tests and the benchmark). All three assume samples do not interact
 inside the network (true for every fedleak model: no BatchNorm), as the original does.
+
+``jacobian="sketch"`` estimates the row norms instead from ``probes`` random probes (``probe_kind`` Rademacher or
+Gaussian) through forward-mode JVPs (:func:`fedleak.models.jacobian_sketch.row_norms_sketch`; accuracy and speed
+in docs/soteria-sketch.md), and puts them in the same score formula. The probes are drawn from the generator the
+transform is called with (the defense's seeded stream), or from torch's global generator when it is None.
+``chunk_size``/``memory_budget_mb`` then size the chunks of probes. ``method="exact"`` needs the whole Jacobian
+and is refused with the sketch.
 """
 
 from __future__ import annotations
@@ -38,9 +45,11 @@ from torch.func import functional_call, vjp, vmap
 
 from fedleak.defenses.gradient.base import GradientContext, Grads, last_linear, linear_param_names
 from fedleak.models.functional import module_by_name, smallest_k_mask
+from fedleak.models.jacobian_sketch import ProbeKind, row_norms_sketch
 from fedleak.defenses.gradient.base import percentile_linear
 
 Denominator = Literal["legacy", "notebook", "abs"]
+JacobianMethod = Literal["vmap", "replicate", "loop", "sketch"]
 
 
 class _Captured(Exception):
@@ -231,23 +240,42 @@ class Soteria:
     reduction: Literal["sum", "per-sample"] = "sum"
     selection: Literal["percentile", "topk"] = "percentile"
     method: Literal["approx", "exact"] = "approx"
-    jacobian: Literal["vmap", "replicate", "loop"] = "vmap"
-    chunk_size: int | None = None  # None: from memory_budget_mb (auto_chunk_size)
+    jacobian: JacobianMethod = "vmap"
+    chunk_size: int | None = None  # None: from memory_budget_mb (auto_chunk_size / sketch_chunk_size)
     memory_budget_mb: float = 32.0
     ridge: float = 1e-6  # exact: λ = ridge · mean(diag(J Jᵀ))
+    probes: int = 64  # jacobian="sketch": number of random probes
+    probe_kind: ProbeKind = "rademacher"  # jacobian="sketch": probe distribution
     name: str = "soteria"
 
-    def scores(self, ctx: GradientContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample scores ``v [B, D]`` and the representation ``r [B, D]``."""
+    def __post_init__(self) -> None:
+        if self.jacobian == "sketch" and self.method == "exact":
+            raise ValueError("method='exact' needs the whole Jacobian (its pseudo-inverse), which the sketch does "
+                             "not compute; use method='approx' with jacobian='sketch', or an exact jacobian "
+                             "(vmap, replicate, loop)")
+
+    def _row_norms(self, f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(r, ‖J_i‖)`` per sample, exact (batched VJPs) or sketched (random-probe JVPs from ``generator``)."""
+        if self.jacobian != "sketch":
+            return jacobian_rows(f, x, self.chunk_size, self.jacobian, memory_budget_mb=self.memory_budget_mb)
+        with torch.no_grad():
+            r = f(x.detach())
+        norms = row_norms_sketch(f, x, self.probes, self.probe_kind, generator, self.chunk_size,
+                                 self.memory_budget_mb)
+        return r.detach(), norms
+
+    def scores(self, ctx: GradientContext, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample scores ``v [B, D]`` and the representation ``r [B, D]`` (``generator``: the sketch's probes)."""
         layer = self.layer or last_linear(ctx.model)
         f = representation_fn(ctx.model, layer, ctx.parameters())
         if self.method == "approx":
-            r, norms = jacobian_rows(f, ctx.x, self.chunk_size, self.jacobian,
-                                     memory_budget_mb=self.memory_budget_mb)
+            r, norms = self._row_norms(f, ctx.x, generator)
             den = _denominator(r, self.denominator, self.eps)
             return norms / den, r
         if self.method != "exact":
             raise ValueError(f"unknown Soteria method {self.method!r}; choose approx or exact")
+        self.__post_init__()  # the sketch has no whole Jacobian
         r, J = jacobian_rows(f, ctx.x, self.chunk_size, self.jacobian, full=True,
                              memory_budget_mb=self.memory_budget_mb)
         G = (J.double() @ J.double().transpose(1, 2))  # [B, D, D]
@@ -264,7 +292,7 @@ class Soteria:
         wname, _ = linear_param_names(ctx.model, layer)
         if wname not in grads:
             raise ValueError(f"Soteria: no gradient for {wname!r}")
-        v, r = self.scores(ctx)
+        v, r = self.scores(ctx, generator)
         out: Grads = dict(grads)
         g = grads[wname]
         if self.reduction == "sum":
