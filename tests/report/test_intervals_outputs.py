@@ -94,3 +94,64 @@ def test_too_few_members_gives_no_auc_interval():
     assert e["ci95"]["auc"] is None
     assert e["counts"][fpr_key(0.1)] == [1, 1] and e["ci95"][fpr_key(0.1)][1] == 1.0
     assert HEADLINE_KEY == fpr_key(0.001)
+
+
+def _four_of_89() -> dict:
+    """A hand-made metrics document: the strongest attack finds 4 of 89 members at 0.1% FPR."""
+    ci = binomtest(4, 89).proportion_ci(method="exact")
+    atk = {"label": "FedMIA-II", "kind": "fedmia", "round": None, "auc": 0.654, "log_auc": 0.3, "tpr@10%": 0.2,
+           "tpr@1%": 0.05, "tpr@0.1%": 4 / 89, "tpr@0.01%": 4 / 89, "balanced_accuracy": 0.6,
+           "counts": {"tpr@0.1%": [4, 89]}, "ci95": {"auc": [0.6012, 0.7068], "tpr@0.1%": [ci.low, ci.high]}}
+    return {"attacks": {"fedmia-ii": atk}, "n_members": 89, "n_nonmembers": 1040, "target": 0, "round": 19,
+            "fpr_convention": "<=", "fpr_targets": [0.1, 0.01, 0.001, 0.0001], "protocol": "aligned",
+            "recorded_rounds": [19], "num_clients": 10}
+
+
+def test_headline_cell_verdict_and_terminal_read_k_of_n_with_the_interval(capsys):
+    from fedleak.attacks.mia.commands import print_table
+    from fedleak.report.document import attack_table, verdict
+
+    m = _four_of_89()
+    head, rows, _ = attack_table(m)
+    text = "4 of 89 (4.49%, 95% CI 1.2–11.1%)"  # scipy: 0.01237..0.11107
+    assert rows[0][head.index("TPR@0.1%")] == text
+    assert rows[0][head.index("AUC")] == "0.654 (95% CI 0.601–0.707)"
+    assert rows[0][head.index("TPR@1%")] == "5.00%"  # the other FPRs stay plain
+    v = verdict(m)
+    assert any("confidence interval of the 4.49% found at 0.1% FPR is 1.2–11.1% (exact Clopper–Pearson for 4 of 89"
+               " members); that of its AUC is 0.601–0.707 (DeLong)" in s for s in v.sentences)
+    print_table(m)
+    out = capsys.readouterr().out
+    assert text in out and "0.654 (95% CI 0.601–0.707)" in out
+
+
+def test_metrics_without_intervals_read_as_before():
+    from fedleak.report.document import attack_table, verdict
+
+    m = _four_of_89()
+    del m["attacks"]["fedmia-ii"]["counts"], m["attacks"]["fedmia-ii"]["ci95"]
+    head, rows, _ = attack_table(m)
+    assert rows[0][head.index("TPR@0.1%")] == "4.49%" and rows[0][head.index("AUC")] == "0.654"
+    assert not any("confidence interval" in s for s in verdict(m).sentences)
+
+
+def test_report_shows_the_intervals_of_a_real_run(attacked):
+    from fedleak.report.render import unbreakable_ci
+
+    res = runner.invoke(app, ["report", str(attacked), "-q"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((attacked / "attack" / "metrics.json").read_text())
+    a = m["attacks"]["fedmia-ii"]
+    k, n = a["counts"][HEADLINE_KEY]
+    ci = binomtest(k, n).proportion_ci(method="exact")
+    lo, hi = naive_delong(np.load(attacked / "attack" / "scores.npz")["member"].astype(bool),
+                          np.load(attacked / "attack" / "scores.npz")["fedmia_ii"].astype(np.float64))
+    want = f"{k} of {n} ({100 * k / n:.2f}%, 95% CI "
+    md = (attacked / "report.md").read_text()
+    html = (attacked / "report.html").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| FedMIA-II |"))
+    assert want in row and f"{a['auc']:.3f} (95% CI {lo:.3f}–{hi:.3f})" in row
+    lo_t, hi_t = row.split(want)[1].split("%)")[0].split("–")
+    assert float(lo_t) == pytest.approx(100 * ci.low, rel=0.06, abs=0.01)  # printed to 2 digits
+    assert float(hi_t) == pytest.approx(100 * ci.high, rel=0.06)
+    assert unbreakable_ci(f"95% CI {lo_t}–{hi_t}%)") in html  # kept on one line in the HTML table
