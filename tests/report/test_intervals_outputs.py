@@ -155,3 +155,21 @@ def test_report_shows_the_intervals_of_a_real_run(attacked):
     assert float(lo_t) == pytest.approx(100 * ci.low, rel=0.06, abs=0.01)  # printed to 2 digits
     assert float(hi_t) == pytest.approx(100 * ci.high, rel=0.06)
     assert unbreakable_ci(f"95% CI {lo_t}–{hi_t}%)") in html  # kept on one line in the HTML table
+
+
+def test_summarize_shows_one_runs_intervals_and_never_averages_them(attacked, tmp_path):
+    z = np.load(attacked / "attack" / "scores.npz")
+    member = z["member"].astype(bool)
+    res = runner.invoke(app, ["summarize", str(attacked)])
+    assert res.exit_code == 0, res.output
+    assert "| AUC 95% CI (DeLong) | TPR@0.1%: members found, 95% CI |" in res.output
+    row = next(line for line in res.output.splitlines() if line.startswith("| FedMIA-I |")).split("|")
+    lo, hi = naive_delong(member, z["fedmia_i"].astype(np.float64))
+    assert row[5].strip() == f"{lo:.3f}–{hi:.3f}"
+    k = naive_k(member, z["fedmia_i"].astype(np.float64), 0.001)
+    assert row[6].strip().startswith(f"{k} of {int(member.sum())} ({100 * k / member.sum():.2f}%, 95% CI ")
+    other = generate_toy_run(tmp_path / "second", **{**SMALL, "seed": 1})
+    res = runner.invoke(app, ["summarize", str(attacked), str(other)])
+    assert res.exit_code == 0, res.output
+    assert "95% CI (DeLong)" not in res.output and " of " not in res.output.split("\n2 run(s)")[0]
+    assert "intervals are not averaged over runs" in res.output
