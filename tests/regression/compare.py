@@ -25,6 +25,7 @@ forward. The tolerances are derived from the values and the float32 unit roundof
   - rank statistics (``auc``, ``log_auc``, ``tpr@*``, ``balanced_accuracy``, their rotation means/stds):
     one step of the resolution, ``1 / min members of any target`` (one member crossing a threshold);
   - accuracies (``*_acc``, ``label_accuracy``): one sample, ``1 / size of the smallest evaluated set``;
+  - members flagged (``counts/tpr@*``, integers): one member, the same step in counts;
   - ``best_threshold`` (the score at the arg-max of near-tied balanced accuracies) is not compared; the scores
     it comes from are.
   Arrays named ``*_acc`` use the accuracy step as well.
@@ -111,9 +112,18 @@ def compare_json(ref: Any, new: Any, tol: Tolerance | None, path: tuple[str, ...
         if tol is not None and (allowed is None or abs(new - ref) <= allowed):
             return []
         return [f"{where}: {new!r} != recorded {ref!r}" + ("" if tol is None else f" (allowed ±{allowed:.3g})")]
+    if tol is not None and _is_member_count(path, ref, new):
+        return []
     if type(ref) is not type(new) or ref != new:
         return [f"{where}: {new!r} != recorded {ref!r}"]
     return []
+
+
+def _is_member_count(path: tuple[str, ...], ref: Any, new: Any) -> bool:
+    """An attack's members flagged at an FPR (``counts/tpr@*/0``) one member off: the integer twin of the rank step."""
+    if not (isinstance(ref, int) and isinstance(new, int)) or len(path) < 3:
+        return False
+    return path[-3] == "counts" and _is_rank(path[-2]) and path[-1] == "0" and abs(ref - new) <= 1
 
 
 def _array_diff(name: str, ref: np.ndarray, new: np.ndarray, tol: Tolerance | None) -> list[str]:

@@ -149,6 +149,9 @@ def test_sweep_inline_failures_outputs_skip_and_resume(tmp_path):
     assert float(hv["hv"]) == pytest.approx(np.mean([[dom(a, e) for e in grid] for a in grid]), abs=0.01)
     md = (out / "results.md").read_text()
     assert "### Hypervolume" in md and "## Failed runs" in md and "FedMIA-II" in md
+    k, n = res["attacks"]["fedmia-ii"]["tpr@0.1%_members"]
+    assert int(row["tpr@0.1%_members"]) == n and int(row["tpr@0.1%_members_found"]) == k
+    assert "### TPR@0.1%: members found and 95% CI" in md and f" of {n} (" in md
     assert (out / "plots" / "ok__sparse.png").is_file()
 
     # re-running: finished runs are skipped, failed ones retried

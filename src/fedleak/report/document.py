@@ -31,6 +31,7 @@ from fedleak.report.model import (
     to_markdown,
 )
 from fedleak.report.render import FIG_CAPTIONS
+from fedleak.report.intervals_text import auc_text, tpr_text
 from fedleak.report.verdict import Verdict, pct as _pct, verdict
 from fedleak.signals.runconfig import read_run_config
 from fedleak.signals.store import atomic_write_text, read_meta, read_metrics
@@ -171,9 +172,8 @@ def attack_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]], d
         kind = kinds[a["kind"]] + (f" (round {a['round']})" if a["kind"] == "single" else "")
         vals = [a["auc"], a["log_auc"], *[a[fpr_key(f)] for f in fprs], a["balanced_accuracy"]]
         raw.append(vals)
-        rows.append(
-            [a["label"], kind, _num(a["auc"]), _num(a["log_auc"]), *[_pct(a[fpr_key(f)]) for f in fprs], _pct(a["balanced_accuracy"], 1)]
-        )
+        tprs = [tpr_text(a, HEAD_KEY) if fpr_key(f) == HEAD_KEY else _pct(a[fpr_key(f)]) for f in fprs]
+        rows.append([a["label"], kind, auc_text(a), _num(a["log_auc"]), *tprs, _pct(a["balanced_accuracy"], 1)])
     best = {}
     for j in range(len(head) - 2):
         col = [r[j] for r in raw]

@@ -85,6 +85,7 @@ def metrics_csv(metrics: dict[str, Any]) -> str:
         for k in ("auc", fpr_key(0.01), fpr_key(HEADLINE_FPR)):
             head += [f"rotating_{k}_mean", f"rotating_{k}_std"]
     head += ["oracle_round", f"oracle_{fpr_key(HEADLINE_FPR)}"]
+    head += _ci_head(fprs)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(head)
@@ -96,8 +97,26 @@ def metrics_csv(metrics: dict[str, Any]) -> str:
                 row += [m["rotating"][k]["mean"], m["rotating"][k]["std"]]
         o = m.get("oracle")
         row += [o["round"], o[fpr_key(HEADLINE_FPR)]] if o else ["", ""]
-        w.writerow(row)
+        w.writerow(row + _ci_row(m, fprs))
     return buf.getvalue()
+
+
+def _ci_head(fprs: list[float]) -> list[str]:
+    """Interval columns (last, so the earlier columns keep their positions): AUC's DeLong interval, then per
+    FPR the members flagged and the Clopper–Pearson interval of the TPR."""
+    head = ["auc_ci95_low", "auc_ci95_high"]
+    for f in fprs:
+        head += [f"{fpr_key(f)}_members_flagged", f"{fpr_key(f)}_ci95_low", f"{fpr_key(f)}_ci95_high"]
+    return head
+
+
+def _ci_row(m: dict[str, Any], fprs: list[float]) -> list[Any]:
+    ci, counts = m.get("ci95", {}), m.get("counts", {})
+    row: list[Any] = list(ci.get("auc") or ["", ""])
+    for f in fprs:
+        k = counts.get(fpr_key(f))
+        row += [k[0] if k else "", *(ci.get(fpr_key(f)) or ["", ""])]
+    return row
 
 
 def _scores_csv(ids: np.ndarray, owner: np.ndarray, member: np.ndarray, scores: dict[str, np.ndarray]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 
 CSS = """
@@ -44,6 +45,14 @@ FIG_CAPTIONS = {
 FIG_TITLES = {"roc": "ROC curves", "tpr_per_round": "TPR@0.1% per round", "fedmia_scores": "FedMIA score distributions", "utility": "Utility"}
 
 
+_CI = re.compile(r"95% CI [^)<]*")
+
+
+def unbreakable_ci(text: str) -> str:
+    """A narrow column wraps a cell before "95% CI a–b%", never inside it (no-break spaces, word joiners)."""
+    return _CI.sub(lambda m: m.group(0).replace(" ", "&nbsp;").replace("–", "&#8288;–&#8288;"), text)
+
+
 def html_table(head: list[str], rows: list[list[str]], best: dict | None = None, cls: str = "") -> str:
     h = "".join(f"<th>{html.escape(c)}</th>" for c in head)
     body = []
@@ -56,7 +65,7 @@ def html_table(head: list[str], rows: list[list[str]], best: dict | None = None,
             if best and best.get((i, j)):
                 classes.append("best")
             ca = f' class="{" ".join(classes)}"' if classes else ""
-            tds.append(f"<td{ca}>{html.escape(c)}</td>")
+            tds.append(f"<td{ca}>{unbreakable_ci(html.escape(c))}</td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
     ca = f' class="{cls}"' if cls else ""
     return f"<table{ca}><thead><tr>{h}</tr></thead><tbody>{''.join(body)}</tbody></table>"

@@ -2,7 +2,9 @@
 
 Reads each run's ``attack/metrics.json`` (attacking it with defaults first if needed) and prints a
 Markdown table: one row per attack, columns AUC, TPR@1%, TPR@0.1% as mean ± sample std over runs,
-plus the final global test accuracy. ``by_origin_table`` splits the non-members by where they come from:
+plus the final global test accuracy. A single run also gets its 95% intervals (DeLong for the AUC, exact
+Clopper–Pearson for the headline TPR, with the members found); over several runs the per-run intervals are not
+averaged (a mean of interval ends is no interval). ``by_origin_table`` splits the non-members by where they come from:
 held-out test samples (owner -1) versus other clients' training samples, which the global model has seen.
 """
 
@@ -15,6 +17,7 @@ import numpy as np
 
 from fedleak.errors import FedleakError
 from fedleak.metrics.roc import HEADLINE_KEY, fpr_key, roc_metrics
+from fedleak.report.intervals_text import interval, tpr_text
 from fedleak.signals.store import read_metrics, read_npz
 
 KEYS = ("auc", fpr_key(0.01), HEADLINE_KEY)
@@ -24,6 +27,14 @@ def _ms(values: list[float], pct: bool) -> str:
     a = np.asarray(values, float) * (100 if pct else 1)
     sd = a.std(ddof=1) if a.size > 1 else 0.0
     return f"{a.mean():.2f} ± {sd:.2f}" if pct else f"{a.mean():.3f} ± {sd:.3f}"
+
+
+def _ci_cells(a: dict[str, Any]) -> str:
+    """A single run's AUC interval and headline 'k of n (rate, 95% CI lo–hi%)' ('–' for metrics without them)."""
+    iv = interval(a, "auc")
+    auc = f"{iv[0]:.3f}–{iv[1]:.3f}" if iv else "–"
+    tpr = tpr_text(a, HEADLINE_KEY) if interval(a, HEADLINE_KEY) else "–"
+    return f" {auc} | {tpr} |"
 
 
 def collect(run_dirs: Iterable[str | Path], attack_missing: bool = True) -> list[dict[str, Any]]:
@@ -66,16 +77,18 @@ def summary_table(metrics: list[dict[str, Any]], rotating: bool = False) -> str:
                     per[n][k].append(a["rotating"][k]["mean"])
                 else:
                     per[n][k].append(a[k])
+    single = len(metrics) == 1 and not rotating  # a run's intervals are its own: shown for one run, never averaged
     lines = [
-        "| attack | AUC | TPR@1% (%) | TPR@0.1% (%) |",
-        "|---|---|---|---|",
+        "| attack | AUC | TPR@1% (%) | TPR@0.1% (%) |" + (" AUC 95% CI (DeLong) | TPR@0.1%: members found, 95% CI |"
+                                                         if single else ""),
+        "|---|---|---|---|" + ("---|---|" if single else ""),
     ]
     order = sorted(names, key=lambda n: -np.mean(per[n][HEADLINE_KEY]))
     for n in order:
         label = metrics[0]["attacks"][n]["label"]
         lines.append(
             f"| {label} | {_ms(per[n]['auc'], False)} | {_ms(per[n][fpr_key(0.01)], True)} | "
-            f"{_ms(per[n][HEADLINE_KEY], True)} |"
+            f"{_ms(per[n][HEADLINE_KEY], True)} |" + (_ci_cells(metrics[0]["attacks"][n]) if single else "")
         )
     accs = [m["final_test_acc"] for m in metrics if m.get("final_test_acc") is not None]
     def span(key: str) -> str:
@@ -85,6 +98,8 @@ def summary_table(metrics: list[dict[str, Any]], rotating: bool = False) -> str:
     foot = f"\n{len(metrics)} run(s); default target: {span('n_members')} members / {span('n_nonmembers')} non-members"
     if accs:
         foot += f"; final global test accuracy {_ms(accs, True)}%"
+    if len(metrics) > 1:
+        foot += "; each run's 95% intervals are in its attack/metrics.json (intervals are not averaged over runs)"
     return "\n".join(lines) + foot + "\n"
 
 

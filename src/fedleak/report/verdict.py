@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedleak.metrics.roc import chance_p_value, fpr_key
+from fedleak.report.intervals_text import ci_pct, interval, pct
 from fedleak.report.ranking import HEAD_FPR, HEAD_KEY, compare_word, ranked, same
 
 TEMPORAL_TARGET_ONLY = ("loss-series", "avg-cosine", "avg-diff", "avg-norm")
@@ -20,12 +21,6 @@ class Verdict:
     level: str  # none | low | moderate | high
     headline: str
     sentences: list[str]
-
-
-def pct(x: float | None, digits: int = 2) -> str:
-    if x is None:
-        return "–"
-    return f"{100 * float(x):.{digits}f}%"
 
 
 def pfmt(p: float) -> str:
@@ -79,6 +74,18 @@ def fedmia_sentence(attacks: dict[str, dict[str, Any]], eligible: dict[str, dict
     )
 
 
+def ci_sentence(b: dict[str, Any], found: int, n_pos: int) -> str | None:
+    """The strongest attack's 95% intervals, in words (None for metrics written without intervals)."""
+    tpr_iv, auc_iv = interval(b, HEAD_KEY), interval(b, "auc")
+    if not tpr_iv:
+        return None
+    auc = f"; that of its AUC is {auc_iv[0]:.3f}–{auc_iv[1]:.3f} (DeLong)" if auc_iv else ""
+    return (
+        f"The 95% confidence interval of the {pct(b[HEAD_KEY])} found at 0.1% FPR is {ci_pct(tpr_iv[0])}–"
+        f"{ci_pct(tpr_iv[1])}% (exact Clopper–Pearson for {found} of {n_pos} members){auc}."
+    )
+
+
 def verdict(metrics: dict[str, Any]) -> Verdict:
     attacks = metrics["attacks"]
     compat = metrics.get("protocol") == "official-compat"
@@ -101,6 +108,9 @@ def verdict(metrics: dict[str, Any]) -> Verdict:
         f"Its AUC is {b['auc']:.3f} (0.5 = guessing, 1 = perfect ranking of members above non-members)"
         + (f"; at a 1% false-alarm rate it finds {pct(b[fpr_key(0.01)])}." if fpr_key(0.01) in b else "."),
     ]
+    ci = ci_sentence(b, found, n_pos)
+    if ci:
+        s.append(ci)
     fs = fedmia_sentence(attacks, eligible)
     if fs:
         s.append(fs)

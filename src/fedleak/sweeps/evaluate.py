@@ -1,4 +1,5 @@
-"""What the sweep records per run: utility, privacy accounting and every attack's TPR@0.1%, TPR@1% and AUC.
+"""What the sweep records per run: utility, privacy accounting and every attack's TPR@0.1%, TPR@1% and AUC, and the
+members found at 0.1% FPR (``tpr@0.1%_members``: k of n) from which the sweep tables draw an exact interval.
 
 The attacks and ROC metrics are those of :mod:`fedleak.attacks.mia` (``evaluate``); this module is the one place
 the sweep touches that API.
@@ -43,12 +44,27 @@ def attack_metrics(run_dir: str | Path, settings: dict[str, Any] | None = None) 
         **dict(s.get("options") or {}),
     )
     out: dict[str, dict[str, Any]] = {}
+    members = [int(sig.members(t).sum()) for t in ev.metrics["rotation"].get("targets", [])]
     for name, entry in ev.metrics["attacks"].items():
         rot = entry.get("rotating")
         src = {k: v["mean"] for k, v in rot.items()} if rot else entry
         out[name] = {"label": entry.get("label", name), **{k: float(src[k]) for k in METRIC_KEYS},
-                     "rotated": bool(rot)}
+                     "rotated": bool(rot), HEADLINE_COUNT: headline_count(entry, members)}
     return out
+
+
+#: result key of the members found at the headline FPR, ``[k, n]`` (pooled over targets when rotated)
+HEADLINE_COUNT = f"{HEADLINE_KEY}_members"
+
+
+def headline_count(entry: dict[str, Any], members: list[int]) -> list[int]:
+    """``[k, n]``: members found at the headline FPR of the default target, or, with a rotating target, summed
+    over the targets (each target's TPR times its ``members`` count), matching the mean the sweep reports."""
+    rot = entry.get("rotating")
+    if not rot:
+        return [int(v) for v in entry["counts"][HEADLINE_KEY]]
+    tprs = rot[HEADLINE_KEY]["values"]
+    return [sum(int(round(v * n)) for v, n in zip(tprs, members)), sum(members)]
 
 
 def utility(run_dir: str | Path) -> dict[str, Any]:
@@ -74,4 +90,4 @@ def utility(run_dir: str | Path) -> dict[str, Any]:
     return out
 
 
-__all__ = ["attack_metrics", "utility", "check_attack_names", "METRIC_KEYS", "FPRS"]
+__all__ = ["attack_metrics", "headline_count", "utility", "check_attack_names", "HEADLINE_COUNT", "METRIC_KEYS", "FPRS"]

@@ -2,9 +2,11 @@
 
 Files written into the sweep's ``out`` folder:
 
-* ``results.csv``      one row per (run, attack): grid coordinates, status, utility, ε, TPR@0.1%, TPR@1%, AUC;
+* ``results.csv``      one row per (run, attack): grid coordinates, status, utility, ε, TPR@0.1%, TPR@1%, AUC,
+                       and (last columns) the members found at 0.1% FPR, k of n, with the exact 95% interval;
                        failed runs get one row with their error
-* ``summary.csv``      the same, averaged over seeds: one row per (variant, defense, strength, attack)
+* ``summary.csv``      the same, averaged over seeds: one row per (variant, defense, strength, attack); the
+                       members found are summed over seeds and the interval is that of the pooled rate
 * ``hypervolume.csv``  per (variant, defense, attack): HV of the seed-averaged points, and mean ± std of the
                        per-seed HVs (definition in :mod:`fedleak.sweeps.hypervolume`)
 * ``results.md``       utility table, one table per metric (attacks as columns), hypervolume table, failures
@@ -23,8 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from fedleak.metrics.intervals import clopper_pearson
 from fedleak.metrics.roc import HEADLINE_FPR, HEADLINE_KEY
-from fedleak.sweeps.evaluate import METRIC_KEYS
+from fedleak.report.intervals_text import tpr_text
+from fedleak.sweeps.evaluate import HEADLINE_COUNT, METRIC_KEYS
 from fedleak.sweeps.hypervolume import hypervolume
 
 Key = tuple[str, str, Any, Any]  # variant, defense, param, value (value as given)
@@ -68,6 +72,33 @@ def group(results: list[dict[str, Any]]) -> "OrderedDict[tuple[str, str, str | N
     return out
 
 
+CI_FIELDS = [f"{HEADLINE_KEY}_members_found", f"{HEADLINE_KEY}_members", f"{HEADLINE_KEY}_ci95_low",
+             f"{HEADLINE_KEY}_ci95_high"]
+
+
+def pooled_ci(rs: list[dict[str, Any]], attack: str) -> dict[str, Any]:
+    """Members found at the headline FPR summed over ``rs`` (seeds), with the exact (Clopper–Pearson) 95% interval
+    of the pooled rate; empty when a run has no count (results written before the sweep recorded them).
+
+    The interval is not a mean of per-run intervals: it treats every member of every seed (and target) as one
+    Bernoulli trial of a common rate, each run's threshold set by its own non-members."""
+    counts = [r["attacks"][attack].get(HEADLINE_COUNT) for r in rs if attack in r["attacks"]]
+    if not counts or any(c is None for c in counts):
+        return {}
+    k, n = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    lo, hi = clopper_pearson(k, n, 0.95)
+    return dict(zip(CI_FIELDS, (k, n, float(lo), float(hi))))
+
+
+def ci_cell(ci: dict[str, Any]) -> str:
+    """'12 of 267 (4.49%, 95% CI 2.3–7.7%)' from :func:`pooled_ci`, '–' without counts."""
+    if not ci:
+        return "–"
+    k, n, lo, hi = (ci[f] for f in CI_FIELDS)
+    return tpr_text({HEADLINE_KEY: k / n, "counts": {HEADLINE_KEY: [k, n]}, "ci95": {HEADLINE_KEY: [lo, hi]}},
+                    HEADLINE_KEY)
+
+
 def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Seed-averaged rows: one per (variant, defense, strength, attack)."""
     rows = []
@@ -84,7 +115,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for k in METRIC_KEYS:
                 m, s = _mean_std([r["attacks"][a][k] for r in rs if a in r["attacks"]])
                 row[k], row[k + "_std"] = m, s
-            rows.append(row)
+            rows.append({**row, **pooled_ci(rs, a)})
     return rows
 
 
@@ -142,14 +173,15 @@ def results_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         common = {**base, "test_acc": u.get("test_acc"), "test_error": u.get("test_error"),
                   "epsilon": u.get("epsilon"), "delta": u.get("delta"), "time_s": round(r.get("time_s", 0.0), 2)}
         for a, m in (r.get("attacks") or {}).items():
-            rows.append({**common, "attack": a, **{k: m[k] for k in METRIC_KEYS}, "rotated": m.get("rotated")})
+            rows.append({**common, "attack": a, **{k: m[k] for k in METRIC_KEYS}, "rotated": m.get("rotated"),
+                         **pooled_ci([r], a)})
     return rows
 
 
 RESULT_FIELDS = ["run_id", "variant", "defense", "defense_name", "param", "value", "seed", "status", "test_acc",
-                 "test_error", "epsilon", "delta", "attack", *METRIC_KEYS, "rotated", "time_s", "error"]
+                 "test_error", "epsilon", "delta", "attack", *METRIC_KEYS, "rotated", "time_s", "error", *CI_FIELDS]
 SUMMARY_FIELDS = ["variant", "defense", "param", "value", "n_seeds", "test_acc", "test_acc_std", "test_error",
-                  "epsilon", "attack", *[x for k in METRIC_KEYS for x in (k, k + "_std")]]
+                  "epsilon", "attack", *[x for k in METRIC_KEYS for x in (k, k + "_std")], *CI_FIELDS]
 HV_FIELDS = ["variant", "defense", "attack", "hv", "hv_seed_mean", "hv_seed_std", "n_points", "n_seeds"]
 
 
@@ -193,6 +225,8 @@ def markdown(results: list[dict[str, Any]], hv_rows: list[dict[str, Any]], title
                          for a in attacks]
                 lines.append(f"| {d} | {_strength(p, json.loads(vk))} | " + " | ".join(cells) + " |")
             lines.append("")
+            if key == HEADLINE_KEY:
+                lines += _ci_table(pts, attacks, label)
         hv_v = [h for h in hv_rows if h["variant"] == variant]
         defenses = list(OrderedDict.fromkeys(h["defense"] for h in hv_v))
         if defenses:
@@ -216,6 +250,19 @@ def markdown(results: list[dict[str, Any]], hv_rows: list[dict[str, Any]], title
         lines += [f"| {r['run_id']} | {str(r.get('error', '')).replace('|', '/')} |" for r in failed]
         lines.append("")
     return "\n".join(lines)
+
+
+def _ci_table(pts: list, attacks: list[str], label: Any) -> list[str]:
+    """The headline TPR's members found, pooled over seeds (and targets), with its exact 95% interval."""
+    lines = [f"### TPR@{100 * HEADLINE_FPR:g}%: members found and 95% CI", "",
+             "Pooled over seeds (and over targets when every client was the target); exact Clopper–Pearson interval "
+             "over the members. The pooled rate weighs each target by its member count, so it can differ from the "
+             "mean over targets above.", "",
+             "| defense | strength | " + " | ".join(label(a) for a in attacks) + " |", "|---|---|" + "---|" * len(attacks)]
+    for (v, d, p, vk), rs in pts:
+        cells = [ci_cell(pooled_ci(rs, a)) for a in attacks]
+        lines.append(f"| {d} | {_strength(p, json.loads(vk))} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def plot(results: list[dict[str, Any]], out_dir: Path, include_baseline: bool = True) -> list[Path]:

@@ -28,6 +28,7 @@ def print_table(metrics: dict) -> None:
     from rich.table import Table
 
     from fedleak.metrics.roc import HEADLINE_KEY, fpr_key
+    from fedleak.report.intervals_text import auc_text, tpr_text
     from fedleak.report.ranking import ranked
 
     fprs = metrics["fpr_targets"]
@@ -35,7 +36,7 @@ def print_table(metrics: dict) -> None:
     title = (
         f"Target client {metrics['target']}: {metrics['n_members']} members / {metrics['n_nonmembers']} "
         f"non-members; single-round attacks at round {metrics['round']} (0-based); protocol {metrics['protocol']}. "
-        "TPR in % at the given FPR."
+        "TPR in % at the given FPR; 95% intervals: exact (Clopper–Pearson) for the headline TPR, DeLong for the AUC."
     )
     tab = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     tab.add_column("attack", no_wrap=True)
@@ -45,7 +46,8 @@ def print_table(metrics: dict) -> None:
         tab.add_column("@0.1% all targets", justify="right", no_wrap=True)
     for name in ranked(metrics["attacks"]):
         a = metrics["attacks"][name]
-        cells = [a["label"], f"{a['auc']:.3f}", *[f"{100 * a[fpr_key(f)]:.2f}" for f in fprs]]
+        tprs = [tpr_text(a, HEADLINE_KEY) if fpr_key(f) == HEADLINE_KEY else f"{100 * a[fpr_key(f)]:.2f}" for f in fprs]
+        cells = [a["label"], auc_text(a), *tprs]
         if rot:
             r = a["rotating"][HEADLINE_KEY]
             cells.append(f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}")

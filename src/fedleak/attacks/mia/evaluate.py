@@ -26,6 +26,7 @@ from fedleak.attacks.mia.attacks import (
     run_attacks,
 )
 from fedleak.errors import FedleakError
+from fedleak.metrics.intervals import delong_interval, tpr_intervals
 from fedleak.metrics.roc import (
     DEFAULT_FPRS,
     HEADLINE_FPR,
@@ -37,7 +38,8 @@ from fedleak.metrics.roc import (
 )
 from fedleak.signals.loading import Signals
 
-
+#: confidence level of the intervals written next to every rate (``ci95``)
+CONFIDENCE = 0.95
 
 def is_aligned(signals: Signals) -> bool:
     """True when every client and round scored the same candidate in every row (protocol 'aligned')."""
@@ -174,6 +176,7 @@ def _attack_entry(
         "measure": info.measure,
         "round": fixed_round if info.kind == "single" else None,
         **roc_metrics(labels, s, fprs, strict).as_dict(),
+        **interval_entries(labels, s, fprs, strict),
     }
     if n_nan:
         entry["n_nan_scores"] = n_nan
@@ -190,6 +193,26 @@ def _attack_entry(
                 "auc": pr["auc"][j],
             }
     return entry
+
+
+def interval_entries(
+    labels: np.ndarray, scores: np.ndarray, fprs: tuple[float, ...], strict: bool
+) -> dict[str, dict[str, list]]:
+    """``counts`` (members flagged k of n, per FPR key) and ``ci95``: the exact Clopper–Pearson interval of
+    each TPR and DeLong's interval of the AUC (``None`` with fewer than 2 members or 2 non-members)."""
+    counts: dict[str, list] = {}
+    ci: dict[str, list | None] = {}
+    y = np.asarray(labels).astype(bool)
+    if min(int(y.sum()), int((~y).sum())) >= 2:
+        d = delong_interval(y, scores, CONFIDENCE)
+        ci["auc"] = [d.lower, d.upper]
+    else:
+        ci["auc"] = None
+    for iv in tpr_intervals(y, scores, fprs, CONFIDENCE, strict):
+        key = fpr_key(iv.fpr_target)
+        counts[key] = [iv.k, iv.n]
+        ci[key] = [iv.lower, iv.upper]
+    return {"counts": counts, "ci95": ci}
 
 
 def _rotate(
