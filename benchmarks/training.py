@@ -35,7 +35,8 @@ fall out of cache and vmapped convolutions become grouped convolutions, slower t
 
 Flower hook (for the lead): ``--flower`` also times ``python -m fedleak.cli flower-sim digits-quick`` against
 ``python -m fedleak.cli train digits-quick`` end to end (--flower-rounds rounds each), per round from the
-``time`` field of their metrics.jsonl. A future ``fl.vectorize`` option is meant to show up as a third column.
+``time`` field of their metrics.jsonl, with ``train`` both as the per-client loop (``fl.vectorize=off``) and as
+configured (``auto``: stacked for digits-quick).
 
 Usage: python benchmarks/training.py [--settings digits-quick,mnist-mlp,mnist-lenet] [--threads 1,2]
                                      [--repeat 3] [--mnist-batch 64] [--mnist-epochs 1] [--flower]
@@ -172,20 +173,28 @@ def bench(settings: list[Setting], threads: list[int], repeat: int) -> list[tupl
     return rows
 
 
+FLOWER_COMMANDS = [  # (label, command, extra --set): the engine's loop, the engine as configured, Flower
+    ("train (fl.vectorize=off)", "train", ["--set", "fl.vectorize=off"]),
+    ("train (fl.vectorize=auto: stacked)", "train", []),
+    ("flower-sim (per-client ClientApp)", "flower-sim", []),
+]
+
+
 def flower_vs_train(rounds: int) -> list[tuple[str, float, float]]:
-    """(command, wall seconds end to end, mean per-round `time` from metrics.jsonl) for train and flower-sim."""
+    """(label, wall seconds end to end, mean per-round `time` from metrics.jsonl) for train (loop and
+    vectorised) and flower-sim."""
     out = []
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    for command in ("train", "flower-sim"):
+    for label, command, extra in FLOWER_COMMANDS:
         with tempfile.TemporaryDirectory() as tmp:
             run = Path(tmp) / "run"
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "fedleak.cli", command, "digits-quick", "--out", str(run), "-q",
-                            "--set", f"fl.rounds={rounds}"], check=True, env=env, cwd=REPO, stdout=sys.stderr)
+                            "--set", f"fl.rounds={rounds}", *extra], check=True, env=env, cwd=REPO, stdout=sys.stderr)
             wall = time.perf_counter() - t0
             rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
             per_round = [r["time"] for r in rows if "time" in r]
-            out.append((command, wall, sum(per_round) / len(per_round) if per_round else float("nan")))
+            out.append((label, wall, sum(per_round) / len(per_round) if per_round else float("nan")))
     return out
 
 

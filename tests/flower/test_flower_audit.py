@@ -65,7 +65,9 @@ def test_manual_rounds_reproduce_engine_and_reject_bad_input(tmp_path):
     from fedleak.fl.schedule import lr_at
 
     cfg = tiny_config(partition__num_clients=4, fl__participation=0.5, fl__rounds=2)
-    ref = train(cfg, tmp_path / "ref", quiet=True)
+    # bit for bit against the engine's per-client loop, which is what the ClientApp (client_update) runs
+    ref = train(cfg.model_copy(update={"fl": cfg.fl.model_copy(update={"vectorize": "off"})}), tmp_path / "ref",
+                quiet=True)
     audit = FlowerAudit(cfg, tmp_path / "fl", engine="test")
     fed = build_federation(cfg)
     gp = audit.initial_params()

@@ -17,6 +17,7 @@ from fedleak.config import FLConfig
 from fedleak.defenses.base import Defense, UpdateContext
 from fedleak.fl.federation import Federation
 from fedleak.fl.local import ParamDict, local_update
+from fedleak.fl.vectorized import local_updates_vectorized
 from fedleak.models.functional import soft_cross_entropy
 from fedleak.seeding import Purpose, np_rng, torch_gen
 
@@ -46,13 +47,30 @@ def local_round(
         model, global_params, x, y, fl=fl, lr=lr, num_classes=num_classes, normalize=normalize,
         defense=defense, gen=gen, opt_state=opt_state, where=where,
     )
+    return upload(model, global_params, local, x, y, normalize=normalize, defense=defense,
+                  defense_gen=defense_gen), loss, state
+
+
+def upload(
+    model: torch.nn.Module,
+    global_params: ParamDict,
+    local: ParamDict,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    defense: Defense,
+    defense_gen: torch.Generator,
+) -> ParamDict:
+    """What a client that trained ``local`` on pixel-space ``x, y`` uploads: ``θ_global − Δ'`` with
+    ``Δ' = defense.transform_update(θ_global − θ_local)`` (see :func:`local_round`)."""
     delta = {n: global_params[n] - local[n] for n in local}
     ctx = None
     if defense.needs_context:  # e.g. Soteria: the client's data of the round at the global parameters
         ctx = UpdateContext(model=model, x=normalize(x), y=y, params=global_params, loss_fn=soft_cross_entropy,
                             kind="update")
     delta = defense.transform_update(delta, defense_gen, ctx)
-    return {n: global_params[n] - delta[n] for n in delta}, loss, state
+    return {n: global_params[n] - delta[n] for n in delta}
 
 
 def aggregate(uploaded: dict[int, ParamDict], weights: np.ndarray) -> ParamDict:
@@ -80,15 +98,54 @@ def client_update(
     cfg, data = fed.cfg, fed.data
     if defended is None:
         defended = cfg.defense.clients is None or k in cfg.defense.clients
-    defense = fed.defense if defended else Defense()
-    idx = defense.select_data(fed.clients[k], rnd, np_rng(cfg.seed, Purpose.DATA_SELECT, rnd, k))
-    it = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    defense, x, y = _client_data(fed, k, rnd, defended)
     return local_round(
-        fed.model, global_params, data.train.x[it], data.train.y[it],
+        fed.model, global_params, x, y,
         fl=cfg.fl, lr=lr, num_classes=data.num_classes, normalize=data.normalize, defense=defense,
         gen=torch_gen(cfg.seed, Purpose.LOCAL, rnd, k), defense_gen=torch_gen(cfg.seed, Purpose.DEFENSE, rnd, k),
-        opt_state=opt_state, where=f"round {rnd} (0-based), client {k}",
+        opt_state=opt_state, where=_where(rnd, k),
     )
 
 
-__all__ = ["aggregate", "client_update", "local_round"]
+def clients_update_vectorized(
+    fed: Federation,
+    ks: list[int],
+    rnd: int,
+    lr: float,
+    global_params: ParamDict,
+    opt_states: dict[int, Any],
+    defended: set[int],
+) -> dict[int, tuple[ParamDict, float, dict[str, Any] | None]]:
+    """:func:`client_update` of every client in ``ks`` (keyed by client), their local training done as one
+    stacked computation (:func:`~fedleak.fl.vectorized.local_updates_vectorized`) with exactly the loop's
+    (seed, rnd, k, purpose) streams. Only for a model and defense that ``supports_vectorized`` accepts: the
+    defense may select data and transform the update, not change local training."""
+    cfg, data = fed.cfg, fed.data
+    parts = [_client_data(fed, k, rnd, k in defended) for k in ks]
+    locals_, losses, states = local_updates_vectorized(
+        fed.model, global_params, [x for _, x, _ in parts], [y for _, _, y in parts],
+        [torch_gen(cfg.seed, Purpose.LOCAL, rnd, k) for k in ks],
+        fl=cfg.fl, lr=lr, num_classes=data.num_classes, normalize=data.normalize,
+        opt_states=[opt_states.get(k) for k in ks], wheres=[_where(rnd, k) for k in ks],
+    )
+    out = {}
+    for i, (k, (defense, x, y)) in enumerate(zip(ks, parts)):
+        sent = upload(fed.model, global_params, locals_[i], x, y, normalize=data.normalize, defense=defense,
+                      defense_gen=torch_gen(cfg.seed, Purpose.DEFENSE, rnd, k))
+        out[k] = (sent, losses[i], states[i])
+    return out
+
+
+def _where(rnd: int, k: int) -> str:
+    return f"round {rnd} (0-based), client {k}"
+
+
+def _client_data(fed: Federation, k: int, rnd: int, defended: bool) -> tuple[Defense, torch.Tensor, torch.Tensor]:
+    """Client ``k``'s defense (the run's, or the no-op one when it is not defended) and its data of round ``rnd``."""
+    defense = fed.defense if defended else Defense()
+    idx = defense.select_data(fed.clients[k], rnd, np_rng(fed.cfg.seed, Purpose.DATA_SELECT, rnd, k))
+    it = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    return defense, fed.data.train.x[it], fed.data.train.y[it]
+
+
+__all__ = ["aggregate", "client_update", "clients_update_vectorized", "local_round", "upload"]

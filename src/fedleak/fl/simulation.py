@@ -16,15 +16,16 @@ from typing import Any
 
 import torch
 
-from fedleak.config import ExperimentConfig
+from fedleak.config import ConfigError, ExperimentConfig
 from fedleak.fl.checkpoint import load_checkpoint, save_checkpoint, save_final_model
 from fedleak.fl.federation import Federation, build_federation, train_eval_subset
 from fedleak.fl.local import ParamDict, evaluate, get_params
 from fedleak.fl.progress import RoundProgress
 from fedleak.fl.record import record_round
-from fedleak.fl.round import aggregate, client_update
+from fedleak.fl.round import aggregate, client_update, clients_update_vectorized
 from fedleak.fl.rundir import check_same_config, complete_run_dir, init_run_dir, refuse_orphaned_results
 from fedleak.fl.schedule import lr_at
+from fedleak.fl.vectorized import resolve_vectorize, supports_vectorized
 from fedleak.runlock import run_lock
 from fedleak.seeding import Purpose, np_rng, participants
 from fedleak.signals import store
@@ -37,6 +38,7 @@ class _Rounds:
     fed: Federation
     run_dir: Path
     recorded: list[int]
+    vectorized: bool = False  # a round's clients train as one stacked computation (choose_engine)
     test_x: torch.Tensor = field(init=False)
     test_y: torch.Tensor = field(init=False)
     defended: set[int] = field(init=False)
@@ -59,12 +61,15 @@ class _Rounds:
         lr = lr_at(fl.schedule, fl.lr, rnd, fl.rounds)
         uploaded: dict[int, ParamDict] = {}
         client_loss: dict[int, float] = {}
-        for k in participants(cfg, rnd):
-            uploaded[k], client_loss[k], opt_states_k = client_update(
-                fed, k, rnd, lr, global_params, opt_states.get(k), defended=k in self.defended
-            )
-            if opt_states_k is not None:
-                opt_states[k] = opt_states_k
+        ks = list(participants(cfg, rnd))
+        if self.vectorized:
+            done = clients_update_vectorized(fed, ks, rnd, lr, global_params, opt_states, self.defended)
+        else:
+            done = {k: client_update(fed, k, rnd, lr, global_params, opt_states.get(k), defended=k in self.defended)
+                    for k in ks}
+        for k, (uploaded[k], client_loss[k], opt_state_k) in done.items():
+            if opt_state_k is not None:
+                opt_states[k] = opt_state_k
         record: dict[str, Any] = {"round": rnd, "lr": lr}
         if signals:
             record["client_test_acc"] = record_round(
@@ -96,6 +101,23 @@ class _Rounds:
             params, _ = self.run(rnd, params, opt_states, signals=rnd in redo, evaluate_global=False)
 
 
+def choose_engine(fed: Federation) -> tuple[bool, str]:
+    """``fl.vectorize`` for this run: (train each round's clients as one stacked computation?, a line to log once
+    or ""). ``on`` where the stacked engine cannot reproduce the loop (dropout, batch-norm, a defense that changes
+    local training) is a :class:`ConfigError` naming the reason."""
+    cfg, fl = fed.cfg, fed.cfg.fl
+    if fl.vectorize == "on":
+        ok, why = supports_vectorized(fed.model, fed.defense)
+        if not ok:
+            raise ConfigError(f"fl.vectorize=on cannot be used: {why}; set fl.vectorize=auto (falls back to "
+                              "training the clients one by one) or off")
+    n = len(participants(cfg, 0))
+    use, why = resolve_vectorize(fl.vectorize, fed.model, fed.defense, fed.data.input_shape, fl.batch_size, n)
+    if use:
+        why = f"fl.vectorize={fl.vectorize}: training the {n} clients of each round as one stacked computation"
+    return use, why
+
+
 def train(
     cfg: ExperimentConfig, run_dir: str | Path, quiet: bool = False, stop_after: int | None = None
 ) -> Path:
@@ -110,28 +132,32 @@ def train(
         return _train_locked(cfg, run_dir, quiet, stop_after)
 
 
-def _prepare(cfg: ExperimentConfig, run_dir: Path) -> tuple[Federation, list[int]]:
-    """Check or create the run directory; the federation and the rounds to record."""
+def _prepare(cfg: ExperimentConfig, run_dir: Path) -> tuple[Federation, list[int], tuple[bool, str]]:
+    """Check or create the run directory; the federation, the rounds to record and :func:`choose_engine`'s
+    answer (checked before the run directory is touched)."""
     resuming = (run_dir / "config.yaml").is_file()
     if resuming:
         check_same_config(run_dir, cfg)
     else:
         refuse_orphaned_results(run_dir)
     fed = build_federation(cfg, run_dir if resuming else None)
+    engine = choose_engine(fed)
     recorded = cfg.signals.recorded_rounds(cfg.fl.rounds)
     (complete_run_dir if resuming else init_run_dir)(run_dir, cfg, fed, recorded)
-    return fed, recorded
+    return fed, recorded, engine
 
 
 def _train_locked(cfg: ExperimentConfig, run_dir: Path, quiet: bool, stop_after: int | None) -> Path:
     if cfg.fl.threads:
         torch.set_num_threads(cfg.fl.threads)
-    fed, recorded = _prepare(cfg, run_dir)
+    fed, recorded, (vectorized, why) = _prepare(cfg, run_dir)
+    if why and not quiet:  # once per run, not per round
+        print(f"[fedleak] {cfg.name}: {why}", file=sys.stderr, flush=True)
     initial = get_params(fed.model)
     ck = load_checkpoint(run_dir, fed.model, cfg.fl.rounds)
     start, global_params, opt_states = (0, initial, {}) if ck is None else (ck[0] + 1, ck[1], ck[2])
     _truncate_metrics(run_dir, start)
-    rounds = _Rounds(fed, run_dir, recorded)
+    rounds = _Rounds(fed, run_dir, recorded, vectorized)
     redo = [r for r in recorded if r < start and not store.round_path(run_dir, r).is_file()]
     if redo:
         rounds.replay(initial, redo, quiet)
@@ -166,4 +192,4 @@ def _truncate_metrics(run_dir: Path, start: int) -> None:
     store.atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
-__all__ = ["train"]
+__all__ = ["choose_engine", "train"]
