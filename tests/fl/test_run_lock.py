@@ -39,9 +39,11 @@ def _wait_for(cond, timeout: float = 120.0) -> None:
 
 @pytest.mark.slow
 def test_a_second_train_on_the_same_out_is_refused_and_the_first_finishes_cleanly(tmp_path):
-    rounds = 8
-    cfg = tiny_config(fl__rounds=rounds, data__synthetic={"n_train": 600, "n_test": 100, "num_classes": 4,
-                                                          "channels": 1, "size": 8})
+    # long enough that the second process (seconds to import torch) meets a running first one on any machine:
+    # the per-client loop, 5 local epochs (the stacked engine finished 8 one-epoch rounds before the second was up)
+    rounds = 20
+    cfg = tiny_config(fl__rounds=rounds, fl__vectorize="off", fl__local_epochs=5,
+                      data__synthetic={"n_train": 3000, "n_test": 100, "num_classes": 4, "channels": 1, "size": 8})
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     run = tmp_path / "run"
