@@ -117,3 +117,27 @@ def tiny_config(**over):
             node = node.setdefault(p, {})
         node[parts[-1]] = value
     return parse_config(raw)
+
+
+def assert_one_error_line(code: int, err: str, *needles: str) -> str:
+    """A CLI failure as issue #10 requires: exit 2, one `error:` line holding every needle, no traceback."""
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+class DiagModel(torch.nn.Module):
+    """r = x ⊙ a (12 features, a = linspace(0.5, 2)) into Linear(12, 3): a representation Jacobian that is
+    diagonal (row i is a_i e_i), for Soteria cases with a closed form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.linspace(0.5, 2.0, 12))
+        self.fc = torch.nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1) * self.a)

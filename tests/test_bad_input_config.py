@@ -19,6 +19,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import assert_one_error_line
 from fedleak.cli import main
 
 BASE = {
@@ -41,16 +42,6 @@ def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     out = capsys.readouterr()
     code = e.value.code if isinstance(e.value.code, int) else (0 if e.value.code is None else 1)
     return code, out.out, out.err
-
-
-def assert_one_error_line(code: int, err: str, *needles: str) -> str:
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def write_config(path: Path, raw: dict | None = None, **sections) -> Path:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from conftest import assert_within, longest_sum, rounding_tol
+from conftest import DiagModel, assert_within, longest_sum, rounding_tol
 from fedleak.defenses.gradient import GradientContext, Soteria, jacobian_rows, prune_mask, representation_fn
 
 pytestmark = pytest.mark.numerics
@@ -229,17 +229,8 @@ def test_soteria_exact_variant_matches_pseudo_inverse():
 
 def test_soteria_exact_equals_approx_when_jacobian_rows_are_orthogonal():
     # r = x ⊙ a: the Jacobian is diagonal, so (J Jᵀ)⁻¹ is diagonal and both variants coincide
-    class Diag(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = nn.Parameter(torch.linspace(0.5, 2.0, 12))
-            self.fc = nn.Linear(12, 3)
-
-        def forward(self, x):
-            return self.fc(x.flatten(1) * self.a)
-
     torch.manual_seed(0)
-    model = Diag()
+    model = DiagModel()
     x = torch.rand(2, 1, 3, 4) + 0.1
     ctx = GradientContext(model, x, torch.tensor([0, 2]))
     va, _ = Soteria(method="approx").scores(ctx)

@@ -18,14 +18,13 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import yaml
 from torch import nn
 from torch.nn import functional as F
 
-from conftest import SRC, assert_within, longest_sum, rounding_tol, tiny_config
+from conftest import DiagModel, SRC, assert_within, longest_sum, rounding_tol, tiny_config
 from fedleak.defenses import build_transform
 from fedleak.defenses.gradient import GradientContext, Soteria, prune_mask, representation_fn
 from fedleak.errors import ConfigError
@@ -104,17 +103,8 @@ def test_sketched_mask_is_prune_mask_of_row_norms_sketch_with_the_same_probes(ki
 
 def test_rademacher_sketch_is_exact_on_a_diagonal_map():
     # r = x ⊙ a: row i of the Jacobian is a_i e_i, so (J v)_i² = a_i² for every ±1 probe: one probe is exact
-    class Diag(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = nn.Parameter(torch.linspace(0.5, 2.0, 12))
-            self.fc = nn.Linear(12, 3)
-
-        def forward(self, x):
-            return self.fc(x.flatten(1) * self.a)
-
     torch.manual_seed(0)
-    model = Diag()
+    model = DiagModel()
     x = torch.rand(2, 1, 3, 4) + 0.1
     y = torch.tensor([0, 2])
     grads = {n: torch.randn_like(p) for n, p in model.named_parameters()}
