@@ -206,6 +206,20 @@ class OutputConfig(_Strict):
     checkpoint_every: SInt = Field(1, ge=1, le=MAX_ROUNDS, description="Save a resumable checkpoint every N rounds.")
 
 
+class AuditConfig(_Strict):
+    """Canary audits riding along in the run they audit (no extra training run): empirical ε lower bounds to set
+    beside the accountant's ε. Sample level: Steinke, Nasr & Jagielski (2023); client level: Andrew et al. (2024)."""
+
+    canaries: SInt = Field(0, ge=0, le=MAX_SAMPLES, description="m canary samples, each put into the target "
+                           "client's data by an independent seeded coin flip (0: no sample-level audit).")
+    kind: Literal["natural", "mislabeled"] = Field("mislabeled", description="Canaries are held-out samples with "
+                                                   "their own label (natural) or a seeded wrong label (mislabeled).")
+    canary_clients: SInt = Field(0, ge=0, le=MAX_CLIENTS, description="Canary clients whose upload is a fixed random "
+                                 "direction at the clipping norm, a seeded half participating (0: no client-level audit).")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of every empirical ε lower bound.")
+    delta: float | None = Field(None, gt=0, lt=1, description="δ of the ε bounds; default the defense's δ, else 1e-5.")
+
+
 def check_path_name(name: str) -> str:
     """A name used as one path component (a run or sweep folder): not empty, '.', '..', nor holding a separator."""
     if name.strip() in ("", ".", "..") or any(c in name for c in "/\\\x00"):
@@ -227,6 +241,7 @@ class ExperimentConfig(_Strict):
     fl: FLConfig = Field(default_factory=FLConfig)
     defense: DefenseConfig = Field(default_factory=DefenseConfig)
     signals: SignalsConfig = Field(default_factory=SignalsConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     _name_is_a_folder = field_validator("name")(check_path_name)
@@ -428,4 +443,9 @@ def resolve_config_path(path: str | Path) -> Path:
 
 
 def dump_config(cfg: ExperimentConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The config as YAML; an ``audit:`` section left at its defaults is omitted, so a run without an audit has the
+    same ``config.yaml`` (and config hash) as before the section existed."""
+    data = cfg.model_dump(mode="json")
+    if cfg.audit == AuditConfig():
+        del data["audit"]
+    return yaml.safe_dump(data, sort_keys=False)

@@ -27,6 +27,8 @@ class Purpose(IntEnum):
     COMPAT = 5
     DATA_SELECT = 6
     INIT = 7
+    CANARIES = 8  # which samples are canaries, their coin flips and (mislabelled) labels
+    CANARY_CLIENTS = 9  # canary clients' directions and which of them participate
     TRAIN_EVAL = 99
 
 
