@@ -34,18 +34,35 @@ import numpy as np
 from fedleak.errors import FedleakError
 
 DEFAULT_FPRS: tuple[float, ...] = (0.1, 0.01, 0.001, 0.0001)
-#: The FPR every headline number, ranking and verdict is read at (TPR@0.1%); defined here only.
+#: The default of ``--headline-fpr``: the FPR the headline numbers, ranking and verdict are read at; defined here only.
 HEADLINE_FPR = 0.001
 LOG_FLOOR = -5.0  # log-AUC axes start at 1e-5
 
 
+def fpr_text(t: float) -> str:
+    """An FPR target as the reports write it: 0.001 -> '0.1%'."""
+    return f"{100.0 * t:g}%"
+
+
 def fpr_key(t: float) -> str:
     """Readable metric key for an FPR target: 0.001 -> 'tpr@0.1%'."""
-    return f"tpr@{100.0 * t:g}%"
+    return f"tpr@{fpr_text(t)}"
 
 
-#: ``fpr_key(HEADLINE_FPR)``, the metrics key of the headline TPR
+#: ``fpr_key(HEADLINE_FPR)``, the metrics key of the default headline TPR
 HEADLINE_KEY = fpr_key(HEADLINE_FPR)
+
+
+def check_headline_fpr(value: object, where: str = "--headline-fpr") -> float:
+    """``value`` as a headline FPR (a number strictly between 0 and 1), else a one-line FedleakError naming ``where``."""
+    try:
+        f = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        f = float("nan")
+    if isinstance(value, bool) or not 0.0 < f < 1.0:
+        raise FedleakError(f"{where} must be a false-positive rate strictly between 0 and 1, e.g. 0.001 for 0.1% "
+                           f"(got {value!r})")
+    return f
 
 
 def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -204,7 +221,9 @@ __all__ = [
     "auc_from_curve",
     "balanced_accuracy_best",
     "chance_p_value",
+    "check_headline_fpr",
     "fpr_key",
+    "fpr_text",
     "fpr_resolution",
     "log_auc_from_curve",
     "roc_auc",

@@ -20,11 +20,15 @@ from fedleak.attacks.mia.attacks import (
     resolve_names,
     run_attacks,
 )
-from fedleak.attacks.mia.evaluate import Evaluation, can_rotate, evaluate, is_aligned
+from fedleak.attacks.mia.evaluate import can_rotate, evaluate, is_aligned
+from fedleak.attacks.mia.evaluation import Evaluation
+from fedleak.attacks.mia.names import check_fedmia_options
+from fedleak.attacks.mia.result import AttackResult
 
 __all__ = [
     "AGGREGATIONS",
     "ATTACKS",
+    "AttackResult",
     "Evaluation",
     "FedMIARounds",
     "aggregate",
@@ -33,6 +37,7 @@ __all__ = [
     "avg_norm",
     "blackbox_loss",
     "can_rotate",
+    "check_fedmia_options",
     "evaluate",
     "fedmia",
     "fedmia_i",

@@ -45,19 +45,24 @@ exactly 3 only when nine shadows are identical; in practice it first acts at S �
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 from scipy.special import log_ndtr, ndtr
 
+from fedleak.attacks.mia.names import (  # noqa: F401 - AGGREGATIONS, FEDMIA_OPTIONS, resolve_names re-exported
+    AGGREGATIONS,
+    ATTACKS,
+    FEDMIA_OPTIONS,
+    AttackInfo,
+    check_fedmia_options,
+    resolve_names,
+)
 from fedleak.errors import FedleakError
-from fedleak.registry import Registry
 from fedleak.signals.loading import Signals
 from fedleak.signals.store import StoreError
 
-AGGREGATIONS = ("mean", "mean-log", "stouffer", "fisher", "max")
 MAD_TO_SIGMA = 1.482602218505602  # 1 / Φ^{-1}(3/4): MAD of a Gaussian times this = σ
 _NEGATED = {"loss", "gnorm2"}  # measures where smaller means "member"
 
@@ -237,12 +242,7 @@ def fedmia_rounds(
     A round is used when the target took part in it and more than ``ddof`` shadows did
     (``robust``: at least one). Shadows that did not take part (NaN rows) are ignored.
     """
-    if ddof < 0:
-        raise FedleakError(f"ddof must be >= 0 (got {ddof})")
-    if not (eps >= 0 and math.isfinite(eps)):  # `eps < 0` alone lets NaN through
-        raise FedleakError(f"eps must be a finite number >= 0 (got {eps})")
-    if outlier_filter and robust:
-        raise FedleakError("choose either the 3-sigma outlier filter or the robust (median/MAD) null, not both")
+    check_fedmia_options({"ddof": ddof, "eps": eps, "outlier_filter": outlier_filter, "robust": robust})
     t = resolve_target(signals, target)
     m = measure_values(signals, measure)
     part = np.asarray(signals.participated, bool)
@@ -303,8 +303,7 @@ def fedmia(
     **_: Any,
 ) -> np.ndarray:
     """FedMIA score per candidate: per-round one-tailed Gaussian test against the shadows, aggregated."""
-    if aggregation not in AGGREGATIONS:
-        raise FedleakError(f"unknown FedMIA aggregation '{aggregation}'; choose from {', '.join(AGGREGATIONS)}")
+    check_fedmia_options({"aggregation": aggregation})
     fr = fedmia_rounds(
         signals, measure, target=target, ddof=ddof, eps=eps, outlier_filter=outlier_filter, robust=robust
     )
@@ -326,23 +325,7 @@ def fedmia_ii(signals: Signals, **kw: Any) -> np.ndarray:
 # --------------------------------------------------------------------------- registry
 
 
-@dataclass(frozen=True)
-class AttackInfo:
-    """A registered membership attack: its scoring function and what the reports say about it."""
-
-    name: str
-    label: str  # the paper's name
-    kind: str  # "single" | "temporal" | "fedmia"
-    measure: str
-    description: str
-    fn: Callable[..., np.ndarray]
-
-    def __call__(self, signals: Signals, **kw: Any) -> np.ndarray:
-        return self.fn(signals, **kw)
-
-
-#: Every membership attack, in the order of the reports (one ``ATTACKS.add(name, AttackInfo(...))`` line each).
-ATTACKS: Registry[AttackInfo] = Registry("attack", error=FedleakError)
+# every membership attack, in the order of the reports (the registry is in names.py)
 for _info in (
     AttackInfo("blackbox-loss", "Blackbox-Loss", "single", "loss", "−loss under the target's model, one round", blackbox_loss),
     AttackInfo("grad-cosine", "Grad-Cosine", "single", "cos", "cos(g, Δ_target), one round", grad_cosine),
@@ -356,65 +339,6 @@ for _info in (
     AttackInfo("fedmia-ii", "FedMIA-II", "fedmia", "cos", "one-tailed test of the cosine against the other clients", fedmia_ii),
 ):
     ATTACKS.add(_info.name, _info)
-
-_ALIASES = {
-    "fedmia1": "fedmia-i",
-    "fedmia-1": "fedmia-i",
-    "fedmia2": "fedmia-ii",
-    "fedmia-2": "fedmia-ii",
-    "loss": "blackbox-loss",
-    "cosine": "grad-cosine",
-    "cos": "grad-cosine",
-}
-
-
-def resolve_names(names: Iterable[str] | str | None) -> list[str]:
-    """Normalise attack names (case, paper labels, commas); None or 'all' = every attack."""
-    if names is None:
-        return list(ATTACKS)
-    if isinstance(names, str):
-        names = [names]
-    out: list[str] = []
-    by_label = {i.label.lower(): n for n, i in ATTACKS.items()}
-    for item in names:
-        for raw in str(item).split(","):
-            key = raw.strip().lower().replace("_", "-").replace(" ", "-")
-            if not key:
-                continue
-            if key == "all":
-                out.extend(ATTACKS)
-                continue
-            name = key if key in ATTACKS else _ALIASES.get(key) or by_label.get(key)
-            if name is None:
-                raise FedleakError(f"unknown attack '{raw.strip()}'; choose from {', '.join(ATTACKS)} (or 'all')")
-            out.append(name)
-    seen: set[str] = set()
-    uniq = [n for n in out if not (n in seen or seen.add(n))]
-    if not uniq:
-        raise FedleakError(f"no attack selected; choose from {', '.join(ATTACKS)}")
-    return uniq
-
-
-FEDMIA_OPTIONS = ("aggregation", "ddof", "eps", "outlier_filter", "robust")
-
-
-def check_fedmia_options(options: dict[str, Any]) -> None:
-    """FedleakError naming the first bad FedMIA option (before any signal is read, e.g. for a whole sweep)."""
-    bad = sorted(set(options) - set(FEDMIA_OPTIONS))
-    if bad:
-        raise FedleakError(f"unknown attack options {bad}; FedMIA accepts {', '.join(FEDMIA_OPTIONS)}")
-    agg, ddof, eps = options.get("aggregation", "mean"), options.get("ddof", 0), options.get("eps", 1e-8)
-    if agg not in AGGREGATIONS:
-        raise FedleakError(f"unknown FedMIA aggregation '{agg}'; choose from {', '.join(AGGREGATIONS)}")
-    if isinstance(ddof, bool) or not isinstance(ddof, int) or ddof < 0:
-        raise FedleakError(f"ddof must be an integer >= 0 (got {ddof!r})")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (eps >= 0 and math.isfinite(eps)):
-        raise FedleakError(f"eps must be a finite number >= 0 (got {eps!r})")
-    for flag in ("outlier_filter", "robust"):
-        if not isinstance(options.get(flag, False), bool):
-            raise FedleakError(f"{flag} must be true or false (got {options[flag]!r})")
-    if options.get("outlier_filter") and options.get("robust"):
-        raise FedleakError("choose either the 3-sigma outlier filter or the robust (median/MAD) null, not both")
 
 
 def run_attacks(
@@ -431,9 +355,7 @@ def run_attacks(
     used by the single-round attacks; ``fedmia_options`` (aggregation, ddof, eps, outlier_filter,
     robust) go to FedMIA-I/II.
     """
-    bad = sorted(set(fedmia_options) - set(FEDMIA_OPTIONS))
-    if bad:
-        raise FedleakError(f"unknown attack options {bad}; FedMIA accepts {', '.join(FEDMIA_OPTIONS)}")
+    check_fedmia_options(fedmia_options)
     out: dict[str, np.ndarray] = {}
     for name in resolve_names(names):
         kind = ATTACKS[name].kind

@@ -12,25 +12,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 import numpy as np
 
-from fedleak.attacks.mia.attacks import (
-    ATTACKS,
-    fedmia_rounds,
-    resolve_names,
-    resolve_target,
-    round_index,
-    run_attacks,
-)
+from fedleak.attacks.mia.attacks import fedmia_rounds, resolve_target, round_index, run_attacks
+from fedleak.attacks.mia.evaluation import Evaluation, Rotation
+from fedleak.attacks.mia.names import ATTACKS, check_fedmia_options, resolve_names
+from fedleak.attacks.mia.result import AttackResult, Intervals, Oracle, PerRound, Rotating, Spread, with_fpr
 from fedleak.errors import FedleakError
 from fedleak.metrics.intervals import delong_interval, tpr_intervals
 from fedleak.metrics.roc import (
     DEFAULT_FPRS,
     HEADLINE_FPR,
     auc_from_curve,
+    check_headline_fpr,
     fpr_key,
     roc_curve,
     roc_metrics,
@@ -72,26 +69,6 @@ def _clean(scores: np.ndarray) -> tuple[np.ndarray, int]:
     return scores, int(bad.sum())
 
 
-@dataclass
-class Evaluation:
-    """Everything ``fedleak attack`` writes: metrics (JSON-ready), scores and curves for figures."""
-
-    metrics: dict[str, Any]
-    scores: dict[str, np.ndarray]  # attack -> [N] scores for the default target
-    labels: np.ndarray  # [N] bool, members of the default target
-    curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # attack -> (fpr, tpr)
-    fedmia_per_round: dict[str, np.ndarray] = field(default_factory=dict)  # attack -> [R', N] Λ̂_r
-
-
-def _summary(values: list[float]) -> dict[str, Any]:
-    a = np.asarray(values, float)
-    return {
-        "mean": float(a.mean()),
-        "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
-        "values": [float(v) for v in a],
-    }
-
-
 def evaluate(
     signals: Signals,
     names: Iterable[str] | str | None = None,
@@ -102,14 +79,19 @@ def evaluate(
     strict: bool = False,
     fprs: Iterable[float] = DEFAULT_FPRS,
     per_round: bool = True,
+    headline_fpr: float = HEADLINE_FPR,
     **fedmia_options: Any,
 ) -> Evaluation:
     """Run the attacks, compute their metrics, per-round curves, oracle rounds and rotation.
 
     ``rotate``: None = whenever possible, True = required (error if impossible), False = never.
+    ``headline_fpr`` (a number in (0, 1)) is added to ``fprs`` when it is not one of them; the oracle round and
+    every headline of the result are read at it.
     """
     names = resolve_names(names)
-    fprs = tuple(float(f) for f in fprs)
+    check_fedmia_options(fedmia_options)
+    headline_fpr = check_headline_fpr(headline_fpr)
+    fprs = with_fpr(tuple(float(f) for f in fprs), headline_fpr)
     t = resolve_target(signals, target)
     ri = round_index(signals, round, t)
     fixed_round = int(signals.rounds[ri])
@@ -126,150 +108,134 @@ def evaluate(
         raise FedleakError(f"cannot rotate the target: {why_not}")
     do_rotate = ok_rot if rotate is None else bool(rotate)
 
-    ev = Evaluation(metrics={}, scores={}, labels=labels)
-    out_attacks: dict[str, Any] = {}
-    for name in names:
-        s, n_nan = _clean(scores[name])
-        ev.scores[name] = s
-        fpr, tpr, _ = roc_curve(labels, s)
-        ev.curves[name] = (fpr, tpr)
-        out_attacks[name] = _attack_entry(
-            signals, name, s, n_nan, labels, fixed_round, t, fprs, strict, per_round, fedmia_options, ev
-        )
-    rot_info: dict[str, Any] = {"done": False, "reason": why_not if not do_rotate else ""}
+    ctx = _Context(signals, labels, fixed_round, t, fprs, strict, headline_fpr, fedmia_options)
+    attacks = {name: _attack_result(ctx, name, scores[name], per_round) for name in names}
+    rotation = Rotation(False, why_not if not do_rotate else "")
     if do_rotate:
-        rot_info = _rotate(signals, names, scores, t, ri, fixed_round, fprs, strict, fedmia_options, out_attacks)
-    ev.metrics = {
-        "target": t,
-        "round": fixed_round,
-        "recorded_rounds": [int(r) for r in signals.rounds],
-        "num_clients": signals.num_clients,
-        "n_candidates": int(labels.size),
-        "n_members": int(labels.sum()),
-        "n_nonmembers": int((~labels).sum()),
-        "fpr_targets": list(fprs),
-        "fpr_convention": "<" if strict else "<=",
-        "fpr_resolution": 1.0 / int((~labels).sum()),
-        "protocol": "aligned" if is_aligned(signals) else "official-compat",
-        "fedmia_options": {
+        rotation, rotating = _rotate(ctx, names, scores, ri)
+        attacks = {n: replace(a, rotating=rotating[n]) for n, a in attacks.items()}
+    return Evaluation(
+        target=t, round=fixed_round, recorded_rounds=tuple(int(r) for r in signals.rounds),
+        num_clients=signals.num_clients, n_members=int(labels.sum()), n_nonmembers=int((~labels).sum()),
+        fprs=fprs, attacks=attacks, headline_fpr=headline_fpr, n_candidates=int(labels.size),
+        fpr_convention="<" if strict else "<=", fpr_resolution=1.0 / int((~labels).sum()),
+        protocol="aligned" if is_aligned(signals) else "official-compat",
+        fedmia_options={
             "aggregation": fedmia_options.get("aggregation", "mean"),
             "ddof": fedmia_options.get("ddof", 0),
             "eps": fedmia_options.get("eps", 1e-8),
             "outlier_filter": bool(fedmia_options.get("outlier_filter", False)),
             "robust": bool(fedmia_options.get("robust", False)),
         },
-        "rotation": rot_info,
-        "attacks": out_attacks,
-    }
-    return ev
+        rotation=rotation, labels=labels,
+    )
 
 
-def _attack_entry(
-    signals: Signals, name: str, s: np.ndarray, n_nan: int, labels: np.ndarray, fixed_round: int, t: int,
-    fprs: tuple[float, ...], strict: bool, per_round: bool, fedmia_options: dict[str, Any], ev: Evaluation,
-) -> dict[str, Any]:
-    """One attack's metrics entry: ROC metrics, per-round curves and the oracle round (single-round attacks)."""
+@dataclass(frozen=True)
+class _Context:
+    """What every attack of one evaluation is scored against."""
+
+    signals: Signals
+    labels: np.ndarray
+    fixed_round: int
+    target: int
+    fprs: tuple[float, ...]
+    strict: bool
+    headline_fpr: float
+    fedmia_options: dict[str, Any]
+
+
+def _attack_result(ctx: _Context, name: str, raw: np.ndarray, per_round: bool) -> AttackResult:
+    """One attack's result: ROC metrics, intervals, per-round curves and the oracle round (single-round attacks)."""
     info = ATTACKS[name]
-    entry: dict[str, Any] = {
-        "label": info.label,
-        "kind": info.kind,
-        "measure": info.measure,
-        "round": fixed_round if info.kind == "single" else None,
-        **roc_metrics(labels, s, fprs, strict).as_dict(),
-        **interval_entries(labels, s, fprs, strict),
-    }
-    if n_nan:
-        entry["n_nan_scores"] = n_nan
-    if per_round and info.kind in ("single", "fedmia"):
-        entry["per_round"] = _per_round(signals, name, t, labels, fprs, strict, fedmia_options, ev)
-        pr = entry["per_round"]
-        key = fpr_key(HEADLINE_FPR)
-        if pr["rounds"] and info.kind == "single":
-            j = int(np.argmax(pr[key]))
-            entry["oracle"] = {
-                "note": "best round chosen with the membership labels (optimistic; what the original reports)",
-                "round": pr["rounds"][j],
-                key: pr[key][j],
-                "auc": pr["auc"][j],
-            }
-    return entry
+    s, n_nan = _clean(raw)
+    fpr, tpr, _ = roc_curve(ctx.labels, s)
+    m = roc_metrics(ctx.labels, s, ctx.fprs, ctx.strict)
+    pr, fed_rounds = (_per_round(ctx, name) if per_round and info.kind in ("single", "fedmia") else (None, None))
+    oracle = Oracle.best(pr, ctx.headline_fpr) if pr is not None and info.kind == "single" else None
+    return AttackResult(
+        name=name, label=info.label, kind=info.kind, measure=info.measure,
+        round=ctx.fixed_round if info.kind == "single" else None, auc=m.auc, log_auc=m.log_auc,
+        tpr={f: m.tpr[f] for f in ctx.fprs}, balanced_accuracy=m.balanced_accuracy, best_threshold=m.threshold,
+        n_members=m.n_pos, n_nonmembers=m.n_neg, fpr_convention="<" if ctx.strict else "<=",
+        intervals=intervals(ctx.labels, s, ctx.fprs, ctx.strict), n_nan_scores=n_nan, per_round=pr, oracle=oracle,
+        scores=s, roc=(fpr, tpr), fedmia_per_round=fed_rounds,
+    )
+
+
+def intervals(labels: np.ndarray, scores: np.ndarray, fprs: tuple[float, ...], strict: bool) -> Intervals:
+    """Members flagged (k of n) per FPR target with the exact Clopper–Pearson interval of each TPR, and DeLong's
+    interval of the AUC (``None`` with fewer than 2 members or 2 non-members)."""
+    y = np.asarray(labels).astype(bool)
+    auc = None
+    if min(int(y.sum()), int((~y).sum())) >= 2:
+        d = delong_interval(y, scores, CONFIDENCE)
+        auc = (d.lower, d.upper)
+    counts: dict[float, tuple[int, int]] = {}
+    tpr: dict[float, tuple[float, float] | None] = {}
+    for iv in tpr_intervals(y, scores, fprs, CONFIDENCE, strict):
+        counts[iv.fpr_target] = (iv.k, iv.n)
+        tpr[iv.fpr_target] = (iv.lower, iv.upper)
+    return Intervals(counts, tpr, auc)
 
 
 def interval_entries(
     labels: np.ndarray, scores: np.ndarray, fprs: tuple[float, ...], strict: bool
 ) -> dict[str, dict[str, list]]:
-    """``counts`` (members flagged k of n, per FPR key) and ``ci95``: the exact Clopper–Pearson interval of
-    each TPR and DeLong's interval of the AUC (``None`` with fewer than 2 members or 2 non-members)."""
-    counts: dict[str, list] = {}
-    ci: dict[str, list | None] = {}
-    y = np.asarray(labels).astype(bool)
-    if min(int(y.sum()), int((~y).sum())) >= 2:
-        d = delong_interval(y, scores, CONFIDENCE)
-        ci["auc"] = [d.lower, d.upper]
-    else:
-        ci["auc"] = None
-    for iv in tpr_intervals(y, scores, fprs, CONFIDENCE, strict):
-        key = fpr_key(iv.fpr_target)
-        counts[key] = [iv.k, iv.n]
-        ci[key] = [iv.lower, iv.upper]
-    return {"counts": counts, "ci95": ci}
+    """The ``counts`` and ``ci95`` entries of metrics.json (:func:`intervals` as JSON)."""
+    return intervals(labels, scores, fprs, strict).to_json()
 
 
 def _rotate(
-    signals: Signals, names: list[str], scores: dict[str, np.ndarray], t: int, ri: int, fixed_round: int,
-    fprs: tuple[float, ...], strict: bool, fedmia_options: dict[str, Any], out_attacks: dict[str, Any],
-) -> dict[str, Any]:
-    """Every client as the target: adds each attack's ``rotating`` summary; returns the rotation record."""
+    ctx: _Context, names: list[str], scores: dict[str, np.ndarray], ri: int
+) -> tuple[Rotation, dict[str, Rotating]]:
+    """Every client as the target: the rotation record and each attack's summary over the targets."""
+    signals, fprs = ctx.signals, ctx.fprs
     targets = rotation_targets(signals)
     per_target: dict[str, dict[str, list[float]]] = {n: {} for n in names}
     used_rounds: dict[int, int] = {}
     for tt in targets:
         lab = signals.members(tt)
-        r_tt = fixed_round
+        r_tt = ctx.fixed_round
         if not signals.participated[ri, tt]:
             r_tt = int(signals.rounds[round_index(signals, None, tt)])
         used_rounds[tt] = r_tt
-        sc = scores if tt == t else run_attacks(signals, names, round=r_tt, target=tt, **fedmia_options)
+        sc = scores if tt == ctx.target else run_attacks(signals, names, round=r_tt, target=tt, **ctx.fedmia_options)
         for name in names:
-            d = roc_metrics(lab, _clean(sc[name])[0], fprs, strict).as_dict()
+            d = roc_metrics(lab, _clean(sc[name])[0], fprs, ctx.strict).as_dict()
             for k in ("auc", "log_auc", *[fpr_key(f) for f in fprs], "balanced_accuracy"):
                 per_target[name].setdefault(k, []).append(float(d[k]))
-    for name in names:
-        out_attacks[name]["rotating"] = {k: _summary(v) for k, v in per_target[name].items()}
-    return {"done": True, "targets": targets, "rounds": {str(k): v for k, v in used_rounds.items()}}
+    rotating = {
+        name: Rotating(Spread.of(v["auc"]), Spread.of(v["log_auc"]), {f: Spread.of(v[fpr_key(f)]) for f in fprs},
+                       Spread.of(v["balanced_accuracy"]))
+        for name, v in per_target.items()
+    }
+    return Rotation(True, "", tuple(targets), used_rounds), rotating
 
 
-def _per_round(
-    signals: Signals,
-    name: str,
-    target: int,
-    labels: np.ndarray,
-    fprs: tuple[float, ...],
-    strict: bool,
-    fedmia_options: dict[str, Any],
-    ev: Evaluation,
-) -> dict[str, list]:
-    """Per-round TPR at each FPR target and AUC of a single-round attack or of FedMIA's Λ̂_r."""
+def _per_round(ctx: _Context, name: str) -> tuple[PerRound, np.ndarray | None]:
+    """Per-round TPR at each FPR target and AUC of a single-round attack or of FedMIA's Λ̂_r (also returned)."""
+    signals, target = ctx.signals, ctx.target
     info = ATTACKS[name]
     rows: list[tuple[int, np.ndarray]] = []
+    cdf = None
     if info.kind == "single":
         part = np.asarray(signals.participated, bool)[:, target]
         for i in np.flatnonzero(part):
             r = int(signals.rounds[i])
             rows.append((r, run_attacks(signals, name, round=r, target=target)[name]))
     else:
-        opts = {k: v for k, v in fedmia_options.items() if k != "aggregation"}
+        opts = {k: v for k, v in ctx.fedmia_options.items() if k != "aggregation"}
         fr = fedmia_rounds(signals, info.measure, target=target, **opts)
-        ev.fedmia_per_round[name] = fr.cdf
+        cdf = fr.cdf
         rows = [(int(r), fr.z[j]) for j, r in enumerate(fr.rounds)]  # Φ is monotone: z ranks the same
-    out: dict[str, list] = {"rounds": [], "auc": []}
-    for f in fprs:
-        out[fpr_key(f)] = []
+    rounds, aucs = [], []
+    tprs: dict[float, list[float]] = {f: [] for f in ctx.fprs}
     for r, s in rows:
         s, _ = _clean(s)
-        fpr, tpr, _ = roc_curve(labels, s)
-        out["rounds"].append(r)
-        out["auc"].append(auc_from_curve(fpr, tpr))
-        for f in fprs:
-            out[fpr_key(f)].append(tpr_at_fpr(fpr, tpr, f, strict))
-    return out
+        fpr, tpr, _ = roc_curve(ctx.labels, s)
+        rounds.append(r)
+        aucs.append(auc_from_curve(fpr, tpr))
+        for f in ctx.fprs:
+            tprs[f].append(tpr_at_fpr(fpr, tpr, f, ctx.strict))
+    return PerRound(tuple(rounds), tuple(aucs), {f: tuple(v) for f, v in tprs.items()}), cdf
