@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from fedleak.attacks.mia import run_attacks
 from fedleak.fl.toy import generate_toy_run
+from fedleak.attacks.mia.evaluation import Evaluation
 from fedleak.cli import app
 from fedleak.metrics.roc import log_auc_from_curve, roc_curve, roc_metrics
 from fedleak.signals.loading import load_signals
@@ -141,12 +142,12 @@ def test_equal_tpr_is_a_tie_in_table_and_verdict(capsys):
         "fedmia-ii": _atk("FedMIA-II", "fedmia", four, 0.654),
         "avg-norm": _atk("Avg-Norm", "temporal", 0.0, 0.47),
     })
-    _, rows, _ = attack_table(m)
+    _, rows, _ = attack_table(Evaluation.from_json(m))
     assert [r[0] for r in rows] == ["FedMIA-II", "Avg-Cosine", "Grad-Cosine", "Avg-Norm"]  # TPR, then AUC
-    print_table(m)
+    print_table(Evaluation.from_json(m))
     printed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isalpha()]
     assert [p for p in printed if p in ("FedMIA-II", "Avg-Cosine", "Grad-Cosine", "Avg-Norm")] == [r[0] for r in rows]
-    v = verdict(m)
+    v = verdict(Evaluation.from_json(m))
     assert "<b>FedMIA-II</b> (tied at 0.1% FPR with Avg-Cosine; listed first for its higher AUC)" in v.sentences[0]
     cmp = next(s for s in v.sentences if s.startswith("Comparing"))
     assert "reveals as much as looking at the target alone" in cmp and "4.49% vs Avg-Cosine 4.49%" in cmp
@@ -158,13 +159,13 @@ def test_equal_tpr_and_auc_fall_back_to_the_name_and_strict_orders_hold():
 
     m = _metrics({"b-attack": _atk("B", "single", 0.1, 0.7), "a-attack": _atk("A", "single", 0.1, 0.7),
                   "fedmia-i": _atk("FedMIA-I", "fedmia", 0.05, 0.9)})
-    _, rows, _ = attack_table(m)
+    _, rows, _ = attack_table(Evaluation.from_json(m))
     assert [r[0] for r in rows] == ["A", "B", "FedMIA-I"]
-    v = verdict(m)
+    v = verdict(Evaluation.from_json(m))
     assert "<b>A</b> (tied at 0.1% FPR with B; listed first by name, the AUC being equal too)" in v.sentences[0]
     assert "(FedMIA) reveals less than looking at the target alone: FedMIA-I 5.00% vs A 10.00%" in " ".join(v.sentences)
     m["attacks"]["fedmia-i"]["tpr@0.1%"] = 0.2
-    v = verdict(m)
+    v = verdict(Evaluation.from_json(m))
     assert v.sentences[0].startswith("The strongest attack, <b>FedMIA-I</b>, lets")  # no tie, no note
     assert "reveals more than looking" in " ".join(v.sentences)
 
@@ -204,7 +205,7 @@ def test_roc_figure_legend_outside_and_equal_curves_visible(evaluation):
     ev = evaluation
     curves = dict(ev.curves)
     curves["avg-cosine"] = curves["fedmia-ii"]  # two attacks with identical curves
-    fig = roc_figure(curves, ev.metrics)
+    fig = roc_figure(curves, ev)
     assert _legend_outside(fig)
     lines = {ln.get_label().split("  (")[0]: ln for ln in fig.axes[0].get_lines()}
     thick, thin = lines["FedMIA-II"], lines["Avg-Cosine"]
@@ -217,7 +218,7 @@ def test_roc_figure_legend_outside_and_equal_curves_visible(evaluation):
 def test_round_axes_have_integer_ticks_and_utility_is_not_clipped(evaluation):
     from fedleak.report.figures import tpr_per_round_figure, utility_figure
 
-    fig = tpr_per_round_figure(evaluation.metrics)
+    fig = tpr_per_round_figure(evaluation)
     assert _legend_outside(fig)
     ticks = fig.axes[0].get_xticks()
     assert len(ticks) and all(float(t).is_integer() for t in ticks)

@@ -12,6 +12,7 @@ from scipy.stats import binomtest, norm
 from typer.testing import CliRunner
 
 from fedleak.attacks.mia.evaluate import interval_entries
+from fedleak.attacks.mia.evaluation import Evaluation
 from fedleak.cli import app
 from fedleak.fl.toy import generate_toy_run
 from fedleak.metrics.roc import DEFAULT_FPRS, HEADLINE_KEY, fpr_key
@@ -112,15 +113,15 @@ def test_headline_cell_verdict_and_terminal_read_k_of_n_with_the_interval(capsys
     from fedleak.report.document import attack_table, verdict
 
     m = _four_of_89()
-    head, rows, _ = attack_table(m)
+    head, rows, _ = attack_table(Evaluation.from_json(m))
     text = "4 of 89 (4.49%, 95% CI 1.2–11.1%)"  # scipy: 0.01237..0.11107
     assert rows[0][head.index("TPR@0.1%")] == text
     assert rows[0][head.index("AUC")] == "0.654 (95% CI 0.601–0.707)"
     assert rows[0][head.index("TPR@1%")] == "5.00%"  # the other FPRs stay plain
-    v = verdict(m)
+    v = verdict(Evaluation.from_json(m))
     assert any("confidence interval of the 4.49% found at 0.1% FPR is 1.2–11.1% (exact Clopper–Pearson for 4 of 89"
                " members); that of its AUC is 0.601–0.707 (DeLong)" in s for s in v.sentences)
-    print_table(m)
+    print_table(Evaluation.from_json(m))
     out = capsys.readouterr().out
     assert text in out and "0.654 (95% CI 0.601–0.707)" in out
 
@@ -130,9 +131,9 @@ def test_metrics_without_intervals_read_as_before():
 
     m = _four_of_89()
     del m["attacks"]["fedmia-ii"]["counts"], m["attacks"]["fedmia-ii"]["ci95"]
-    head, rows, _ = attack_table(m)
+    head, rows, _ = attack_table(Evaluation.from_json(m))
     assert rows[0][head.index("TPR@0.1%")] == "4.49%" and rows[0][head.index("AUC")] == "0.654"
-    assert not any("confidence interval" in s for s in verdict(m).sentences)
+    assert not any("confidence interval" in s for s in verdict(Evaluation.from_json(m)).sentences)
 
 
 def test_report_shows_the_intervals_of_a_real_run(attacked):

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from fedleak.attacks.mia import run_attacks
 from fedleak.fl.toy import generate_toy_run
+from fedleak.attacks.mia.evaluation import Evaluation
 from fedleak.cli import app
 from fedleak.metrics.roc import roc_metrics
 from fedleak.signals.loading import load_signals
@@ -138,7 +139,7 @@ def test_verdict_levels(tmp_path):
 
     def level(**kw):
         ev = evaluate(load_signals(generate_toy_run(tmp_path / str(len(list(tmp_path.iterdir()))), **{**SMALL, **kw})))
-        return ev.metrics, verdict(ev.metrics)
+        return ev.metrics, verdict(ev)
 
     assert level(shift=0.0)[1].level in ("none", "low")
     assert level(shift=1.0)[1].level == "high"
@@ -254,7 +255,9 @@ def test_verdict_thresholds_on_crafted_metrics():
     def metrics(tpr, n_pos=1000, n_neg=10000, n_attacks=2):
         atk = {f"a{i}": {"label": f"A{i}", "kind": "single", "auc": 0.6, "tpr@0.1%": tpr if i == 0 else 0.0,
                          "tpr@1%": 0.1} for i in range(n_attacks)}
-        return {"attacks": atk, "n_members": n_pos, "n_nonmembers": n_neg, "target": 0, "fpr_convention": "<="}
+        return Evaluation.from_json({"attacks": atk, "n_members": n_pos, "n_nonmembers": n_neg, "target": 0,
+                                     "fpr_convention": "<=", "fpr_targets": [0.01, 0.001], "round": 0,
+                                     "recorded_rounds": [0], "num_clients": 2})
 
     assert verdict(metrics(0.004)).level == "none"  # 4 of 1000 at 0.1%: p·2 = 0.038
     assert 2 * binom.sf(3, 1000, 0.001) > 0.01

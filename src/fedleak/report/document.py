@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedleak.attacks.mia.attacks import ATTACKS
-from fedleak.metrics.roc import fpr_key
-from fedleak.report.ranking import HEAD_KEY, ranked, rotating_key
+from fedleak.attacks.mia.evaluation import Evaluation
+from fedleak.attacks.mia.names import ATTACKS
+from fedleak.attacks.mia.result import same_fpr
+from fedleak.metrics.roc import HEADLINE_FPR, fpr_text
 from fedleak.report.model import (
     Bullets,
     Code,
@@ -30,6 +31,7 @@ from fedleak.report.model import (
     to_html,
     to_markdown,
 )
+from fedleak.report.ranking import secondary_fprs
 from fedleak.report.render import FIG_CAPTIONS
 from fedleak.report.intervals_text import auc_text, tpr_text
 from fedleak.report.verdict import Verdict, pct as _pct, verdict
@@ -50,7 +52,7 @@ def _config(run_dir: Path) -> dict[str, Any]:
     return read_run_config(run_dir)  # {} when absent; StoreError when damaged or edited after training
 
 
-def setup_rows(run_dir: Path, metrics: dict[str, Any]) -> list[tuple[str, str]]:
+def setup_rows(run_dir: Path, ev: Evaluation) -> list[tuple[str, str]]:
     cfg, meta = _config(run_dir), read_meta(run_dir)
     g = lambda *ks, d=None: _dig(cfg, ks, d)  # noqa: E731
     ds = meta.get("dataset", {})
@@ -70,7 +72,7 @@ def setup_rows(run_dir: Path, metrics: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("model", mline))
     part = g("partition", d={}) or {}
     scheme = part.get("scheme", "iid")
-    pl = f"{part.get('num_clients', metrics['num_clients'])} clients, {scheme}"
+    pl = f"{part.get('num_clients', ev.num_clients)} clients, {scheme}"
     if scheme == "dirichlet":
         pl += f" (β = {part.get('beta')})"
     if meta.get("client_sizes"):
@@ -95,16 +97,17 @@ def setup_rows(run_dir: Path, metrics: dict[str, Any]) -> list[tuple[str, str]]:
     rows.append(
         (
             "candidates",
-            f"{metrics['n_members']} members (client {metrics['target']}'s training samples) and "
-            f"{metrics['n_nonmembers']} non-members (held-out test samples and other clients' samples)",
+            f"{ev.n_members} members (client {ev.target}'s training samples) and "
+            f"{ev.n_nonmembers} non-members (held-out test samples and other clients' samples)",
         )
     )
-    rows.append(("candidate protocol", metrics.get("protocol", "?")))
-    rr = metrics["recorded_rounds"]
+    rows.append(("candidate protocol", ev.protocol or "?"))
+    rr = list(ev.recorded_rounds)
     rows.append(("recorded rounds", f"{len(rr)}: {_short_list(rr)} (0-based)"))
-    rows.append(("target client", f"{metrics['target']}; single-round attacks at round {metrics['round']} (0-based)"))
-    rows.append(("attacks", basis(metrics)))
-    fo = metrics.get("fedmia_options", {})
+    rows.append(("target client", f"{ev.target}; single-round attacks at round {ev.round} (0-based)"))
+    rows.append(("attacks", basis(ev)))
+    rows.append(("headline", f"TPR at {fpr_text(ev.headline_fpr)} FPR (--headline-fpr {ev.headline_fpr:g})"))
+    fo = ev.fedmia_options or {}
     rows.append(
         (
             "FedMIA options",
@@ -155,25 +158,25 @@ def utility_rows(rows: list[dict[str, Any]], recorded: list[int], target: int, m
     return out
 
 
-ORDER_NOTE = (
-    "Sorted by TPR@0.1%, ties by AUC, then by name (the verdict's strongest attack is the first row); "
-    "the best value in each column is highlighted."
-)
+def order_note(fpr: float) -> str:
+    return (f"Sorted by TPR@{fpr_text(fpr)}, ties by AUC, then by name (the verdict's strongest attack is the first "
+            "row); the best value in each column is highlighted.")
+
+
 UTILITY_HEAD = ["round (0-based)", "lr", "train acc (global)", "test acc (global)", "test acc (target's upload)", "train loss", "test loss"]
 
 
-def attack_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]], dict[tuple[int, int], bool]]:
-    fprs = metrics["fpr_targets"]
-    head = ["attack", "type", "AUC", "log-AUC", *[f"TPR@{100 * f:g}%" for f in fprs], "balanced acc."]
+def attack_table(ev: Evaluation) -> tuple[list[str], list[list[str]], dict[tuple[int, int], bool]]:
+    fprs, head_fpr = ev.fprs, ev.headline_fpr
+    head = ["attack", "type", "AUC", "log-AUC", *[f"TPR@{fpr_text(f)}" for f in fprs], "balanced acc."]
     rows, raw = [], []
     kinds = {"single": "one round", "temporal": "all rounds, target only", "fedmia": "all rounds, vs. other clients"}
-    for name in ranked(metrics["attacks"]):
-        a = metrics["attacks"][name]
-        kind = kinds[a["kind"]] + (f" (round {a['round']})" if a["kind"] == "single" else "")
-        vals = [a["auc"], a["log_auc"], *[a[fpr_key(f)] for f in fprs], a["balanced_accuracy"]]
+    for a in ev.ranked():
+        kind = kinds[a.kind] + (f" (round {a.round})" if a.kind == "single" else "")
+        vals = [a.auc, a.log_auc, *[a.tpr_at(f) for f in fprs], a.balanced_accuracy]
         raw.append(vals)
-        tprs = [tpr_text(a, HEAD_KEY) if fpr_key(f) == HEAD_KEY else _pct(a[fpr_key(f)]) for f in fprs]
-        rows.append([a["label"], kind, auc_text(a), _num(a["log_auc"]), *tprs, _pct(a["balanced_accuracy"], 1)])
+        tprs = [tpr_text(a, f) if same_fpr(f, head_fpr) else _pct(a.tpr_at(f)) for f in fprs]
+        rows.append([a.label, kind, auc_text(a), _num(a.log_auc), *tprs, _pct(a.balanced_accuracy, 1)])
     best = {}
     for j in range(len(head) - 2):
         col = [r[j] for r in raw]
@@ -183,66 +186,67 @@ def attack_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]], d
     return head, rows, best
 
 
-def rotating_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
-    if not metrics.get("rotation", {}).get("done"):
+def rotating_table(ev: Evaluation) -> tuple[list[str], list[list[str]]] | None:
+    if not ev.rotation.done:
         return None
-    keys = ["auc", fpr_key(0.01), HEAD_KEY]
-    head = ["attack", "AUC", "TPR@1%", "TPR@0.1%"]
+    fprs = secondary_fprs(ev.headline_fpr)
+    head = ["attack", "AUC", *[f"TPR@{fpr_text(f)}" for f in fprs]]
     rows = []
-    for name in ranked(metrics["attacks"], rotating_key):
-        a = metrics["attacks"][name]
-        r = a["rotating"]
-        cells = [a["label"], f"{r['auc']['mean']:.3f} ± {r['auc']['std']:.3f}"]
-        cells += [f"{_pct(r[k]['mean'])} ± {_pct(r[k]['std'])}" for k in keys[1:]]
+    for a in ev.rotating_ranked():
+        r = a.rotating
+        cells = [a.label, f"{r.auc.mean:.3f} ± {r.auc.std:.3f}"]
+        cells += [f"{_pct(s.mean)} ± {_pct(s.std)}" for s in (a.rotating_tpr(f) for f in fprs)]
         rows.append(cells)
     return head, rows
 
 
-def oracle_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+def oracle_table(ev: Evaluation) -> tuple[list[str], list[list[str]]] | None:
     rows = []
-    for name, a in metrics["attacks"].items():
-        o = a.get("oracle")
+    f = ev.headline_fpr
+    for a in ev.attacks.values():
+        o = a.oracle
         if o:
-            rows.append([a["label"], str(a["round"]), _pct(a[HEAD_KEY]), str(o["round"]), _pct(o[HEAD_KEY]), _num(o["auc"])])
+            rows.append([a.label, str(a.round), _pct(a.tpr_at(f)), str(o.round), _pct(o.tpr), _num(o.auc)])
     if not rows:
         return None
-    return ["attack", "fixed round", "TPR@0.1% (fixed)", "oracle round", "TPR@0.1% (oracle)", "AUC (oracle)"], rows
+    t = fpr_text(f)
+    return ["attack", "fixed round", f"TPR@{t} (fixed)", "oracle round", f"TPR@{t} (oracle)", "AUC (oracle)"], rows
 
 
-def basis(metrics: dict[str, Any]) -> str:
+def basis(ev: Evaluation) -> str:
     """Which attacks the report is based on, and how many."""
-    attacks = metrics["attacks"]
-    n, n_all = len(attacks), len(ATTACKS)
-    what = f"all {n} attacks fedleak implements" if set(attacks) >= set(ATTACKS) else f"{n} of the {n_all} attacks"
-    return f"{what}: " + ", ".join(attacks[k]["label"] for k in ranked(attacks))
+    n, n_all = len(ev.attacks), len(ATTACKS)
+    what = f"all {n} attacks fedleak implements" if set(ev.attacks) >= set(ATTACKS) else f"{n} of the {n_all} attacks"
+    return f"{what}: " + ", ".join(a.label for a in ev.ranked())
 
 
-def notes(metrics: dict[str, Any]) -> list[str]:
-    n_neg = metrics["n_nonmembers"]
-    conv = metrics.get("fpr_convention", "<=")
-    last = metrics["recorded_rounds"][-1] if metrics.get("recorded_rounds") else 0
+def notes(ev: Evaluation) -> list[str]:
+    n_neg = ev.n_nonmembers
+    conv = ev.fpr_convention
+    last = ev.recorded_rounds[-1] if ev.recorded_rounds else 0
+    res = fpr_text(min(ev.fprs)) if ev.fprs else "0.01%"
     out = [
         f"Rounds are numbered from 0 everywhere (terminal, report, figures, files): round {last} is the "
         f"{_ordinal(last + 1)} round and its signals are in signals/round_{last:04d}.npz.",
         f"Scores: higher = more likely a member. TPR@x% is the largest true-positive rate whose false-positive rate is "
         f"{'≤' if conv == '<=' else 'strictly below'} x% (the original FedMIA code uses strictly below).",
-        f"With {n_neg} non-members, one false positive is {_pct(1 / n_neg, 3)} FPR, so TPR@0.01% "
-        + ("means: TPR with zero false positives." if 1 / n_neg > 1e-4 else "is resolved."),
+        f"With {n_neg} non-members, one false positive is {_pct(1 / n_neg, 3)} FPR, so TPR@{res} "
+        + ("means: TPR with zero false positives." if 1 / n_neg > min(ev.fprs or (1e-4,)) else "is resolved."),
         "log-AUC: area under the ROC curve drawn with both axes on a log scale from 1e-5 to 1 (0.5 = chance); "
         "it rewards attacks that work at low FPR.",
         "Balanced accuracy is taken at the best threshold, chosen with the labels (an optimistic summary).",
-        "Verdict levels, from the strongest attack's TPR at 0.1% FPR: none (not significantly above chance, "
+        f"Verdict levels, from the strongest attack's TPR at {fpr_text(ev.headline_fpr)} FPR (the headline, "
+        "--headline-fpr): none (not significantly above chance, "
         "p ≥ 0.01 after a Bonferroni correction for the number of attacks), low (< 5%), moderate (5–20%), high (≥ 20%).",
         "Single-round attacks are reported at a fixed round. The oracle round (chosen with the membership labels, "
         "as the original code does) is shown separately and is not an attack a real server could run.",
         "FedMIA: per round and candidate, the target's value is compared with a Gaussian fitted to the other "
         "clients' values (one-tailed Φ(z)); rounds are then combined (aggregation above).",
     ]
-    fo = metrics.get("fedmia_options", {})
-    if fo.get("outlier_filter"):
+    if (ev.fedmia_options or {}).get("outlier_filter"):
         out.append(
             f"The 3σ filter cannot remove any shadow value with fewer than 10 shadows (the largest z-score among S "
-            f"values is √(S−1) with ddof 0); this run has {metrics['num_clients'] - 1} shadows."
+            f"values is √(S−1) with ddof 0); this run has {ev.num_clients - 1} shadows."
         )
     return out
 
@@ -252,78 +256,79 @@ def _ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
-def reproduce_lines(run_dir: Path, metrics: dict[str, Any]) -> list[str]:
+def reproduce_lines(run_dir: Path, ev: Evaluation) -> list[str]:
     cfg = _config(run_dir)
     lines = []
     if cfg and not read_meta(run_dir).get("synthetic"):
         lines.append(f"fedleak train {run_dir / 'config.yaml'} --out {run_dir}")
-    names = "" if set(metrics["attacks"]) >= set(ATTACKS) else f" --attacks {','.join(metrics['attacks'])}"
-    lines.append(f"fedleak attack {run_dir}{names} --round {metrics['round']}")
+    names = "" if set(ev.attacks) >= set(ATTACKS) else f" --attacks {','.join(ev.attacks)}"
+    head = "" if same_fpr(ev.headline_fpr, HEADLINE_FPR) else f" --headline-fpr {ev.headline_fpr:g}"
+    lines.append(f"fedleak attack {run_dir}{names} --round {ev.round}{head}")
     lines.append(f"fedleak report {run_dir}")
     return lines
 
 
-def build_report(run_dir: str | Path, metrics: dict[str, Any]) -> tuple[Path, Path]:
-    """Write RUN/report.html (self-contained) and RUN/report.md from the attack metrics (one document model)."""
+def build_report(run_dir: str | Path, ev: Evaluation) -> tuple[Path, Path]:
+    """Write RUN/report.html (self-contained) and RUN/report.md from the attack results (one document model)."""
     run_dir = Path(run_dir)
-    doc = report_document(run_dir, metrics, time.strftime("%Y-%m-%d %H:%M"))
+    doc = report_document(run_dir, ev, time.strftime("%Y-%m-%d %H:%M"))
     html_path, md_path = run_dir / "report.html", run_dir / "report.md"
     atomic_write_text(html_path, to_html(doc))
     atomic_write_text(md_path, to_markdown(doc))
     return html_path, md_path
 
 
-def report_document(run_dir: Path, metrics: dict[str, Any], when: str) -> Document:
+def report_document(run_dir: Path, ev: Evaluation, when: str) -> Document:
     """What the report says, once, as blocks (rendered by :func:`fedleak.report.model.to_html` / ``to_markdown``)."""
     cfg = _config(run_dir)
     title = f"Privacy audit: {cfg.get('name', run_dir.name)}"
     adir = run_dir / "attack"
-    figs = {k: adir / f for k, f in (metrics.get("figures") or {}).items() if (adir / f).is_file()}
-    v = verdict(metrics)
+    figs = {k: adir / f for k, f in (ev.figures or {}).items() if (adir / f).is_file()}
+    v = verdict(ev)
     level_word = {"none": "no measurable leakage", "low": "low", "moderate": "moderate", "high": "high"}[v.level]
     doc = Document()
     doc.add(
         Title(title, f"fedleak membership-inference audit · run <code>{html.escape(str(run_dir))}</code> · {when}",
               f"fedleak membership-inference audit · run `{run_dir}` · {when}"),
         VerdictBox(v.level, level_word, v.headline, list(v.sentences)),
-        Heading(2, "Setup"), KeyValues(setup_rows(run_dir, metrics)),
+        Heading(2, "Setup"), KeyValues(setup_rows(run_dir, ev)),
         Heading(2, "Utility"),
     )
     if "utility" in figs:
         doc.add(Figure(figs["utility"], "utility", heading=False))
-    util_rows = utility_rows(read_metrics(run_dir), metrics["recorded_rounds"], metrics["target"])
+    util_rows = utility_rows(read_metrics(run_dir), list(ev.recorded_rounds), ev.target)
     doc.add(Table(UTILITY_HEAD, util_rows) if util_rows else
             Paragraph("No per-round metrics (metrics.jsonl) in this run directory.", md=None))
-    _attack_blocks(doc, metrics)
+    _attack_blocks(doc, ev)
     doc.add(Heading(2, "Figures"))
-    doc.add(*[Figure(figs[k], k) for k in ("roc", "tpr_per_round", "fedmia_scores") if k in figs])
+    doc.add(*[Figure(figs[k], k, fpr=ev.headline_fpr) for k in ("roc", "tpr_per_round", "fedmia_scores") if k in figs])
     doc.add(
-        Heading(2, "Notes"), Bullets(notes(metrics)),
-        Heading(2, "Reproduce"), Code(reproduce_lines(run_dir, metrics)),
+        Heading(2, "Notes"), Bullets(notes(ev)),
+        Heading(2, "Reproduce"), Code(reproduce_lines(run_dir, ev)),
         Footer("<p class='sub'>Outputs: <code>attack/metrics.json</code>, <code>attack/metrics.csv</code>, "
                "<code>attack/scores.npz</code>, figures as PDF and PNG in <code>attack/</code>.</p></body></html>"),
     )
     return doc
 
 
-def _attack_blocks(doc: Document, metrics: dict[str, Any]) -> None:
-    head = f"Target client {metrics['target']}: {metrics['n_members']} members vs {metrics['n_nonmembers']} non-members. "
-    at_head, at_rows, at_best = attack_table(metrics)
+def _attack_blocks(doc: Document, ev: Evaluation) -> None:
+    head = f"Target client {ev.target}: {ev.n_members} members vs {ev.n_nonmembers} non-members. "
+    at_head, at_rows, at_best = attack_table(ev)
+    order = order_note(ev.headline_fpr)
     doc.add(
         Heading(2, "Attack results"),
-        Paragraph(f"{head}Based on {html.escape(basis(metrics))}. {ORDER_NOTE}",
-                  f"{head}Based on {basis(metrics)}. {ORDER_NOTE}"),
+        Paragraph(f"{head}Based on {html.escape(basis(ev))}. {order}", f"{head}Based on {basis(ev)}. {order}"),
         Table(at_head, at_rows, at_best),
     )
-    rot = rotating_table(metrics)
+    rot = rotating_table(ev)
     if rot:
         doc.add(
             Heading(3, "Every client as the target", md_text="Every client as the target (mean ± std over clients)"),
-            Paragraph(f"Mean ± std over the {len(metrics['rotation']['targets'])} clients (each client's samples are "
+            Paragraph(f"Mean ± std over the {len(ev.rotation.targets)} clients (each client's samples are "
                       "the members, all other candidates the non-members).", md=None, joined=True),
             Table(*rot),
         )
-    orc = oracle_table(metrics)
+    orc = oracle_table(ev)
     if orc:
         doc.add(
             Heading(3, "Oracle best round", md_text="Oracle best round (optimistic: chosen with the labels)",

@@ -13,8 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fedleak.metrics.roc import HEADLINE_FPR, HEADLINE_KEY, fpr_key
-from fedleak.report.ranking import ranked
+from fedleak.attacks.mia.evaluation import Evaluation
+from fedleak.metrics.roc import fpr_text
 
 LOG_MIN = 1e-5
 
@@ -81,35 +81,35 @@ def _z(st: dict[str, Any]) -> float:
     return 2.0 if st["lw"] > 2 else 3.0
 
 
-def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], metrics: dict[str, Any], title: str = "") -> Figure:
-    """Log-log ROC curves of every attack, axes from 1e-5, with the chance diagonal; legend beside the axes."""
+def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], ev: Evaluation, title: str = "") -> Figure:
+    """Log-log ROC curves of every attack, axes from 1e-5, with the chance diagonal; legend beside the axes
+    (each attack's AUC and TPR at the headline FPR, strongest first)."""
     fig = _new(8.8, 5.6, left=0.087, right=0.633, bottom=0.1, top=0.93)
     ax = fig.add_subplot()
     grid = np.logspace(-5, 0, 200)
     ax.plot(grid, grid, color="0.55", ls=":", lw=1.2, label="chance (TPR = FPR)")
-    key = HEADLINE_KEY
-    order = ranked(metrics["attacks"])
-    order = [n for n in order if n in curves]
-    sty = styles(order)
-    for i, name in enumerate(order):
-        fpr, tpr = curves[name]
-        m, st = metrics["attacks"][name], sty[name]
+    head = ev.headline_fpr
+    order = [a for a in ev.ranked() if a.name in curves]
+    sty = styles(a.name for a in order)
+    for i, m in enumerate(order):
+        fpr, tpr = curves[m.name]
+        st = sty[m.name]
         # points at FPR = 0 or TPR = 0 sit on the axes' lower edge (1e-5); markers at staggered places
         # along each curve keep curves with equal values apart
         ax.plot(
             np.clip(fpr, LOG_MIN, 1), np.clip(tpr, LOG_MIN, 1), color=st["color"], ls=st["ls"], lw=st["lw"],
             marker=st["marker"], ms=5.5, mec="white", mew=0.5, markevery=(0.015 + 0.1 * i / max(len(order), 1), 0.1),
             zorder=_z(st), clip_on=False,
-            label=f"{m['label']}  (AUC {m['auc']:.3f}, TPR@0.1% {100 * m[key]:.2f}%)",
+            label=f"{m.label}  (AUC {m.auc:.3f}, TPR@{fpr_text(head)} {100 * m.tpr_at(head):.2f}%)",
         )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(LOG_MIN, 1)
     ax.set_ylim(LOG_MIN, 1)
-    res = metrics.get("fpr_resolution")
+    res = ev.fpr_resolution
     if res and res > LOG_MIN:
         ax.axvspan(LOG_MIN, res, color="0.92", zorder=0)
-        ax.text(LOG_MIN * 1.3, 0.55, f"below 1/{metrics['n_nonmembers']}\nnon-members", fontsize=7, color="0.4", va="top")
+        ax.text(LOG_MIN * 1.3, 0.55, f"below 1/{ev.n_nonmembers}\nnon-members", fontsize=7, color="0.4", va="top")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.grid(True, which="major", alpha=0.3)
@@ -118,32 +118,32 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], metrics: dict[s
     return fig
 
 
-def tpr_per_round_figure(metrics: dict[str, Any], fpr: float = HEADLINE_FPR, title: str = "") -> Figure:
-    """TPR at one FPR against the round: per-round attacks as lines with markers, the attacks that
-    combine all rounds (temporal, FedMIA) as horizontal lines."""
-    key = fpr_key(fpr)
+def tpr_per_round_figure(ev: Evaluation, fpr: float | None = None, title: str = "") -> Figure:
+    """TPR at one FPR (default: the headline) against the round: per-round attacks as lines with markers, the
+    attacks that combine all rounds (temporal, FedMIA) as horizontal lines."""
+    fpr = ev.headline_fpr if fpr is None else fpr
     fig = _new(8.0, 4.6, left=0.086, right=0.667, bottom=0.12)
     ax = fig.add_subplot()
-    rounds_all = metrics.get("recorded_rounds") or [0]
+    rounds_all = list(ev.recorded_rounds) or [0]
     x0, x1 = min(rounds_all), max(rounds_all)
-    order = ranked(metrics["attacks"])
-    sty = styles(order)
+    order = ev.ranked(fpr)
+    sty = styles(a.name for a in order)
     n_flat = 0
-    for name in order:
-        m, st = metrics["attacks"][name], sty[name]
-        pr = m.get("per_round")
-        if pr and pr["rounds"]:
-            lab = m["label"] + (" (each round alone)" if m["kind"] == "fedmia" else "")
+    for m in order:
+        st, pr = sty[m.name], m.per_round
+        if pr and pr.rounds:
+            lab = m.label + (" (each round alone)" if m.kind == "fedmia" else "")
+            ys = next(v for f, v in pr.tpr.items() if fpr_text(f) == fpr_text(fpr))
             ax.plot(
-                pr["rounds"], 100 * np.asarray(pr[key]), color=st["color"], ls="-", lw=1.2, marker=st["marker"], ms=5,
-                mfc="none", mew=1.1, alpha=0.9 if m["kind"] == "single" else 0.5, zorder=4, clip_on=False, label=lab,
+                pr.rounds, 100 * np.asarray(ys), color=st["color"], ls="-", lw=1.2, marker=st["marker"], ms=5,
+                mfc="none", mew=1.1, alpha=0.9 if m.kind == "single" else 0.5, zorder=4, clip_on=False, label=lab,
             )
-        if m["kind"] in ("temporal", "fedmia"):
+        if m.kind in ("temporal", "fedmia"):
             xs = np.linspace(x0, x1, 61)
             ax.plot(
-                xs, np.full_like(xs, 100 * m[key]), color=st["color"], ls=st["ls"], lw=st["lw"], marker=st["marker"],
-                ms=6, mec="white", mew=0.5, markevery=((2 * n_flat + 1) % 15, 15), zorder=_z(st), clip_on=False,
-                label=f"{m['label']} (all rounds)",
+                xs, np.full_like(xs, 100 * m.tpr_at(fpr)), color=st["color"], ls=st["ls"], lw=st["lw"],
+                marker=st["marker"], ms=6, mec="white", mew=0.5, markevery=((2 * n_flat + 1) % 15, 15), zorder=_z(st),
+                clip_on=False, label=f"{m.label} (all rounds)",
             )
             n_flat += 1
     ax.axhline(100 * fpr, color="0.5", ls=":", lw=1, label=f"chance ({100 * fpr:g}%)")
@@ -164,7 +164,7 @@ def tpr_per_round_figure(metrics: dict[str, Any], fpr: float = HEADLINE_FPR, tit
 MEMBER_COLOR, NONMEMBER_COLOR = "#e6550d", "#3182bd"
 
 
-def score_hist_figure(scores: dict[str, np.ndarray], labels: np.ndarray, metrics: dict[str, Any], names: list[str]) -> Figure:
+def score_hist_figure(scores: dict[str, np.ndarray], labels: np.ndarray, ev: Evaluation, names: list[str]) -> Figure:
     """Member / non-member distributions of the given attacks' scores (one panel each)."""
     fig = _new(4.2 * max(len(names), 1), 3.6, left=0.08, right=0.98, bottom=0.14, top=0.9, wspace=0.25)
     axes = fig.subplots(1, max(len(names), 1), squeeze=False)[0]
@@ -177,9 +177,9 @@ def score_hist_figure(scores: dict[str, np.ndarray], labels: np.ndarray, metrics
         bins = np.linspace(lo, hi, 51)
         ax.hist(s[~labels & fin], bins=bins, density=True, alpha=0.5, color=NONMEMBER_COLOR, label=f"non-members ({int((~labels).sum())})")
         ax.hist(s[labels & fin], bins=bins, density=True, alpha=0.5, color=MEMBER_COLOR, label=f"members ({int(labels.sum())})")
-        m = metrics["attacks"][name]
-        ax.set_title(f"{m['label']}  (AUC {m['auc']:.3f})", fontsize=10)
-        agg = metrics.get("fedmia_options", {}).get("aggregation", "mean") if m["kind"] == "fedmia" else None
+        m = ev.attacks[name]
+        ax.set_title(f"{m.label}  (AUC {m.auc:.3f})", fontsize=10)
+        agg = (ev.fedmia_options or {}).get("aggregation", "mean") if m.kind == "fedmia" else None
         ax.set_xlabel("score" + (f" ({agg} of Φ(z))" if agg == "mean" else f" ({agg})" if agg else ""))
         ax.set_ylabel("density")
         ax.legend(fontsize=8)

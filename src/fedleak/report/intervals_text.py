@@ -1,14 +1,13 @@
 """How a rate and its 95% interval read in every table and sentence: "4 of 89 (4.49%, 95% CI 1.2–11.1%)".
 
-The numbers come from an attack's ``counts`` and ``ci95`` entries in ``attack/metrics.json`` (written by
-:func:`fedleak.attacks.mia.evaluate.interval_entries`). Metrics written before those keys existed have none:
-then the plain rate is shown, as before.
+The numbers come from an attack's intervals (:class:`fedleak.attacks.mia.result.Intervals`, the ``counts`` and
+``ci95`` entries of ``attack/metrics.json``). Metrics written before those keys existed have none: then the plain
+rate is shown, as before.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
+from fedleak.attacks.mia.result import AttackResult, Interval, Rate
 
 
 def pct(x: float | None, digits: int = 2) -> str:
@@ -26,33 +25,29 @@ def ci_pct(x: float) -> str:
     return f"{v:.1f}" if v >= 1.0 else f"{v:.2g}"
 
 
-def interval(a: Mapping[str, Any], key: str) -> tuple[float, float] | None:
-    """``(lower, upper)`` of ``key`` ('auc' or an FPR key) from an attack's ``ci95``, or None."""
-    ci = (a.get("ci95") or {}).get(key)
-    return (float(ci[0]), float(ci[1])) if ci else None
-
-
-def tpr_ci(a: Mapping[str, Any], key: str) -> str:
+def ci_text(iv: Interval | None) -> str:
     """'95% CI 1.2–11.1%' or '' without an interval."""
-    iv = interval(a, key)
     return f"95% CI {ci_pct(iv[0])}–{ci_pct(iv[1])}%" if iv else ""
 
 
-def tpr_text(a: Mapping[str, Any], key: str) -> str:
-    """'4 of 89 (4.49%, 95% CI 1.2–11.1%)': members flagged, the rate and its exact interval."""
-    counts = (a.get("counts") or {}).get(key)
-    ci = tpr_ci(a, key)
-    if not counts or not ci:
-        return pct(a[key])
-    return f"{counts[0]} of {counts[1]} ({pct(a[key])}, {ci})"
+def rate_text(r: Rate) -> str:
+    """'4 of 89 (4.49%, 95% CI 1.2–11.1%)': members flagged, the rate and its exact interval (else the rate)."""
+    if r.k is None or not r.ci:
+        return pct(r.tpr)
+    return f"{r.k} of {r.n} ({pct(r.tpr)}, {ci_text(r.ci)})"
 
 
-def auc_text(a: Mapping[str, Any]) -> str:
+def tpr_text(a: AttackResult, fpr: float) -> str:
+    """:func:`rate_text` of an attack's TPR at ``fpr``."""
+    return rate_text(a.rate(fpr))
+
+
+def auc_text(a: AttackResult) -> str:
     """'0.654 (95% CI 0.601–0.707)' (DeLong), or the AUC alone."""
-    iv = interval(a, "auc")
+    iv = a.auc_ci
     if not iv:
-        return f"{float(a['auc']):.3f}"
-    return f"{float(a['auc']):.3f} (95% CI {iv[0]:.3f}–{iv[1]:.3f})"
+        return f"{a.auc:.3f}"
+    return f"{a.auc:.3f} (95% CI {iv[0]:.3f}–{iv[1]:.3f})"
 
 
-__all__ = ["auc_text", "ci_pct", "interval", "pct", "tpr_ci", "tpr_text"]
+__all__ = ["auc_text", "ci_pct", "ci_text", "pct", "rate_text", "tpr_text"]

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
-from fedleak.report.render import CSS, FIG_CAPTIONS, FIG_TITLES, html_fig, html_table, md_table, strip_tags
+from fedleak.metrics.roc import HEADLINE_FPR
+from fedleak.report.render import CSS, fig_caption, fig_title, html_fig, html_table, md_table, strip_tags
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Figure:
     png: Path
     key: str
     heading: bool = True  # a titled figure with its caption (else the image alone)
+    fpr: float = HEADLINE_FPR  # the headline FPR its title and caption name
 
 
 @dataclass
@@ -115,7 +117,7 @@ def _html_block(b: Block) -> list[str]:
         table = html_table(["", ""], [[k, v] for k, v in b.rows], cls="kv")
         return [table.replace("<thead><tr><th></th><th></th></tr></thead>", "")]
     if isinstance(b, Figure):
-        return [html_fig(b.png, b.key, heading=b.heading)]
+        return [html_fig(b.png, b.key, heading=b.heading, fpr=b.fpr)]
     if isinstance(b, Bullets):
         return ["<ul class='notes'>", *[f"<li>{html.escape(n)}</li>" for n in b.items], "</ul>"]
     if isinstance(b, Code):
@@ -138,7 +140,7 @@ def _md_block(b: Block) -> list[str]:
         return [md_table(["item", "value"], [[k, v] for k, v in b.rows]), ""]
     if isinstance(b, Figure):
         image = [f"![{b.key}](attack/{b.png.name})", ""]
-        return [f"### {FIG_TITLES[b.key]}", "", *image, FIG_CAPTIONS[b.key], ""] if b.heading else image
+        return [f"### {fig_title(b.key, b.fpr)}", "", *image, fig_caption(b.key, b.fpr), ""] if b.heading else image
     if isinstance(b, Bullets):
         return [*[f"- {n}" for n in b.items], ""]
     if isinstance(b, Code):

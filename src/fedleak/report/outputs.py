@@ -10,7 +10,7 @@ All attacks (the default) go to ``RUN/attack/``, which ``fedleak report`` reads;
     scores.npz          ids, owner, member [N] and one [N] score array per attack (default target)
     scores.csv          the same as a table
     roc.pdf/png         log-log ROC curves of all attacks
-    tpr_per_round.pdf/png   TPR@0.1% against the round
+    tpr_per_round.pdf/png   TPR at the headline FPR (--headline-fpr, default 0.1%) against the round
     fedmia_scores.pdf/png   member / non-member distributions of the FedMIA scores
     utility.pdf/png     accuracy per round (from metrics.jsonl)
 """
@@ -21,13 +21,16 @@ import csv
 import io
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-from fedleak.attacks.mia.attacks import ATTACKS, resolve_names
-from fedleak.attacks.mia.evaluate import evaluate, Evaluation
+from fedleak.attacks.mia.evaluate import evaluate
+from fedleak.attacks.mia.evaluation import Evaluation
+from fedleak.attacks.mia.names import ATTACKS, resolve_names
+from fedleak.attacks.mia.result import AttackResult, same_fpr
 from fedleak.metrics.roc import HEADLINE_FPR, fpr_key
 from fedleak.report import figures
 from fedleak.signals.loading import load_signals
@@ -53,9 +56,9 @@ def attack_dir(run_dir: str | Path, names: Iterable[str] | str | None = None) ->
     return base if set(sel) == set(ATTACKS) else base / "+".join(sorted(sel))
 
 
-def is_full(metrics: dict[str, Any]) -> bool:
-    """True when the metrics cover every attack fedleak implements."""
-    return set(metrics["attacks"]) >= set(ATTACKS)
+def is_full(ev: Evaluation) -> bool:
+    """True when the evaluation covers every attack fedleak implements."""
+    return set(ev.attacks) >= set(ATTACKS)
 
 
 def _json_default(o: Any) -> Any:
@@ -77,31 +80,31 @@ def _finite(x: Any) -> Any:
     return x
 
 
-def metrics_csv(metrics: dict[str, Any]) -> str:
-    fprs = metrics["fpr_targets"]
-    head = ["attack", "label", "kind", "round", "auc", "log_auc", *[fpr_key(f) for f in fprs], "balanced_accuracy"]
-    rot = metrics.get("rotation", {}).get("done", False)
-    if rot:
-        for k in ("auc", fpr_key(0.01), fpr_key(HEADLINE_FPR)):
-            head += [f"rotating_{k}_mean", f"rotating_{k}_std"]
-    head += ["oracle_round", f"oracle_{fpr_key(HEADLINE_FPR)}"]
-    head += _ci_head(fprs)
+def metrics_csv(ev: Evaluation) -> str:
+    fprs, head = ev.fprs, ev.headline_fpr
+    rot_fprs = list({fpr_key(f): f for f in (0.01, head)}.values())
+    header = ["attack", "label", "kind", "round", "auc", "log_auc", *[fpr_key(f) for f in fprs], "balanced_accuracy"]
+    if ev.rotation.done:
+        for k in ("auc", *[fpr_key(f) for f in rot_fprs]):
+            header += [f"rotating_{k}_mean", f"rotating_{k}_std"]
+    header += ["oracle_round", f"oracle_{fpr_key(head)}"]
+    header += _ci_head(fprs)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(head)
-    for name, m in metrics["attacks"].items():
-        row = [name, m["label"], m["kind"], "" if m["round"] is None else m["round"], m["auc"], m["log_auc"]]
-        row += [m[fpr_key(f)] for f in fprs] + [m["balanced_accuracy"]]
-        if rot:
-            for k in ("auc", fpr_key(0.01), fpr_key(HEADLINE_FPR)):
-                row += [m["rotating"][k]["mean"], m["rotating"][k]["std"]]
-        o = m.get("oracle")
-        row += [o["round"], o[fpr_key(HEADLINE_FPR)]] if o else ["", ""]
+    w.writerow(header)
+    for name, m in ev.attacks.items():
+        row = [name, m.label, m.kind, "" if m.round is None else m.round, m.auc, m.log_auc]
+        row += [m.tpr_at(f) for f in fprs] + [m.balanced_accuracy]
+        if ev.rotation.done and m.rotating:
+            for sp in (m.rotating.auc, *[m.rotating_tpr(f) for f in rot_fprs]):
+                row += [sp.mean, sp.std]
+        o = m.oracle
+        row += [o.round, o.tpr] if o else ["", ""]
         w.writerow(row + _ci_row(m, fprs))
     return buf.getvalue()
 
 
-def _ci_head(fprs: list[float]) -> list[str]:
+def _ci_head(fprs: tuple[float, ...]) -> list[str]:
     """Interval columns (last, so the earlier columns keep their positions): AUC's DeLong interval, then per
     FPR the members flagged and the Clopper–Pearson interval of the TPR."""
     head = ["auc_ci95_low", "auc_ci95_high"]
@@ -110,12 +113,11 @@ def _ci_head(fprs: list[float]) -> list[str]:
     return head
 
 
-def _ci_row(m: dict[str, Any], fprs: list[float]) -> list[Any]:
-    ci, counts = m.get("ci95", {}), m.get("counts", {})
-    row: list[Any] = list(ci.get("auc") or ["", ""])
+def _ci_row(m: AttackResult, fprs: tuple[float, ...]) -> list[Any]:
+    row: list[Any] = list(m.auc_ci or ["", ""])
     for f in fprs:
-        k = counts.get(fpr_key(f))
-        row += [k[0] if k else "", *(ci.get(fpr_key(f)) or ["", ""])]
+        r = m.rate(f)
+        row += [r.k if r.k is not None else "", *(r.ci or ["", ""])]
     return row
 
 
@@ -132,24 +134,22 @@ def _scores_csv(ids: np.ndarray, owner: np.ndarray, member: np.ndarray, scores: 
 
 def write_figures(ev: Evaluation, out: Path, metrics_rows: list[dict[str, Any]] | None = None) -> dict[str, str]:
     """Write every figure of an evaluation; returns {figure: png file name}."""
-    m = ev.metrics
     made: dict[str, str] = {}
-    fig = figures.roc_figure(ev.curves, m, title=f"ROC curves, target client {m['target']} (log-log)")
+    fig = figures.roc_figure(ev.curves, ev, title=f"ROC curves, target client {ev.target} (log-log)")
     figures.save(fig, out / "roc")
     made["roc"] = "roc.png"
-    if any(a.get("per_round") for a in m["attacks"].values()) or any(
-        a["kind"] == "temporal" for a in m["attacks"].values()
-    ):
-        fig = figures.tpr_per_round_figure(m, HEADLINE_FPR, title=f"TPR@{100 * HEADLINE_FPR:g}% per round, target client {m['target']}")
+    if any(a.per_round or a.kind == "temporal" for a in ev.attacks.values()):
+        fig = figures.tpr_per_round_figure(
+            ev, title=f"TPR@{100 * ev.headline_fpr:g}% per round, target client {ev.target}")
         figures.save(fig, out / "tpr_per_round")
         made["tpr_per_round"] = "tpr_per_round.png"
     fed = [n for n in ev.scores if ATTACKS[n].kind == "fedmia"]
     if fed:
-        fig = figures.score_hist_figure(ev.scores, ev.labels, m, fed)
+        fig = figures.score_hist_figure(ev.scores, ev.labels, ev, fed)
         figures.save(fig, out / "fedmia_scores")
         made["fedmia_scores"] = "fedmia_scores.png"
     if metrics_rows:
-        fig = figures.utility_figure(metrics_rows, m["target"])
+        fig = figures.utility_figure(metrics_rows, ev.target)
         if fig is not None:
             figures.save(fig, out / "utility")
             made["utility"] = "utility.png"
@@ -165,6 +165,7 @@ def attack_run(
     rotate: bool | None = None,
     strict: bool = False,
     make_figures: bool = True,
+    headline_fpr: float = HEADLINE_FPR,
     **fedmia_options: Any,
 ) -> tuple[Path, Evaluation]:
     """Evaluate the attacks on a run directory and write all outputs to :func:`attack_dir`."""
@@ -173,28 +174,49 @@ def attack_run(
     t0 = time.time()
     sig = load_signals(run_dir)
     t_load = time.time() - t0
-    ev = evaluate(sig, names, round=round, target=target, rotate=rotate, strict=strict, **fedmia_options)
-    ev.metrics["run_dir"] = str(run_dir)
-    ev.metrics["seconds"] = {"load": round_(t_load), "attacks": round_(time.time() - t0 - t_load)}
+    ev = evaluate(sig, names, round=round, target=target, rotate=rotate, strict=strict, headline_fpr=headline_fpr,
+                  **fedmia_options)
+    ev = replace(ev, run_dir=str(run_dir),
+                 seconds={"load": round_(t_load), "attacks": round_(time.time() - t0 - t_load)})
     out = attack_dir(run_dir, names)
     make_dirs(out)
     if make_figures:
-        ev.metrics["figures"] = write_figures(ev, out, read_metrics(run_dir))
+        ev = replace(ev, figures=write_figures(ev, out, read_metrics(run_dir)))
     else:  # never leave figures of an earlier evaluation next to these metrics
         for stem in FIGURE_STEMS:
             for ext in ("pdf", "png"):
                 (out / f"{stem}.{ext}").unlink(missing_ok=True)
-    atomic_write_text(out / "metrics.json", json.dumps(_finite(ev.metrics), indent=2, default=_json_default))
-    atomic_write_text(out / "metrics.csv", metrics_csv(ev.metrics))
+    atomic_write_text(out / "metrics.json", json.dumps(_finite(ev.to_json()), indent=2, default=_json_default))
+    atomic_write_text(out / "metrics.csv", metrics_csv(ev))
     tmp = out / "scores.npz.tmp"
     with open(tmp, "wb") as f:
         np.savez(
-            f, ids=sig.cand_ids, owner=sig.owner, member=ev.labels, target=np.int64(ev.metrics["target"]),
+            f, ids=sig.cand_ids, owner=sig.owner, member=ev.labels, target=np.int64(ev.target),
             **{k.replace("-", "_"): v for k, v in ev.scores.items()},
         )
     tmp.replace(out / "scores.npz")
     atomic_write_text(out / "scores.csv", _scores_csv(sig.cand_ids, sig.owner, ev.labels, ev.scores))
     return out, ev
+
+
+def settings_of(ev: Evaluation) -> dict[str, Any]:
+    """The ``attack_run`` / ``evaluate`` keyword arguments that reproduce ``ev`` (attacks, round, target, rotation,
+    FPR convention, FedMIA options, headline FPR)."""
+    fo = ev.fedmia_options or {}
+    return {"names": list(ev.attacks), "round": ev.round, "target": ev.target, "rotate": ev.rotation.done,
+            "strict": ev.strict, "headline_fpr": ev.headline_fpr,
+            **{k: fo[k] for k in ("aggregation", "ddof", "eps", "outlier_filter", "robust") if k in fo}}
+
+
+def at_headline(run_dir: str | Path, ev: Evaluation, fpr: float | None) -> Evaluation:
+    """``ev`` headlined at ``fpr`` (None: as it is): re-read when ``fpr`` is one of its FPR targets, else the run is
+    evaluated again in memory with the same settings (nothing is written)."""
+    if fpr is None or same_fpr(fpr, ev.headline_fpr):
+        return ev
+    if any(same_fpr(f, fpr) for f in ev.fprs):
+        return ev.with_headline(fpr)
+    kw = {**settings_of(ev), "headline_fpr": fpr}
+    return evaluate(load_signals(run_dir), kw.pop("names"), per_round=False, **kw)
 
 
 def round_(x: float) -> float:
@@ -243,8 +265,9 @@ def _metrics_problem(m: Any) -> str | None:
     return None
 
 
-def load_attack_metrics(run_dir: str | Path) -> dict[str, Any]:
-    """RUN/attack/metrics.json, checked to have the shape its readers use (else a StoreError naming it)."""
+def load_attack_metrics(run_dir: str | Path) -> Evaluation:
+    """RUN/attack/metrics.json as an :class:`Evaluation`, checked to have the shape its readers use (else a
+    StoreError naming it)."""
     p = attack_dir(run_dir) / "metrics.json"
     try:
         m: Any = json.loads(p.read_text())
@@ -255,6 +278,9 @@ def load_attack_metrics(run_dir: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise StoreError(f"cannot read {p}: {e.strerror or e}; re-run `fedleak attack {run_dir}`") from None
     why = f"not JSON ({type(m).__name__})" if isinstance(m, Exception) else _metrics_problem(m)
-    if why:
-        raise StoreError(f"{p} is damaged ({why}); re-run `fedleak attack {run_dir}` to rewrite it")
-    return m
+    if not why:
+        try:
+            return Evaluation.from_json(m)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            why = f"unreadable entry {e}"
+    raise StoreError(f"{p} is damaged ({why}); re-run `fedleak attack {run_dir}` to rewrite it")

@@ -7,6 +7,8 @@ import html
 import re
 from pathlib import Path
 
+from fedleak.metrics.roc import HEADLINE_FPR, fpr_text
+
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1060px;margin:24px auto;padding:0 20px;color:#1d2329;line-height:1.5}
 h1{font-size:1.7em;margin-bottom:0}h2{margin-top:1.8em;border-bottom:1px solid #dde3ea;padding-bottom:4px;font-size:1.3em}
@@ -33,16 +35,26 @@ FIG_CAPTIONS = {
     "is guessing; a curve further up and to the left finds more members at fewer false alarms. The shaded band is "
     "below one false positive, which this number of non-members cannot resolve. Each attack has its own colour "
     "and marker; attacks that combine all rounds are dashed, FedMIA is drawn thick.",
-    "tpr_per_round": "Share of the target's samples found at 0.1% false positives, attacking each recorded round "
-    "on its own (lines with markers; FedMIA's per-round test paler), and for the attacks that combine all rounds "
-    "(horizontal lines across the plot). The dotted line at 0.1% is guessing. Rounds are numbered from 0.",
+    "tpr_per_round": "Share of the target's samples found at {fpr} false positives (the headline FPR), attacking "
+    "each recorded round on its own (lines with markers; FedMIA's per-round test paler), and for the attacks that "
+    "combine all rounds (horizontal lines across the plot). The dotted line at {fpr} is guessing. Rounds are "
+    "numbered from 0.",
     "fedmia_scores": "Histograms of the FedMIA scores of the target's training samples (members) and of the other "
     "candidates (non-members); the less the two overlap, the easier members are to tell apart.",
     "utility": "Accuracy of the global model per round on training and held-out test data, and, in the rounds "
     "whose signals were recorded, the test accuracy of the model the target client uploaded. Rounds are numbered "
     "from 0.",
 }
-FIG_TITLES = {"roc": "ROC curves", "tpr_per_round": "TPR@0.1% per round", "fedmia_scores": "FedMIA score distributions", "utility": "Utility"}
+FIG_TITLES = {"roc": "ROC curves", "tpr_per_round": "TPR@{fpr} per round", "fedmia_scores": "FedMIA score distributions", "utility": "Utility"}
+
+
+def fig_title(key: str, fpr: float) -> str:
+    """A figure's title, its ``{fpr}`` the headline FPR in percent."""
+    return FIG_TITLES[key].format(fpr=fpr_text(fpr))
+
+
+def fig_caption(key: str, fpr: float) -> str:
+    return FIG_CAPTIONS[key].format(fpr=fpr_text(fpr))
 
 
 _CI = re.compile(r"95% CI [^)<]*")
@@ -87,12 +99,13 @@ def strip_tags(s: str) -> str:
 FIG_WIDTH = {"roc": 880, "tpr_per_round": 860, "fedmia_scores": 840, "utility": 800}
 
 
-def html_fig(png: Path, key: str, heading: bool = True) -> str:
+def html_fig(png: Path, key: str, heading: bool = True, fpr: float = HEADLINE_FPR) -> str:
     b64 = base64.b64encode(png.read_bytes()).decode("ascii")
-    head = f"<h3>{html.escape(FIG_TITLES[key])}</h3>" if heading else ""
+    title = fig_title(key, fpr)
+    head = f"<h3>{html.escape(title)}</h3>" if heading else ""
     return (
         f"<div class='fig'>{head}"
-        f"<img alt='{html.escape(FIG_TITLES[key])}' style='width:{FIG_WIDTH[key]}px' "
+        f"<img alt='{html.escape(title)}' style='width:{FIG_WIDTH[key]}px' "
         f"src='data:image/png;base64,{b64}'>"
-        f"<div class='cap'>{html.escape(FIG_CAPTIONS[key])}</div></div>"
+        f"<div class='cap'>{html.escape(fig_caption(key, fpr))}</div></div>"
     )

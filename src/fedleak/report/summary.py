@@ -1,7 +1,8 @@
 """``fedleak summarize RUN_DIR...``: mean ± std of the attack metrics over several runs (e.g. seeds).
 
 Reads each run's ``attack/metrics.json`` (attacking it with defaults first if needed) and prints a
-Markdown table: one row per attack, columns AUC, TPR@1%, TPR@0.1% as mean ± sample std over runs,
+Markdown table: one row per attack, columns AUC, TPR@1% and TPR at the headline FPR (``--headline-fpr``, default
+0.001; the run's own when not given) as mean ± sample std over runs, sorted by the headline TPR,
 plus the final global test accuracy. A single run also gets its 95% intervals (DeLong for the AUC, exact
 Clopper–Pearson for the headline TPR, with the members found); over several runs the per-run intervals are not
 averaged (a mean of interval ends is no interval). ``by_origin_table`` splits the non-members by where they come from:
@@ -10,17 +11,28 @@ held-out test samples (owner -1) versus other clients' training samples, which t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 
+from fedleak.attacks.mia.evaluation import Evaluation
+from fedleak.attacks.mia.result import AttackResult
 from fedleak.errors import FedleakError
-from fedleak.metrics.roc import HEADLINE_KEY, fpr_key, roc_metrics
-from fedleak.report.intervals_text import interval, tpr_text
+from fedleak.metrics.roc import fpr_text, roc_metrics
+from fedleak.report.intervals_text import tpr_text
+from fedleak.report.ranking import secondary_fprs
 from fedleak.signals.store import read_metrics, read_npz
 
-KEYS = ("auc", fpr_key(0.01), HEADLINE_KEY)
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run of a summary: its attack results (at the summary's headline FPR) and final global test accuracy."""
+
+    run_dir: Path
+    ev: Evaluation
+    final_test_acc: float | None
 
 
 def _ms(values: list[float], pct: bool) -> str:
@@ -29,18 +41,21 @@ def _ms(values: list[float], pct: bool) -> str:
     return f"{a.mean():.2f} ± {sd:.2f}" if pct else f"{a.mean():.3f} ± {sd:.3f}"
 
 
-def _ci_cells(a: dict[str, Any]) -> str:
+def _ci_cells(a: AttackResult, fpr: float) -> str:
     """A single run's AUC interval and headline 'k of n (rate, 95% CI lo–hi%)' ('–' for metrics without them)."""
-    iv = interval(a, "auc")
+    iv = a.auc_ci
     auc = f"{iv[0]:.3f}–{iv[1]:.3f}" if iv else "–"
-    tpr = tpr_text(a, HEADLINE_KEY) if interval(a, HEADLINE_KEY) else "–"
+    tpr = tpr_text(a, fpr) if a.rate(fpr).ci else "–"
     return f" {auc} | {tpr} |"
 
 
-def collect(run_dirs: Iterable[str | Path], attack_missing: bool = True) -> list[dict[str, Any]]:
-    from fedleak.report.outputs import attack_run, is_stale, load_attack_metrics
+def collect(run_dirs: Iterable[str | Path], attack_missing: bool = True,
+            headline_fpr: float | None = None) -> list[RunSummary]:
+    """Each run's attack results, attacking a run first when its outputs are missing or stale; all at one headline
+    FPR: ``headline_fpr``, else the first run's (the others are re-read, or re-evaluated in memory, at it)."""
+    from fedleak.report.outputs import at_headline, attack_run, is_stale, load_attack_metrics
 
-    out = []
+    out: list[RunSummary] = []
     seen: dict[Path, Path] = {}
     for d in run_dirs:
         d = Path(d)
@@ -50,57 +65,71 @@ def collect(run_dirs: Iterable[str | Path], attack_missing: bool = True) -> list
         if is_stale(d):
             if not attack_missing:
                 raise FedleakError(f"{d} has no up-to-date attack outputs; run `fedleak attack {d}` first")
-            attack_run(d, make_figures=False)
-        m = load_attack_metrics(d)
+            kw = {} if headline_fpr is None else {"headline_fpr": headline_fpr}
+            attack_run(d, make_figures=False, **kw)
+        ev = load_attack_metrics(d)
+        head = headline_fpr if headline_fpr is not None else (out[0].ev.headline_fpr if out else None)
         rows = read_metrics(d)
-        m["final_test_acc"] = next((r["test_acc"] for r in reversed(rows) if r.get("test_acc") is not None), None)
-        out.append(m)
+        acc = next((r["test_acc"] for r in reversed(rows) if r.get("test_acc") is not None), None)
+        out.append(RunSummary(d, at_headline(d, ev, head), acc))
     if not out:
         raise FedleakError("give at least one run directory")
     return out
 
 
-def summary_table(metrics: list[dict[str, Any]], rotating: bool = False) -> str:
-    """Markdown table of mean ± std over runs (``rotating``: use each run's mean over targets)."""
-    names = list(metrics[0]["attacks"])
-    for m in metrics[1:]:
-        if list(m["attacks"]) != names:
+def _values(runs: list[RunSummary], name: str, fprs: list[float], rotating: bool) -> dict[str, list[float]]:
+    """Per run: the attack's AUC and TPR at each of ``fprs`` (its mean over targets with ``rotating``)."""
+    out: dict[str, list[float]] = {k: [] for k in ("auc", *map(fpr_text, fprs))}
+    for run in runs:
+        a = run.ev.attacks[name]
+        if rotating and a.rotating is None:
+            raise FedleakError("--rotating needs runs evaluated with a rotating target")
+        out["auc"].append(a.rotating.auc.mean if rotating else a.auc)
+        for f in fprs:
+            out[fpr_text(f)].append(a.rotating_tpr(f).mean if rotating else a.tpr_at(f))
+    return out
+
+
+def summary_table(runs: list[RunSummary], rotating: bool = False) -> str:
+    """Markdown table of mean ± std over runs (``rotating``: use each run's mean over targets), sorted by the
+    headline TPR."""
+    names = list(runs[0].ev.attacks)
+    for r in runs[1:]:
+        if list(r.ev.attacks) != names:
             raise FedleakError("the runs were attacked with different attack lists; re-run `fedleak attack` alike")
-    per: dict[str, dict[str, list[float]]] = {n: {k: [] for k in KEYS} for n in names}
-    for m in metrics:
-        for n in names:
-            a = m["attacks"][n]
-            for k in KEYS:
-                if rotating:
-                    if "rotating" not in a:
-                        raise FedleakError("--rotating needs runs evaluated with a rotating target")
-                    per[n][k].append(a["rotating"][k]["mean"])
-                else:
-                    per[n][k].append(a[k])
-    single = len(metrics) == 1 and not rotating  # a run's intervals are its own: shown for one run, never averaged
+    head = runs[0].ev.headline_fpr
+    fprs = secondary_fprs(head)
+    per = {n: _values(runs, n, fprs, rotating) for n in names}
+    single = len(runs) == 1 and not rotating  # a run's intervals are its own: shown for one run, never averaged
+    t = [fpr_text(f) for f in fprs]
     lines = [
-        "| attack | AUC | TPR@1% (%) | TPR@0.1% (%) |" + (" AUC 95% CI (DeLong) | TPR@0.1%: members found, 95% CI |"
-                                                         if single else ""),
+        f"| attack | AUC | TPR@{t[0]} (%) | TPR@{t[1]} (%) |"
+        + (f" AUC 95% CI (DeLong) | TPR@{t[1]}: members found, 95% CI |" if single else ""),
         "|---|---|---|---|" + ("---|---|" if single else ""),
     ]
-    order = sorted(names, key=lambda n: -np.mean(per[n][HEADLINE_KEY]))
-    for n in order:
-        label = metrics[0]["attacks"][n]["label"]
+    for n in sorted(names, key=lambda n: -np.mean(per[n][t[1]])):
+        a0 = runs[0].ev.attacks[n]
         lines.append(
-            f"| {label} | {_ms(per[n]['auc'], False)} | {_ms(per[n][fpr_key(0.01)], True)} | "
-            f"{_ms(per[n][HEADLINE_KEY], True)} |" + (_ci_cells(metrics[0]["attacks"][n]) if single else "")
+            f"| {a0.label} | {_ms(per[n]['auc'], False)} | {_ms(per[n][t[0]], True)} | "
+            f"{_ms(per[n][t[1]], True)} |" + (_ci_cells(a0, head) if single else "")
         )
-    accs = [m["final_test_acc"] for m in metrics if m.get("final_test_acc") is not None]
-    def span(key: str) -> str:
-        v = sorted({int(m[key]) for m in metrics})
+    return "\n".join(lines) + _footer(runs) + "\n"
+
+
+def _footer(runs: list[RunSummary]) -> str:
+    accs = [r.final_test_acc for r in runs if r.final_test_acc is not None]
+
+    def span(values: list[int]) -> str:
+        v = sorted(set(values))
         return str(v[0]) if len(v) == 1 else f"{v[0]}–{v[-1]}"
 
-    foot = f"\n{len(metrics)} run(s); default target: {span('n_members')} members / {span('n_nonmembers')} non-members"
+    foot = (f"\n{len(runs)} run(s); default target: {span([r.ev.n_members for r in runs])} members / "
+            f"{span([r.ev.n_nonmembers for r in runs])} non-members")
     if accs:
         foot += f"; final global test accuracy {_ms(accs, True)}%"
-    if len(metrics) > 1:
+    if len(runs) > 1:
         foot += "; each run's 95% intervals are in its attack/metrics.json (intervals are not averaged over runs)"
-    return "\n".join(lines) + foot + "\n"
+    return foot
 
 
 def by_origin_table(run_dirs: Iterable[str | Path]) -> str:
@@ -132,10 +161,10 @@ def by_origin_table(run_dirs: Iterable[str | Path]) -> str:
         for kind, neg in groups.items():
             if not neg.any():
                 raise FedleakError(f"{d}: no {'test' if kind == 'test' else 'other-client'} non-members to compare with")
-        meta = load_attack_metrics(d)["attacks"]
+        meta = load_attack_metrics(d).attacks
         for key, s in scores.items():
             name = key.replace("_", "-")
-            labels[name] = meta.get(name, {}).get("label", name)
+            labels[name] = meta[name].label if name in meta else name
             for kind, neg in groups.items():
                 sel = member | neg
                 m = roc_metrics(member[sel], s[sel])

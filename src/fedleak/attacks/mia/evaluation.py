@@ -157,7 +157,7 @@ class Evaluation:
             num_clients=int(d["num_clients"]), n_members=int(d["n_members"]), n_nonmembers=int(d["n_nonmembers"]),
             fprs=fprs, attacks={str(n): AttackResult.from_json(str(n), a, fprs, head) for n, a in d["attacks"].items()},
             headline_fpr=head, n_candidates=opt("n_candidates", int),
-            fpr_convention=str(d.get("fpr_convention", "<=")), fpr_resolution=opt("fpr_resolution", _f),
+            fpr_convention=str(d.get("fpr_convention", "<=")), fpr_resolution=opt("fpr_resolution", as_float),
             protocol=opt("protocol", str), fedmia_options=opt("fedmia_options", dict),
             rotation=Rotation.from_json(d.get("rotation") or {}), run_dir=opt("run_dir", str),
             seconds=opt("seconds", dict), figures=opt("figures", dict),

@@ -14,13 +14,13 @@ the ranking, the oracle round and the summary tables read; it is always one of t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
 
 from fedleak.errors import FedleakError
-from fedleak.metrics.roc import HEADLINE_FPR, fpr_key
+from fedleak.metrics.roc import fpr_key
 
 ORACLE_NOTE = "best round chosen with the membership labels (optimistic; what the original reports)"
 Interval = tuple[float, float]
