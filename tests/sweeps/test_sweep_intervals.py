@@ -11,7 +11,9 @@ from fedleak.attacks.mia import evaluate
 from fedleak.fl.toy import generate_toy_run
 from fedleak.metrics.roc import HEADLINE_KEY
 from fedleak.signals.loading import load_signals
-from fedleak.sweeps.evaluate import HEADLINE_COUNT, attack_metrics
+from fedleak.sweeps.evaluate import Headline, attack_metrics
+
+HEADLINE_COUNT = Headline().count_key
 from fedleak.sweeps.report import markdown, results_rows, summarize
 
 SMALL = dict(per_client=60, n_other=40, n_test=200, n_test_cand=80, rounds=4, shift=0.4, num_clients=3)

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from fedleak.attacks.mia.commands import headline_callback
+
 
 def sweep_command(
     sweep: Path = typer.Argument(..., help="Sweep YAML (see configs/sweeps/ and docs/defenses.md)."),
@@ -27,6 +29,10 @@ def sweep_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs and whether they are finished; run nothing."),
     report: bool = typer.Option(False, "--report-only", help="Only rebuild tables and plots from finished runs."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the figures."),
+    headline_fpr: Optional[float] = typer.Option(
+        None, "--headline-fpr", callback=headline_callback, help="False-positive rate the tables, plots and "
+        "hypervolumes headline (default: the sweep file's attacks.headline_fpr, 0.001 = 0.1% unless it says "
+        "otherwise); finished runs recorded at another one are re-evaluated from their signals, not retrained."),
 ) -> None:
     """Run a grid of defense x strength x seed (x variant) experiments and report privacy against utility."""
     from fedleak.errors import FedleakError
@@ -37,18 +43,18 @@ def sweep_command(
         raise FedleakError(f"unknown backend '{backend}'; choose from {', '.join(BACKENDS)}")
     _check_options(backend, address, timeout, cpus_per_run, dry_run, report, data_dir)
     if dry_run:
-        spec, out_dir, runs = plan(sweep, out, set_, data_dir)
+        spec, out_dir, runs = plan(sweep, out, set_, data_dir, headline_fpr)
         for res in collect(runs):
             typer.echo(f"{res['status']:9s} {res['run_id']}")
         typer.echo(f"{len(runs)} runs -> {out_dir}")
         return
     if report:
-        s = report_only(sweep, out, set_, data_dir, plots=not no_plots)
+        s = report_only(sweep, out, set_, data_dir, plots=not no_plots, headline_fpr=headline_fpr)
         typer.echo(f"{s['status']['finished']} of {s['status']['runs']} runs finished; tables rewritten")
         return
     s = run_sweep(sweep, out=out, backend=backend, workers=workers, address=address, overrides=set_,
                   data_dir=data_dir, timeout=timeout, cpus_per_run=cpus_per_run, plots=not no_plots,
-                  log=typer.echo)
+                  log=typer.echo, headline_fpr=headline_fpr)
     if s["status"]["failed"]:
         raise typer.Exit(code=1)
 

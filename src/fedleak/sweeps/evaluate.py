@@ -1,21 +1,63 @@
-"""What the sweep records per run: utility, privacy accounting and every attack's TPR@0.1%, TPR@1% and AUC, and the
-members found at 0.1% FPR (``tpr@0.1%_members``: k of n) from which the sweep tables draw an exact interval.
+"""What the sweep records per run: utility, privacy accounting and every attack's TPR at the headline FPR
+(``attacks.headline_fpr`` of the sweep file or ``--headline-fpr``, default 0.1%), TPR at 1% (10% when the
+headline is 1%) and AUC, and the members found at the headline FPR (``<key>_members``: k of n) from which the
+sweep tables draw an exact interval.
 
-The attacks and ROC metrics are those of :mod:`fedleak.attacks.mia` (``evaluate``); this module is the one place
-the sweep touches that API.
+The attacks and ROC metrics are those of :mod:`fedleak.attacks.mia` (``evaluate``, read through its typed
+:class:`~fedleak.attacks.mia.evaluation.Evaluation`); this module is the one place the sweep touches that API.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedleak.metrics.roc import HEADLINE_FPR, HEADLINE_KEY, fpr_key
+from fedleak.metrics.roc import HEADLINE_FPR, check_headline_fpr, fpr_key, fpr_text
+from fedleak.report.ranking import secondary_fprs
 from fedleak.signals.loading import load_signals
 from fedleak.signals.store import read_metrics
 
-FPRS = (HEADLINE_FPR, 0.01)
-METRIC_KEYS = (HEADLINE_KEY, fpr_key(0.01), "auc")
+
+@dataclass(frozen=True)
+class Headline:
+    """The sweep's headline FPR and the result keys that follow from it."""
+
+    fpr: float = HEADLINE_FPR
+
+    @property
+    def key(self) -> str:
+        """'tpr@0.1%'"""
+        return fpr_key(self.fpr)
+
+    @property
+    def text(self) -> str:
+        """'0.1%'"""
+        return fpr_text(self.fpr)
+
+    @property
+    def fprs(self) -> tuple[float, float]:
+        """The FPRs a sweep evaluates: the headline and the other column (1%, or 10% when the headline is 1%)."""
+        return (self.fpr, secondary_fprs(self.fpr)[0])
+
+    @property
+    def metric_keys(self) -> tuple[str, str, str]:
+        """The result keys of each attack's numbers: headline TPR, the other TPR, AUC."""
+        return (self.key, fpr_key(self.fprs[1]), "auc")
+
+    @property
+    def count_key(self) -> str:
+        """Result key of the members found at the headline FPR, ``[k, n]`` (pooled over targets when rotated)."""
+        return f"{self.key}_members"
+
+    @property
+    def ci_fields(self) -> list[str]:
+        return [f"{self.key}_members_found", f"{self.key}_members", f"{self.key}_ci95_low", f"{self.key}_ci95_high"]
+
+    @staticmethod
+    def of(settings: dict[str, Any] | None) -> "Headline":
+        """The headline of a run's attack settings (results written before the setting existed: the default)."""
+        return Headline(check_headline_fpr((settings or {}).get("headline_fpr", HEADLINE_FPR), "attacks.headline_fpr"))
 
 
 def check_attack_names(names: Any) -> list[str]:
@@ -25,7 +67,7 @@ def check_attack_names(names: Any) -> list[str]:
 
 
 def attack_metrics(run_dir: str | Path, settings: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """{attack: {label, tpr@0.1%, tpr@1%, auc, rotated}} for a finished run.
+    """{attack: {label, <headline TPR>, <other TPR>, auc, rotated, <headline>_members}} for a finished run.
 
     With a rotating target (every client evaluated as the target, ``settings['rotate']`` true or null when the
     candidates allow it), the values are the means over targets; otherwise those of the configured target.
@@ -33,38 +75,38 @@ def attack_metrics(run_dir: str | Path, settings: dict[str, Any] | None = None) 
     from fedleak.attacks.mia import evaluate
 
     s = dict(settings or {})
+    head = Headline.of(s)
     sig = load_signals(run_dir)
     ev = evaluate(
         sig,
         s.get("names", "all"),
         rotate=s.get("rotate"),
         strict=bool(s.get("strict", False)),
-        fprs=FPRS,
+        fprs=head.fprs,
         per_round=False,
+        headline_fpr=head.fpr,
         **dict(s.get("options") or {}),
     )
     out: dict[str, dict[str, Any]] = {}
-    members = [int(sig.members(t).sum()) for t in ev.metrics["rotation"].get("targets", [])]
-    for name, entry in ev.metrics["attacks"].items():
-        rot = entry.get("rotating")
-        src = {k: v["mean"] for k, v in rot.items()} if rot else entry
-        out[name] = {"label": entry.get("label", name), **{k: float(src[k]) for k in METRIC_KEYS},
-                     "rotated": bool(rot), HEADLINE_COUNT: headline_count(entry, members)}
+    members = [int(sig.members(t).sum()) for t in ev.rotation.targets]
+    for name, a in ev.attacks.items():
+        rot = a.rotating
+        vals = [a.rotating_tpr(f).mean for f in head.fprs] + [rot.auc.mean] if rot else \
+            [a.tpr_at(f) for f in head.fprs] + [a.auc]
+        out[name] = {"label": a.label, **dict(zip(head.metric_keys, map(float, vals))), "rotated": rot is not None,
+                     head.count_key: headline_count(a, head.fpr, members)}
     return out
 
 
-#: result key of the members found at the headline FPR, ``[k, n]`` (pooled over targets when rotated)
-HEADLINE_COUNT = f"{HEADLINE_KEY}_members"
-
-
-def headline_count(entry: dict[str, Any], members: list[int]) -> list[int]:
-    """``[k, n]``: members found at the headline FPR of the default target, or, with a rotating target, summed
-    over the targets (each target's TPR times its ``members`` count), matching the mean the sweep reports."""
-    rot = entry.get("rotating")
-    if not rot:
-        return [int(v) for v in entry["counts"][HEADLINE_KEY]]
-    tprs = rot[HEADLINE_KEY]["values"]
-    return [sum(int(round(v * n)) for v, n in zip(tprs, members)), sum(members)]
+def headline_count(a: Any, fpr: float, members: list[int]) -> list[int]:
+    """``[k, n]``: members found at ``fpr`` by attack result ``a`` for the default target, or, with a rotating
+    target, summed over the targets (each target's TPR times its ``members`` count), matching the mean the sweep
+    reports."""
+    rot = a.rotating_tpr(fpr)
+    if rot is None:
+        r = a.rate(fpr)
+        return [int(r.k), int(r.n)]
+    return [sum(int(round(v * n)) for v, n in zip(rot.values, members)), sum(members)]
 
 
 def utility(run_dir: str | Path) -> dict[str, Any]:
@@ -90,4 +132,4 @@ def utility(run_dir: str | Path) -> dict[str, Any]:
     return out
 
 
-__all__ = ["attack_metrics", "headline_count", "utility", "check_attack_names", "HEADLINE_COUNT", "METRIC_KEYS", "FPRS"]
+__all__ = ["Headline", "attack_metrics", "headline_count", "utility", "check_attack_names"]

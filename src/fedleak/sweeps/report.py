@@ -2,15 +2,16 @@
 
 Files written into the sweep's ``out`` folder:
 
-* ``results.csv``      one row per (run, attack): grid coordinates, status, utility, ε, TPR@0.1%, TPR@1%, AUC,
-                       and (last columns) the members found at 0.1% FPR, k of n, with the exact 95% interval;
+* ``results.csv``      one row per (run, attack): grid coordinates, status, utility, ε, TPR at the headline FPR
+                       (``attacks.headline_fpr`` / ``--headline-fpr``, default 0.001), TPR@1%, AUC, and (last
+                       columns) the members found at the headline FPR, k of n, with the exact 95% interval;
                        failed runs get one row with their error
 * ``summary.csv``      the same, averaged over seeds: one row per (variant, defense, strength, attack); the
                        members found are summed over seeds and the interval is that of the pooled rate
 * ``hypervolume.csv``  per (variant, defense, attack): HV of the seed-averaged points, and mean ± std of the
                        per-seed HVs (definition in :mod:`fedleak.sweeps.hypervolume`)
 * ``results.md``       utility table, one table per metric (attacks as columns), hypervolume table, failures
-* ``plots/<variant__>DEFENSE.png``  TPR@0.1% against test error, one line per attack over the strengths
+* ``plots/<variant__>DEFENSE.png``  the headline TPR against test error, one line per attack over the strengths
 * ``status.json``      counts and the failed runs
 """
 
@@ -26,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from fedleak.metrics.intervals import clopper_pearson
-from fedleak.metrics.roc import HEADLINE_FPR, HEADLINE_KEY
-from fedleak.report.intervals_text import tpr_text
-from fedleak.sweeps.evaluate import HEADLINE_COUNT, METRIC_KEYS
+from fedleak.attacks.mia.result import Rate
+from fedleak.report.intervals_text import rate_text
+from fedleak.sweeps.evaluate import Headline
 from fedleak.sweeps.hypervolume import hypervolume
 
 Key = tuple[str, str, Any, Any]  # variant, defense, param, value (value as given)
@@ -72,34 +73,32 @@ def group(results: list[dict[str, Any]]) -> "OrderedDict[tuple[str, str, str | N
     return out
 
 
-CI_FIELDS = [f"{HEADLINE_KEY}_members_found", f"{HEADLINE_KEY}_members", f"{HEADLINE_KEY}_ci95_low",
-             f"{HEADLINE_KEY}_ci95_high"]
+DEFAULT = Headline()
 
 
-def pooled_ci(rs: list[dict[str, Any]], attack: str) -> dict[str, Any]:
+def pooled_ci(rs: list[dict[str, Any]], attack: str, head: Headline = DEFAULT) -> dict[str, Any]:
     """Members found at the headline FPR summed over ``rs`` (seeds), with the exact (Clopper–Pearson) 95% interval
     of the pooled rate; empty when a run has no count (results written before the sweep recorded them).
 
     The interval is not a mean of per-run intervals: it treats every member of every seed (and target) as one
     Bernoulli trial of a common rate, each run's threshold set by its own non-members."""
-    counts = [r["attacks"][attack].get(HEADLINE_COUNT) for r in rs if attack in r["attacks"]]
+    counts = [r["attacks"][attack].get(head.count_key) for r in rs if attack in r["attacks"]]
     if not counts or any(c is None for c in counts):
         return {}
     k, n = sum(c[0] for c in counts), sum(c[1] for c in counts)
     lo, hi = clopper_pearson(k, n, 0.95)
-    return dict(zip(CI_FIELDS, (k, n, float(lo), float(hi))))
+    return dict(zip(head.ci_fields, (k, n, float(lo), float(hi))))
 
 
-def ci_cell(ci: dict[str, Any]) -> str:
+def ci_cell(ci: dict[str, Any], head: Headline = DEFAULT) -> str:
     """'12 of 267 (4.49%, 95% CI 2.3–7.7%)' from :func:`pooled_ci`, '–' without counts."""
     if not ci:
         return "–"
-    k, n, lo, hi = (ci[f] for f in CI_FIELDS)
-    return tpr_text({HEADLINE_KEY: k / n, "counts": {HEADLINE_KEY: [k, n]}, "ci95": {HEADLINE_KEY: [lo, hi]}},
-                    HEADLINE_KEY)
+    k, n, lo, hi = (ci[f] for f in head.ci_fields)
+    return rate_text(Rate(k / n, k, n, (lo, hi)))
 
 
-def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarize(results: list[dict[str, Any]], head: Headline = DEFAULT) -> list[dict[str, Any]]:
     """Seed-averaged rows: one per (variant, defense, strength, attack)."""
     rows = []
     for (variant, defense, param, vk), rs in group(results).items():
@@ -112,14 +111,15 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "test_acc": acc[0], "test_acc_std": acc[1], "test_error": 1 - acc[0],
                 "epsilon": eps[0], "attack": a,
             }
-            for k in METRIC_KEYS:
+            for k in head.metric_keys:
                 m, s = _mean_std([r["attacks"][a][k] for r in rs if a in r["attacks"]])
                 row[k], row[k + "_std"] = m, s
-            rows.append({**row, **pooled_ci(rs, a)})
+            rows.append({**row, **pooled_ci(rs, a, head)})
     return rows
 
 
-def hypervolumes(results: list[dict[str, Any]], include_baseline: bool = True) -> list[dict[str, Any]]:
+def hypervolumes(results: list[dict[str, Any]], include_baseline: bool = True,
+                 head: Headline = DEFAULT) -> list[dict[str, Any]]:
     """HV per (variant, defense, attack) over the defense's strengths (plus the undefended baseline)."""
     g = group(results)
     attacks = attack_order(results)
@@ -135,7 +135,7 @@ def hypervolumes(results: list[dict[str, Any]], include_baseline: bool = True) -
                 points = [base_runs] + points
             for a in attacks:
                 def pt(rs: list[dict[str, Any]]) -> tuple[float, float]:
-                    return (_mean_std([r["attacks"][a][HEADLINE_KEY] for r in rs if a in r["attacks"]])[0],
+                    return (_mean_std([r["attacks"][a][head.key] for r in rs if a in r["attacks"]])[0],
                             1 - _mean_std([r["utility"]["test_acc"] for r in rs])[0])
 
                 hv = hypervolume([pt(rs) for rs in points])
@@ -160,7 +160,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> Non
     tmp.replace(path)
 
 
-def results_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def results_rows(results: list[dict[str, Any]], head: Headline = DEFAULT) -> list[dict[str, Any]]:
     rows = []
     for r in results:
         base = {k: r.get(k) for k in ("run_id", "variant", "defense", "defense_name", "param", "value", "seed",
@@ -173,15 +173,22 @@ def results_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         common = {**base, "test_acc": u.get("test_acc"), "test_error": u.get("test_error"),
                   "epsilon": u.get("epsilon"), "delta": u.get("delta"), "time_s": round(r.get("time_s", 0.0), 2)}
         for a, m in (r.get("attacks") or {}).items():
-            rows.append({**common, "attack": a, **{k: m[k] for k in METRIC_KEYS}, "rotated": m.get("rotated"),
-                         **pooled_ci([r], a)})
+            rows.append({**common, "attack": a, **{k: m[k] for k in head.metric_keys}, "rotated": m.get("rotated"),
+                         **pooled_ci([r], a, head)})
     return rows
 
 
-RESULT_FIELDS = ["run_id", "variant", "defense", "defense_name", "param", "value", "seed", "status", "test_acc",
-                 "test_error", "epsilon", "delta", "attack", *METRIC_KEYS, "rotated", "time_s", "error", *CI_FIELDS]
-SUMMARY_FIELDS = ["variant", "defense", "param", "value", "n_seeds", "test_acc", "test_acc_std", "test_error",
-                  "epsilon", "attack", *[x for k in METRIC_KEYS for x in (k, k + "_std")], *CI_FIELDS]
+def result_fields(head: Headline = DEFAULT) -> list[str]:
+    return ["run_id", "variant", "defense", "defense_name", "param", "value", "seed", "status", "test_acc",
+            "test_error", "epsilon", "delta", "attack", *head.metric_keys, "rotated", "time_s", "error",
+            *head.ci_fields]
+
+
+def summary_fields(head: Headline = DEFAULT) -> list[str]:
+    return ["variant", "defense", "param", "value", "n_seeds", "test_acc", "test_acc_std", "test_error",
+            "epsilon", "attack", *[x for k in head.metric_keys for x in (k, k + "_std")], *head.ci_fields]
+
+
 HV_FIELDS = ["variant", "defense", "attack", "hv", "hv_seed_mean", "hv_seed_std", "n_points", "n_seeds"]
 
 
@@ -193,7 +200,8 @@ def _pm(m: float, s: float, scale: float = 100.0, nd: int = 1) -> str:
     return f"{m * scale:.{nd}f}"
 
 
-def markdown(results: list[dict[str, Any]], hv_rows: list[dict[str, Any]], title: str = "") -> str:
+def markdown(results: list[dict[str, Any]], hv_rows: list[dict[str, Any]], title: str = "",
+             head: Headline = DEFAULT) -> str:
     from fedleak.attacks.mia import ATTACKS
 
     label = lambda a: ATTACKS[a].label if a in ATTACKS else a  # noqa: E731
@@ -216,8 +224,9 @@ def markdown(results: list[dict[str, Any]], hv_rows: list[dict[str, Any]], title
             e = "–" if math.isnan(eps[0]) else (f"{eps[0]:.3g} ({delta:g})" if delta else f"{eps[0]:.3g}")
             lines.append(f"| {d} | {_strength(p, json.loads(vk))} | {len(rs)} | {_pm(*acc)} | {e} |")
         lines.append("")
-        for key, name, scale, nd in ((HEADLINE_KEY, f"TPR@{100 * HEADLINE_FPR:g}% (%)", 100.0, 1), ("tpr@1%", "TPR@1% (%)", 100.0, 1),
-                                     ("auc", "AUC", 1.0, 3)):
+        other = Headline(head.fprs[1])
+        for key, name, scale, nd in ((head.key, f"TPR@{head.text} (%)", 100.0, 1),
+                                     (other.key, f"TPR@{other.text} (%)", 100.0, 1), ("auc", "AUC", 1.0, 3)):
             lines += [f"### {name}", "", "| defense | strength | " + " | ".join(label(a) for a in attacks) + " |",
                       "|---|---|" + "---|" * len(attacks)]
             for (v, d, p, vk), rs in pts:
@@ -225,8 +234,8 @@ def markdown(results: list[dict[str, Any]], hv_rows: list[dict[str, Any]], title
                          for a in attacks]
                 lines.append(f"| {d} | {_strength(p, json.loads(vk))} | " + " | ".join(cells) + " |")
             lines.append("")
-            if key == HEADLINE_KEY:
-                lines += _ci_table(pts, attacks, label)
+            if key == head.key:
+                lines += _ci_table(pts, attacks, label, head)
         hv_v = [h for h in hv_rows if h["variant"] == variant]
         defenses = list(OrderedDict.fromkeys(h["defense"] for h in hv_v))
         if defenses:
@@ -252,21 +261,23 @@ def markdown(results: list[dict[str, Any]], hv_rows: list[dict[str, Any]], title
     return "\n".join(lines)
 
 
-def _ci_table(pts: list, attacks: list[str], label: Any) -> list[str]:
+def _ci_table(pts: list, attacks: list[str], label: Any, head: Headline = DEFAULT) -> list[str]:
     """The headline TPR's members found, pooled over seeds (and targets), with its exact 95% interval."""
-    lines = [f"### TPR@{100 * HEADLINE_FPR:g}%: members found and 95% CI", "",
+    lines = [f"### TPR@{head.text}: members found and 95% CI", "",
              "Pooled over seeds (and over targets when every client was the target); exact Clopper–Pearson interval "
              "over the members. The pooled rate weighs each target by its member count, so it can differ from the "
              "mean over targets above.", "",
              "| defense | strength | " + " | ".join(label(a) for a in attacks) + " |", "|---|---|" + "---|" * len(attacks)]
     for (v, d, p, vk), rs in pts:
-        cells = [ci_cell(pooled_ci(rs, a)) for a in attacks]
+        cells = [ci_cell(pooled_ci(rs, a, head), head) for a in attacks]
         lines.append(f"| {d} | {_strength(p, json.loads(vk))} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
-def plot(results: list[dict[str, Any]], out_dir: Path, include_baseline: bool = True) -> list[Path]:
-    """One figure per (variant, defense): TPR@0.1% against test error over the strengths, one line per attack."""
+def plot(results: list[dict[str, Any]], out_dir: Path, include_baseline: bool = True,
+         head: Headline = DEFAULT) -> list[Path]:
+    """One figure per (variant, defense): the headline TPR against test error over the strengths, one line per
+    attack."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -289,7 +300,7 @@ def plot(results: list[dict[str, Any]], out_dir: Path, include_baseline: bool = 
                 xs, ys, yerr, labels = [], [], [], []
                 for (_, d, p, vk), rs in pts:
                     err = _mean_std([1 - r["utility"]["test_acc"] for r in rs])
-                    tpr = _mean_std([r["attacks"][a][HEADLINE_KEY] for r in rs if a in r["attacks"]])
+                    tpr = _mean_std([r["attacks"][a][head.key] for r in rs if a in r["attacks"]])
                     xs.append(100 * err[0])
                     ys.append(100 * tpr[0])
                     yerr.append(100 * (tpr[1] if not math.isnan(tpr[1]) else 0.0))
@@ -301,7 +312,7 @@ def plot(results: list[dict[str, Any]], out_dir: Path, include_baseline: bool = 
                         ax.annotate(t, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
             param = next((k[2] for k, _ in pts if k[2] is not None), None)
             ax.set_xlabel("test error (%)  [utility loss]")
-            ax.set_ylabel("TPR at FPR 0.1% (%)  [privacy leakage]")
+            ax.set_ylabel(f"TPR at FPR {head.text} (%)  [privacy leakage]")
             ax.set_title(f"{variant + ': ' if variant else ''}{defense}" + (f" (labels: {param})" if param else ""))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, ncol=2)
@@ -315,15 +326,16 @@ def plot(results: list[dict[str, Any]], out_dir: Path, include_baseline: bool = 
 
 
 def write_outputs(
-    out: Path, results: list[dict[str, Any]], title: str = "", include_baseline: bool = True, plots: bool = True
+    out: Path, results: list[dict[str, Any]], title: str = "", include_baseline: bool = True, plots: bool = True,
+    head: Headline = DEFAULT,
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    hv_rows = hypervolumes(results, include_baseline)
-    _write_csv(out / "results.csv", results_rows(results), RESULT_FIELDS)
-    _write_csv(out / "summary.csv", summarize(results), SUMMARY_FIELDS)
+    hv_rows = hypervolumes(results, include_baseline, head)
+    _write_csv(out / "results.csv", results_rows(results, head), result_fields(head))
+    _write_csv(out / "summary.csv", summarize(results, head), summary_fields(head))
     _write_csv(out / "hypervolume.csv", hv_rows, HV_FIELDS)
-    (out / "results.md").write_text(markdown(results, hv_rows, title))
-    figs = plot(results, out / "plots", include_baseline) if plots and group(results) else []
+    (out / "results.md").write_text(markdown(results, hv_rows, title, head))
+    figs = plot(results, out / "plots", include_baseline, head) if plots and group(results) else []
     failed = [{"run_id": r["run_id"], "error": r.get("error", ""), "run_dir": r.get("run_dir")}
               for r in results if r.get("status") != "finished"]
     status = {"runs": len(results), "finished": len(results) - len(failed), "failed": failed}

@@ -91,7 +91,7 @@ def _execute_locked(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
         from fedleak.config import parse_config
         from fedleak.fl.simulation import train
-        from fedleak.sweeps.evaluate import attack_metrics, utility
+        from fedleak.sweeps.evaluate import Headline, attack_metrics, utility
 
         cfg = parse_config(spec["config"], f"(sweep run {spec['run_id']})")
         if cfg.fl.threads:
@@ -102,6 +102,7 @@ def _execute_locked(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
             **_meta(spec),
             "status": "finished",
             "utility": utility(run_dir),
+            "headline_fpr": Headline.of(spec.get("attacks")).fpr,
             "attacks": attack_metrics(run_dir, spec.get("attacks")),
             "time_s": time.time() - t0,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -21,6 +21,7 @@ Example (every key but ``base`` and ``defenses`` is optional)::
       rotate: null                  # evaluate every client as target when possible (null: when possible)
       strict: false                 # FPR convention: false '<=', true '<' (the original code)
       options: {}                   # FedMIA options (aggregation, ddof, eps, outlier_filter, robust)
+      headline_fpr: 0.001           # the FPR the tables, plots and hypervolumes headline (--headline-fpr overrides)
     hypervolume: {include_baseline: true}
     out: runs/sweeps/defenses-digits   # default: runs/sweeps/<name> (relative to the working directory)
     threads: 1                      # torch threads per run
@@ -53,6 +54,7 @@ from fedleak.config import (
     resolve_config_path,
     set_key,
 )
+from fedleak.metrics.roc import HEADLINE_FPR
 
 
 class _Strict(BaseModel):
@@ -100,11 +102,23 @@ class AttackSettings(_Strict):
     rotate: bool | None = None
     strict: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
+    headline_fpr: float = Field(HEADLINE_FPR, description="The FPR the tables, plots and hypervolumes headline.")
+
+    @field_validator("headline_fpr", mode="before")
+    @classmethod
+    def _headline(cls, v: Any) -> float:
+        from fedleak.errors import FedleakError
+        from fedleak.metrics.roc import check_headline_fpr
+
+        try:
+            return check_headline_fpr(v, "headline_fpr")
+        except FedleakError as e:
+            raise ValueError(str(e)) from None
 
     @field_validator("options")
     @classmethod
     def _fedmia_options(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from fedleak.attacks.mia.attacks import check_fedmia_options
+        from fedleak.attacks.mia.names import check_fedmia_options
         from fedleak.errors import FedleakError
 
         try:

@@ -33,12 +33,13 @@ def headline_option(default: float | None) -> Any:
     std = f"{DEFAULT_HEADLINE:g} = {fpr_text(DEFAULT_HEADLINE)}"
     what = (f"default {std}" if default is not None else
             f"default: the one the run was attacked with, {std} unless `fedleak attack --headline-fpr` said otherwise")
-    return typer.Option(default, "--headline-fpr", callback=_check_headline, help=(
+    return typer.Option(default, "--headline-fpr", callback=headline_callback, help=(
         f"False-positive rate that the verdict, ranking, per-round figure and summary tables headline ({what}); "
         "added to the computed FPRs when not among them."))
 
 
-def _check_headline(value: Optional[float]) -> Optional[float]:
+def headline_callback(value: Optional[float]) -> Optional[float]:
+    """Checks ``--headline-fpr`` while the command line is parsed, before any work (one-line error, exit 2)."""
     from fedleak.metrics.roc import check_headline_fpr
 
     return None if value is None else check_headline_fpr(value)
