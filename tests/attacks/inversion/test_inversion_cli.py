@@ -165,3 +165,65 @@ def test_runner_parallel_images_equal_sequential():
                           atol=rounding_tol(n, 1.0))
     for a, b in zip(seq["images"], par["images"]):
         assert a["mse"] == pytest.approx(b["mse"], rel=rounding_tol(n, 1.0))
+
+
+def _run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    import sys
+
+    from fedleak.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["fedleak", *args])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def _no_attack(monkeypatch) -> list[str]:
+    """Record (and refuse) any start of the attack: the dataset session is the first thing run_inversion builds."""
+    import fedleak.attacks.inversion.runner as runner
+
+    started: list[str] = []
+
+    def session(*a, **k):
+        started.append("session")
+        raise AssertionError("the attack started before --out was checked")
+
+    monkeypatch.setattr(runner, "_session", session)
+    return started
+
+
+@pytest.mark.parametrize("where", ["at", "above"])
+def test_invert_out_with_a_file_in_the_way_fails_before_the_attack(tmp_path, monkeypatch, capsys, where):
+    from conftest import assert_one_error_line
+
+    monkeypatch.delenv("FEDLEAK_QUIET", raising=False)  # the progress bar would show if the attack began
+    blocker = tmp_path / "taken"
+    blocker.write_text("finished work\n")
+    out = blocker if where == "at" else blocker / "sub"
+    started = _no_attack(monkeypatch)
+    code, stdout, err = _run_main(monkeypatch, capsys, "invert", "--preset", "dlg", "--dataset", "synthetic",
+                                  "--images", "1", "--iterations", "100000", "--out", str(out))
+    assert_one_error_line(code, err, str(out), "a file is in the way")
+    assert started == [] and "invert" not in stdout  # no session, no progress bar: nothing ran
+    assert blocker.read_text() == "finished work\n"
+
+
+def test_invert_out_that_is_no_path_name_and_the_api_check(tmp_path, monkeypatch, capsys):
+    from conftest import assert_one_error_line
+    from fedleak.attacks.inversion.runner import prepare_out_dir
+    from fedleak.signals.store import StoreError
+
+    started = _no_attack(monkeypatch)
+    long_name = tmp_path / ("x" * 300)  # longer than any file system allows one name to be
+    code, _, err = _run_main(monkeypatch, capsys, "invert", "--preset", "dlg", "--dataset", "synthetic",
+                             "--quiet", "--out", str(long_name))
+    assert_one_error_line(code, err, str(long_name), "too long")
+    with pytest.raises(StoreError, match="not a usable folder name"):
+        prepare_out_dir("bad\x00name")  # (no shell can pass a NUL in an argument; the API can)
+    blocker = tmp_path / "f"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="a file is in the way"):
+        run_inversion(get_preset("dlg"), dataset=_toy_dataset(), out_dir=blocker / "out")
+    assert started == []
+    assert prepare_out_dir(tmp_path / "new" / "dir").is_dir() and not any((tmp_path / "new" / "dir").iterdir())

@@ -142,7 +142,7 @@ def invert_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Reconstruct client images from their (defended) gradient and measure MSE/PSNR/SSIM."""
-    from fedleak.attacks.inversion.runner import run_inversion
+    from fedleak.attacks.inversion.runner import prepare_out_dir, run_inversion
     from fedleak.errors import FedleakError
 
     quiet = quiet or bool(os.environ.get("FEDLEAK_QUIET"))
@@ -172,6 +172,7 @@ def invert_command(
         seed=seed,
         threads=threads,
     )
+    prepare_out_dir(out)  # a file in the way or a read-only folder fails here, not after the attack
     try:
         if quiet:
             result = run_inversion(spec, out_dir=out)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from fedleak.attacks.inversion.victim import LocalHyper, ServerView, client_upda
 from fedleak.defenses import build_transform
 from fedleak.defenses.gradient import last_linear, representation_fn
 from fedleak.metrics.image import aggregate, image_metrics, label_accuracy, logit_mse, to_pixels
-from fedleak.signals.store import make_dirs
+from fedleak.signals.store import StoreError, make_dirs, write_failed
 
 CSV_FIELDS = [
     "batch", "index", "label", "predicted_label", "mse", "psnr", "ssim", "logit_mse", "match_cost",
@@ -136,6 +137,8 @@ def run_inversion(
     ``on_start(total_iterations)`` is called once before the attack, ``progress(k)`` after every ``k`` optimiser
     iterations (the CLI hangs a progress bar on them).
     """
+    if out_dir is not None:
+        prepare_out_dir(out_dir)  # before any data is loaded or any iteration runs
     t_start = time.perf_counter()
     old_threads = torch.get_num_threads()
     if spec.threads:
@@ -267,6 +270,21 @@ def _json_safe(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return [_json_safe(x) for x in v]
     return v
+
+
+def prepare_out_dir(out_dir: str | Path) -> Path:
+    """The output folder, checked before the attack: a usable path name, no file in the way (at it or above it),
+    created and writable (a probe file is written and removed). A one-line StoreError names the path otherwise."""
+    text = str(out_dir)
+    if not text.strip() or "\x00" in text:
+        raise StoreError(f"--out {text!r} is not a usable folder name; give a path such as runs/invert-1")
+    out = make_dirs(Path(out_dir))
+    try:
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise write_failed(out, e) from None
+    return out
 
 
 def write_outputs(result: dict[str, Any], truth: torch.Tensor, rec: torch.Tensor, out_dir: str | Path) -> Path:
