@@ -37,7 +37,7 @@ def _names(labels: list[str], most: int = 3) -> str:
 
 
 def tie_note(order: list[AttackResult], fpr: float) -> str:
-    """' (tied at 0.1% FPR with ...; ...)' when other attacks reach the best TPR at ``fpr``, else ''."""
+    """' (tied at <fpr> FPR with ...; ...)' when other attacks reach the best TPR at ``fpr``, else ''."""
     b = order[0]
     tied = [a for a in order[1:] if same(a.tpr_at(fpr), b.tpr_at(fpr))]
     if not tied:

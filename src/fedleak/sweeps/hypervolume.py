@@ -1,8 +1,8 @@
 """Hypervolume of a privacy-utility trade-off, as in the FedMIA paper's Table 2 (spec §8.3).
 
-Each run of a defense gives one point ``(a, e)``: ``a`` = the attack's TPR at FPR 0.1% (privacy leakage, in
-[0, 1]) and ``e`` = the global model's test error (utility loss, in [0, 1]). Both are "smaller is better" for the
-defender. With reference point ``r = (1, 1)`` (leakage 1, utility loss 100%):
+Each run of a defense gives one point ``(a, e)``: ``a`` = the attack's TPR at the headline FPR (default 0.1%;
+privacy leakage, in [0, 1]) and ``e`` = the global model's test error (utility loss, in [0, 1]). Both are "smaller
+is better" for the defender. With reference point ``r = (1, 1)`` (leakage 1, utility loss 100%):
 
     HV(P) = area( ∪_{(a, e) ∈ P} [a, 1] × [e, 1] )
 
