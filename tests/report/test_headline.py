@@ -161,3 +161,20 @@ def test_bad_headline_fpr_is_one_error_line(tmp_path, monkeypatch, capsys, comma
     needle = "not a valid float" if value == "abc" else "strictly between 0 and 1"
     assert_one_error_line(code, err, "--headline-fpr", needle)
     assert not target.exists()
+
+
+@pytest.mark.parametrize("damage,needle", [
+    (lambda m: m.update(headline_fpr=2), "'headline_fpr' is not a number between 0 and 1"),
+    (lambda m: m["attacks"]["fedmia-ii"].pop("kind"), "unreadable entry 'kind'"),
+    (lambda m: m["attacks"]["fedmia-ii"].update(counts={"tpr@0.1%": "many"}), "unreadable entry"),
+])
+def test_a_damaged_metrics_file_is_one_error_line(tmp_path, monkeypatch, capsys, damage, needle):
+    run = generate_toy_run(tmp_path / "run", **{**TOY, "rounds": 2})
+    code, _, err = cli(monkeypatch, capsys, "attack", str(run), "--no-figures", "-q")
+    assert code == 0, err
+    p = run / "attack" / "metrics.json"
+    m = json.loads(p.read_text())
+    damage(m)
+    p.write_text(json.dumps(m))
+    code, _, err = cli(monkeypatch, capsys, "summarize", str(run))
+    assert_one_error_line(code, err, str(p), "is damaged", needle)

@@ -253,6 +253,9 @@ def _metrics_problem(m: Any) -> str | None:
     for key, ok in (("fpr_targets", _is_number), ("recorded_rounds", lambda r: isinstance(r, int))):
         if not isinstance(m.get(key), list) or not all(ok(v) for v in m[key]):
             return f"'{key}' is missing or not a list of numbers"
+    head = m.get("headline_fpr", 0.5)
+    if not _is_number(head) or not 0 < float(head) < 1:
+        return "'headline_fpr' is not a number between 0 and 1"
     if not isinstance(m.get("attacks"), dict):
         return "'attacks' is missing or not a mapping of attack results"
     for name, a in m["attacks"].items():
