@@ -31,8 +31,9 @@ def plan(
     return spec, out_dir, runs
 
 
-def collect(runs: list[RunSpec]) -> list[dict[str, Any]]:
-    """The latest known outcome of every run from its run directory (finished, failed, or pending)."""
+def collect(runs: list[RunSpec], reread: bool = True) -> list[dict[str, Any]]:
+    """The latest known outcome of every run from its run directory (finished, failed, or pending); with ``reread``
+    a finished run recorded at another headline FPR is re-evaluated at the spec's (:func:`at_headline`)."""
     from fedleak.sweeps.runner import ERROR, finished_result
 
     out = []
@@ -40,7 +41,7 @@ def collect(runs: list[RunSpec]) -> list[dict[str, Any]]:
         d = r.to_dict()
         res = finished_result(d)
         if res is not None:
-            out.append(at_headline(res, d))
+            out.append(at_headline(res, d) if reread else res)
             continue
         err = Path(r.run_dir) / ERROR
         if err.is_file():

@@ -44,7 +44,7 @@ def sweep_command(
     _check_options(backend, address, timeout, cpus_per_run, dry_run, report, data_dir)
     if dry_run:
         spec, out_dir, runs = plan(sweep, out, set_, data_dir, headline_fpr)
-        for res in collect(runs):
+        for res in collect(runs, reread=False):
             typer.echo(f"{res['status']:9s} {res['run_id']}")
         typer.echo(f"{len(runs)} runs -> {out_dir}")
         return
