@@ -178,3 +178,25 @@ def test_a_damaged_metrics_file_is_one_error_line(tmp_path, monkeypatch, capsys,
     p.write_text(json.dumps(m))
     code, _, err = cli(monkeypatch, capsys, "summarize", str(run))
     assert_one_error_line(code, err, str(p), "is damaged", needle)
+
+
+def test_report_with_another_headline_reattacks_with_the_same_settings(tmp_path, monkeypatch, capsys):
+    run = generate_toy_run(tmp_path / "run", **{**TOY, "rounds": 2})
+    code, _, err = cli(monkeypatch, capsys, "attack", str(run), "--no-figures", "-q", "--aggregation", "stouffer",
+                       "--no-rotate")
+    assert code == 0, err
+    code, _, err = cli(monkeypatch, capsys, "report", str(run), "-q", "--headline-fpr", "0.01")
+    assert code == 0, err
+    m = json.loads((run / "attack" / "metrics.json").read_text())
+    assert m["headline_fpr"] == 0.01 and m["fedmia_options"]["aggregation"] == "stouffer" and m["figures"]
+    naive = _naive(run)
+    best = max(naive.values(), key=lambda v: (v["k1"], v["auc"]))
+    md = (run / "report.md").read_text()
+    assert f"pick out **{100 * best['k1'] / best['n']:.2f}%**" in md and "at most 1% of non-members" in md
+    assert "--headline-fpr 0.01" in md  # the reproduce lines say how to get the same numbers
+    # without the flag, the report keeps the run's headline (no re-attack: metrics.json is left as it is)
+    before = (run / "attack" / "metrics.json").read_bytes()
+    code, _, err = cli(monkeypatch, capsys, "report", str(run), "-q")
+    assert code == 0, err
+    md = (run / "report.md").read_text()
+    assert (run / "attack" / "metrics.json").read_bytes() == before and "at most 1% of non-members" in md
