@@ -229,6 +229,12 @@ def user_loader(path: str, fn: Callable[..., Any]) -> DatasetInfo:
     )
 
 
+def register_raw(name: str, raw: RawData) -> None:
+    """In-memory data (already checked, see ``custom.raw_from_result``) under ``name``, for this process only."""
+    DATASETS.add(name, DatasetInfo(name, "in-memory data", USER_LAYOUT, "-", "-", False, lambda cfg, d, s: raw, None),
+                 replace=True)
+
+
 def dataset_info(name: str) -> DatasetInfo:
     """The registered dataset (or alias) ``name``, else the loader named by an import path (see docs/byo.md)."""
     key = name.strip().lower()
