@@ -430,9 +430,13 @@ def set_key(
 
 
 def presets_dir() -> Path:
-    """The ``configs/`` folder of a source checkout, else the presets shipped in the package."""
-    repo = Path(__file__).resolve().parents[2] / "configs"
-    return repo if repo.is_dir() else Path(__file__).resolve().parent / "presets"
+    """The ``configs/`` folder of a source checkout (or editable install), else the copy a wheel ships in the package
+    (``fedleak/presets/``, copied from ``configs/`` at build time by setup.py)."""
+    here = Path(__file__).resolve().parent
+    repo = here.parents[1]
+    if (repo / "configs").is_dir() and (repo / "src" / "fedleak") == here:
+        return repo / "configs"
+    return here / "presets"
 
 
 def resolve_config_path(path: str | Path) -> Path:
