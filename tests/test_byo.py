@@ -305,3 +305,75 @@ def test_config_yaml_of_a_plain_run_is_unchanged_by_data_options():
     assert "options: {}" not in text.split("model:")[0]  # data.options omitted when empty (config hashes kept)
     with_opts = dump_config(parse_config({**BASE, "data": {"name": "m:load", "options": {"n": 3}}}))
     assert yaml.safe_load(with_opts)["data"]["options"] == {"n": 3}
+
+
+# ------------------------------------------------------------------------------------------ the example, end to end
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "byo"
+
+
+def naive_auc(member: np.ndarray, scores: np.ndarray) -> float:
+    """P(a member outscores a non-member), ties counting one half: every (member, non-member) pair."""
+    pos, neg = scores[member], scores[~member]
+    return float(((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean())
+
+
+def brute_tpr(member: np.ndarray, scores: np.ndarray, fpr: float) -> float:
+    """Largest TPR over all thresholds (every distinct score, predicted member at >=) whose FPR is <= fpr."""
+    best = 0.0
+    for t in np.unique(scores):
+        pred = scores >= t
+        if pred[~member].mean() <= fpr:
+            best = max(best, float(pred[member].mean()))
+    return best
+
+
+@pytest.mark.slow
+def test_the_byo_example_runs_end_to_end_and_its_metrics_recompute(tmp_path):
+    import shutil
+    import subprocess
+
+    from conftest import SRC
+    from fedleak.metrics.roc import fpr_key
+
+    work = tmp_path / "byo"
+    shutil.copytree(EXAMPLE, work, ignore=shutil.ignore_patterns("runs", "__pycache__"))
+    # -P: the working directory is not put on sys.path by Python, so fedleak's own lookup is what finds my_nets
+    cmd = [sys.executable, "-P", "-m", "fedleak.cli", "run", "config.yaml", "-o", "run", "-q",
+           "--set", "fl.rounds=2", "--set", "fl.local_epochs=1", "--set", "signals.every=1"]
+    env = {**__import__("os").environ, "PYTHONPATH": str(SRC), "FEDLEAK_QUIET": "1"}
+    res = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr
+    run = work / "run"
+    assert (run / "report.html").is_file() and (run / "report.md").is_file()
+
+    meta = json.loads((run / "meta.json").read_text())
+    x_tr, y_tr, x_te, y_te = _example_data(work)
+    assert meta["dataset"]["name"] == "my_data:load"
+    assert (meta["dataset"]["n_train"], meta["dataset"]["n_test"]) == (len(y_tr), len(y_te)) == (1348, 449)
+    assert meta["dataset"]["input_shape"] == [1, 16, 16] and meta["dataset"]["num_classes"] == 10
+    final = torch.load(run / "final_model.pt", weights_only=True)
+    assert {k: tuple(v.shape) for k, v in final.items()} == {  # the example's SmallCNN, width 8, 16x16 inputs
+        "conv.weight": (8, 1, 3, 3), "conv.bias": (8,), "head.weight": (10, 8 * 8 * 8), "head.bias": (10,)}
+
+    metrics = json.loads((run / "attack" / "metrics.json").read_text())
+    scores = np.load(run / "attack" / "scores.npz", allow_pickle=False)
+    member = scores["member"].astype(bool)
+    assert member.sum() == metrics["n_members"] > 0 and (~member).sum() == metrics["n_nonmembers"] > 0
+    assert len(metrics["attacks"]) == 10
+    for name, m in metrics["attacks"].items():
+        s = np.nan_to_num(scores[name.replace("-", "_")].astype(np.float64), nan=-np.inf)
+        assert m["auc"] == pytest.approx(naive_auc(member, s), abs=1e-12), name
+        for f in metrics["fpr_targets"]:
+            assert m[fpr_key(f)] == pytest.approx(brute_tpr(member, s, f), abs=1e-12), (name, f)
+
+
+def _example_data(work: Path):
+    sys.path.insert(0, str(work))
+    try:
+        import my_data  # the example's own loader, called as fedleak calls it (seed = the config's seed 0)
+
+        return my_data.load(test_fraction=0.25, size=16, seed=0)
+    finally:
+        sys.path.remove(str(work))
+        sys.modules.pop("my_data", None)
