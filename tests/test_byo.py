@@ -235,6 +235,30 @@ def test_a_defense_by_import_path_must_be_a_defense(monkeypatch, capsys, tmp_pat
     assert_one_error_line(code, err, f"defense '{mod}:not_a_defense' built a str, not a fedleak.defenses.Defense")
 
 
+def test_a_defense_by_import_path_is_built_with_its_params_and_acts(tmp_path, monkeypatch):
+    from conftest import tiny_config
+    from fedleak.defenses import build_defense
+    from fedleak.fl.simulation import train
+    from fedleak.signals.loading import load_signals
+
+    mod = _module(tmp_path, "defs", """
+        from fedleak.defenses import Defense
+
+        class Halve(Defense):
+            name = "halve"
+            def transform_update(self, delta, gen, ctx=None):
+                return {k: v * self.params["factor"] for k, v in delta.items()}
+    """)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = tiny_config(defense={"name": f"{mod}:Halve", "params": {"factor": 0.5}}, fl__rounds=1)
+    d = build_defense(cfg.defense, cfg)
+    assert type(d).__name__ == "Halve" and d.params == {"factor": 0.5}
+    # the server receives half of each update: |Δ|² is a quarter of the undefended run's (same seed, same data)
+    plain = load_signals(train(tiny_config(fl__rounds=1), tmp_path / "plain", quiet=True))
+    halved = load_signals(train(cfg, tmp_path / "halved", quiet=True))
+    np.testing.assert_allclose(halved.dnorm2, plain.dnorm2 / 4, rtol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------ data: accepted forms
 
 def _load(tmp_path: Path, monkeypatch, source: str, **data) -> "object":
