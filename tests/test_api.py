@@ -109,6 +109,15 @@ def test_names_record_import_paths_and_sha256s(tmp_path, monkeypatch):
         api.data_name((x_tr, torch.where(y_tr == 1, -1, y_tr), x_te, y_te))
     cfg = _in_process_cfg()
     assert [n.split(" is ")[0] for n in api.notes(cfg)] == ["model.name", "data.name"]
+    # in-process objects resolve by their @ names but stay out of listings and "choose from" messages
+    from fedleak.data.registry import DATASETS, describe_datasets
+    from fedleak.models import MODELS, build_model
+
+    assert not [n for n in MODELS.names() + DATASETS.names() if n.startswith("@")]
+    assert not [d for d in describe_datasets(tmp_path) if d["name"].startswith("@")]
+    assert "@" not in MODELS.unknown("vgg")
+    kw = api.model_name(lambda num_classes, input_shape, **o: notebook_net(num_classes, input_shape, **o))
+    assert kw.startswith("@test_names") and ".<lambda>:" in kw and [p.shape[0] for p in build_model(kw, 3, (1, 6, 6), hidden=5).parameters()] == [5, 5, 3, 3]
     assert api.notes(api.config(config=SMALL)) == ()
 
 

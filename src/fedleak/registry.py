@@ -146,14 +146,14 @@ class Registry(Generic[T]):
         return f"unknown {self.kind} '{name}'; choose from: {', '.join(sorted(self.names()))}{hint}"
 
     def names(self) -> list[str]:
-        """The registered names, in registration order."""
-        return list(self._entries)
+        """The registered names, in registration order (not the ``@`` objects of one process, see resolve)."""
+        return [n for n in self._entries if not n.startswith(IN_PROCESS)]
 
     def items(self) -> list[tuple[str, T]]:
-        return list(self._entries.items())
+        return [(n, self._entries[n]) for n in self.names()]
 
     def values(self) -> list[T]:
-        return list(self._entries.values())
+        return [self._entries[n] for n in self.names()]
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -162,7 +162,7 @@ class Registry(Generic[T]):
         return iter(self.names())
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.names())
 
 
 __all__ = ["IN_PROCESS", "Registry", "article", "import_object", "is_import_path"]

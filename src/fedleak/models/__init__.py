@@ -110,7 +110,7 @@ def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int], 
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     shape = check_input_shape(input_shape)
-    if name in MODELS:
+    if name in MODELS.names():  # the zoo's builders; a user's factory (import path or fedleak.api object) below
         allowed = [p for p in inspect.signature(builder).parameters if p not in ("num_classes", "input_shape")]
         unknown = sorted(set(options) - set(allowed))
         if unknown:
