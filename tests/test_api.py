@@ -152,3 +152,22 @@ def test_an_at_name_outside_its_process_is_one_line(tmp_path):
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     assert api.load(run).report_html == run / "report.html"
+
+
+def test_config_from_a_preset_mapping_and_overrides(tmp_path, monkeypatch):
+    from fedleak.config import load_config
+
+    (tmp_path / "apinets_cfg.py").write_text("def make(num_classes, input_shape, width=2):\n    return None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import apinets_cfg
+
+    preset = load_config("digits-quick")
+    cfg = api.config("digits-quick", model=apinets_cfg.make, config={"model": {"options": {"width": 4}}},
+                     set=["fl.rounds=3"])
+    assert (cfg.model.name, cfg.model.options) == ("apinets_cfg:make", {"width": 4})  # not merged with mlp's
+    assert cfg.fl.rounds == 3 and cfg.data == preset.data and cfg.partition == preset.partition
+    same = api.config("digits-quick", model=preset.model.name, config={"fl": {"rounds": 3}})
+    assert same.model == preset.model and same.fl.rounds == 3  # the base's own model keeps its options
+    assert api.config(preset) == preset and api.config({"seed": 5}).seed == 5
+    with pytest.raises(ConfigError, match="fl.rounds"):
+        api.config(config={"fl": {"rounds": 0}})

@@ -189,7 +189,7 @@ def test_a_factory_with_options_and_kwargs_builds_the_users_network(monkeypatch,
 
     nets, _ = mods
     monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
     torch.manual_seed(0)
     model = build_model(f"{nets}:with_kwargs", 4, (1, 6, 6), hidden=5)
     torch.manual_seed(0)
@@ -267,6 +267,7 @@ def _load(tmp_path: Path, monkeypatch, source: str, **data) -> "object":
 
     mod = _module(tmp_path, "forms", source)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # fedleak appends the working directory: undo afterwards
     return load_dataset(DataConfig(name=f"{mod}:load", **data), seed=7)
 
 
@@ -401,3 +402,20 @@ def _example_data(work: Path):
     finally:
         sys.path.remove(str(work))
         sys.modules.pop("my_data", None)
+
+
+def test_the_examples_two_loader_forms_give_the_same_dataset(monkeypatch):
+    from fedleak.config import DataConfig
+    from fedleak.data import load_dataset
+
+    monkeypatch.chdir(EXAMPLE)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    opts = {"size": 16, "test_fraction": 0.25}
+    try:
+        a = load_dataset(DataConfig(name="my_data:load", options=opts), seed=0)
+        b = load_dataset(DataConfig(name="my_data:load_datasets", options=opts), seed=0)
+    finally:
+        sys.modules.pop("my_data", None)
+    assert a.name == "my_data:load" and b.name == "my_data:load_datasets"
+    assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.y, b.test.y) and a.num_classes == b.num_classes == 10
+    assert b.class_names == [str(d) for d in range(10)] and a.mean == b.mean and a.std == b.std

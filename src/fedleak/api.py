@@ -181,7 +181,8 @@ def config(
 ) -> ExperimentConfig:
     """An :class:`ExperimentConfig` from a base (a config, a YAML path or preset name, a mapping, or the defaults),
     a nested mapping of settings merged over it, ``--set``-style overrides, and a model / data given as names,
-    import paths or Python objects (see :func:`model_name`, :func:`data_name`). Warns what it cannot record."""
+    import paths or Python objects (see :func:`model_name`, :func:`data_name`). A model or data given here replaces
+    the base's ``model.options`` / ``data.options`` by those ``config`` sets (none: empty). Warns what it cannot record."""
     cfg = _config(base, model, data, config, set)
     for note in notes(cfg):
         warnings.warn(note, stacklevel=2)
@@ -197,10 +198,14 @@ def _config(base: Any, model: Any, data: Any, settings: Mapping[str, Any] | None
     else:
         raw = dict(base or {})
     raw = _merge(raw, settings or {})
-    if model is not None:
-        raw = _merge(raw, {"model": {"name": model_name(model)}})
-    if data is not None:
-        raw = _merge(raw, {"data": {"name": data_name(data)}})
+    for section, obj, name_of in (("model", model, model_name), ("data", data, data_name)):
+        if obj is None:
+            continue
+        name = name_of(obj)
+        node = raw.setdefault(section, {})
+        if node.get("name") != name:  # the base's options were for its own model / dataset
+            node["options"] = copy.deepcopy(dict((settings or {}).get(section, {})).get("options", {}))
+        node["name"] = name
     for ov in overrides or []:
         apply_override(raw, ov)
     return parse_config(raw, "fedleak.api.config")
