@@ -309,6 +309,20 @@ def test_a_torch_dataset_pair_is_materialised_with_its_classes_and_dataset_stati
     assert ds.mean == pytest.approx((values.mean(),) * 2) and ds.std == pytest.approx((values.std(),) * 2)
 
 
+def test_a_fedleak_dataset_of_uint8_pixels_is_scaled(tmp_path, monkeypatch):
+    ds = _load(tmp_path, monkeypatch, """
+        import torch
+        from fedleak.data.base import Dataset, Split
+        def load():
+            x = (torch.arange(12 * 9) % 256).to(torch.uint8).reshape(12, 1, 3, 3)
+            y = torch.arange(12) % 2
+            return Dataset("u8", Split(x[:8], y[:8]), Split(x[8:], y[8:]), 2, (0.5,), (0.25,))
+    """)
+    want = ((np.arange(108) % 256).astype(np.float32) / np.float32(255)).reshape(12, 1, 3, 3)
+    np.testing.assert_array_equal(ds.train.x.numpy(), want[:8])
+    np.testing.assert_array_equal(ds.test.x.numpy(), want[8:])
+
+
 def test_a_fedleak_dataset_keeps_its_statistics_and_the_size_options_apply(tmp_path, monkeypatch):
     ds = _load(tmp_path, monkeypatch, """
         import torch

@@ -79,8 +79,7 @@ def raw_from_result(name: str, result: Any) -> RawData:
             x_tr = x_tr.unsqueeze(1)
         if x_te.ndim == 3:
             x_te = x_te.unsqueeze(1)
-        scale = 255.0 if x_tr.dtype == torch.uint8 else 1.0
-        raw = RawData(x_tr, y_tr, x_te, y_te, _inferred_classes(y_tr, y_te), [], scale=scale)
+        raw = RawData(x_tr, y_tr, x_te, y_te, _inferred_classes(y_tr, y_te), [])
         return check_raw(what, raw, num_classes_given=False)
     kind = f"a {len(result)}-tuple" if isinstance(result, (tuple, list)) else article(type(result).__name__)
     raise DataError(f"{what} returned {kind}; {RETURNS}")
@@ -186,6 +185,7 @@ def check_raw(what: str, raw: RawData, num_classes_given: bool) -> RawData:
                         f"{tuple(raw.x_test.shape[1:])}; give both splits the same [C, H, W]")
     if raw.x_train.dtype != raw.x_test.dtype:
         raise DataError(f"{what}: x_train is {raw.x_train.dtype} but x_test is {raw.x_test.dtype}; use one dtype")
+    raw.scale = 255.0 if raw.x_train.dtype == torch.uint8 else 1.0
     if raw.num_classes < 2:
         raise DataError(f"{what}: the labels hold a single class; membership inference needs at least 2 classes")
     raw.y_train = torch.as_tensor(raw.y_train).to(torch.int64).numpy()
