@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("attacks",),
     ("report",),
     ("sweeps", "flower"),
-    ("cli",),
+    ("cli", "api"),
 ]
 #: ``<area>/commands.py`` wires an area to the command line: it belongs to the top (cli) layer wherever it lives.
 COMMANDS = "commands"

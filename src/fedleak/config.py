@@ -77,6 +77,10 @@ class DataConfig(_Strict):
     max_train: SInt | None = Field(None, ge=1, le=MAX_SAMPLES, description="Keep only the first N training samples.")
     max_test: SInt | None = Field(None, ge=1, le=MAX_SAMPLES, description="Keep only the first N test samples.")
     synthetic: dict[str, Any] = Field(default_factory=dict, description="Options of the 'synthetic' dataset.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of your loader, when name is an import path "
+        "package.module:load (see docs/byo.md)."
+    )
 
     @field_validator("channels")
     @classmethod
@@ -124,7 +128,7 @@ class CandidatesConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str = "mlp"
+    name: str = Field("mlp", description="A registered model, or an import path package.module:factory (docs/byo.md).")
     options: dict[str, Any] = Field(default_factory=dict, description="Extra constructor arguments.")
 
 
@@ -426,9 +430,13 @@ def set_key(
 
 
 def presets_dir() -> Path:
-    """The ``configs/`` folder of a source checkout, else the presets shipped in the package."""
-    repo = Path(__file__).resolve().parents[2] / "configs"
-    return repo if repo.is_dir() else Path(__file__).resolve().parent / "presets"
+    """The ``configs/`` folder of a source checkout (or editable install), else the copy a wheel ships in the package
+    (``fedleak/presets/``, copied from ``configs/`` at build time by setup.py)."""
+    here = Path(__file__).resolve().parent
+    repo = here.parents[1]
+    if (repo / "configs").is_dir() and (repo / "src" / "fedleak") == here:
+        return repo / "configs"
+    return here / "presets"
 
 
 def resolve_config_path(path: str | Path) -> Path:
@@ -443,9 +451,11 @@ def resolve_config_path(path: str | Path) -> Path:
 
 
 def dump_config(cfg: ExperimentConfig) -> str:
-    """The config as YAML; an ``audit:`` section left at its defaults is omitted, so a run without an audit has the
-    same ``config.yaml`` (and config hash) as before the section existed."""
+    """The config as YAML; an ``audit:`` section left at its defaults, and an empty ``data.options``, are omitted,
+    so a run without them has the same ``config.yaml`` (and config hash) as before they existed."""
     data = cfg.model_dump(mode="json")
     if cfg.audit == AuditConfig():
         del data["audit"]
+    if not cfg.data.options:  # likewise data.options, used only by a loader named by import path
+        del data["data"]["options"]
     return yaml.safe_dump(data, sort_keys=False)

@@ -20,3 +20,4 @@ class RawData:
     class_names: list[str] = field(default_factory=list)
     scale: float = 255.0
     default_norm: str = "dataset"  # a key of fedleak.data.normalization.NORMALIZATIONS, or "dataset"
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (mean, std) a user's Dataset came with

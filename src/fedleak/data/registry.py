@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedleak.data import builtin, folders, vision
+from fedleak.data import builtin, custom, folders, vision
 from fedleak.data.base import DataError, Dataset, Split, check_memory
 from fedleak.data.paths import resolve_data_dir
 from fedleak.data.normalization import NORMALIZATIONS
@@ -55,6 +55,7 @@ from fedleak.registry import Registry
 if TYPE_CHECKING:
     from fedleak.config import DataConfig
 
+USER_LAYOUT = "(your loader)"  # the layout of a loader named by import path
 NORMALIZATION_CHOICES = ("default", "none", "dataset", *NORMALIZATIONS)
 LUMINANCE = (0.299, 0.587, 0.114)
 
@@ -220,15 +221,39 @@ def canonical_name(name: str) -> str:
     raise DataError(DATASETS.unknown(name))
 
 
+def user_loader(path: str, fn: Callable[..., Any]) -> DatasetInfo:
+    """A loader named by import path (or given to fedleak.api) as a registry entry: ``fn(**data.options)``."""
+    return DatasetInfo(
+        path, f"your loader {path}", USER_LAYOUT, "-", "-", False,
+        lambda cfg, d, s: custom.raw_from_result(path, custom.call_loader(path, fn, cfg.options, s)), None,
+    )
+
+
+def register_raw(name: str, raw: RawData) -> None:
+    """In-memory data (already checked, see ``custom.raw_from_result``) under ``name``, for this process only."""
+    DATASETS.add(name, DatasetInfo(name, "in-memory data", USER_LAYOUT, "-", "-", False, lambda cfg, d, s: raw, None),
+                 replace=True)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The registered dataset (or alias) ``name``, else the loader named by an import path (see docs/byo.md)."""
+    key = name.strip().lower()
+    if key in DATASETS or key in _ALIASES:
+        return DATASETS.get(canonical_name(key))
+    return DATASETS.resolve(name.strip(), wrap=user_loader)
+
+
 def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
     """Load the dataset ``cfg.name`` (a ``DataConfig``) as float32 [0,1] images + int64 labels."""
-    name = canonical_name(cfg.name)
+    info = dataset_info(cfg.name)
     if cfg.normalization not in NORMALIZATION_CHOICES:
         raise DataError(f"unknown data.normalization {cfg.normalization!r}; choose one of {', '.join(NORMALIZATION_CHOICES)}")
-    info = DATASETS.get(name)
-    data_dir = resolve_data_dir(cfg.data_dir)
+    if cfg.options and info.layout != USER_LAYOUT:
+        raise DataError(f"data.options {sorted(cfg.options)} are passed to a loader named by import path; dataset "
+                        f"'{info.name}' takes none (remove them; 'synthetic' reads data.synthetic)")
+    data_dir = resolve_data_dir(cfg.data_dir) if info.layout != USER_LAYOUT else Path(".")
     raw = info.loader(cfg, data_dir, seed)
-    return finalize(raw, cfg, name)
+    return finalize(raw, cfg, info.name)
 
 
 # ----------------------------------------------------------------------------- post-processing
@@ -324,7 +349,8 @@ def finalize(raw: RawData, cfg: DataConfig, name: str) -> Dataset:
     x_tr_t, x_te_t = xs
     explicit = cfg.normalization != "default"
     kind = raw.default_norm if cfg.normalization == "default" else cfg.normalization
-    mean, std = _stats(kind, explicit, x_tr_t)
+    given = raw.stats is not None and len(raw.stats[0]) == x_tr_t.shape[1] and not explicit
+    mean, std = raw.stats if given else _stats(kind, explicit, x_tr_t)  # type: ignore[misc]
     return Dataset(
         name=name,
         train=Split(x_tr_t, torch.as_tensor(np.asarray(y_tr), dtype=torch.int64)),

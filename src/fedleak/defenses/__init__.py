@@ -36,11 +36,17 @@ from fedleak.defenses.instahide import InstaHide
 from fedleak.defenses.gradient import TRANSFORMS, UPDATE_DEFENSES, GradientDefense, GradientTransform, Identity
 from fedleak.defenses.update import Perturb, Quant, Sparse
 from fedleak.errors import ConfigError
+from fedleak.registry import article
 
 
 def build_defense(dcfg: DefenseConfig, cfg: ExperimentConfig) -> Defense:
-    """The defense named in the config's ``defense`` section, built with its params."""
-    return DEFENSES.get(dcfg.name)(dcfg.params, cfg)
+    """The defense named in the config's ``defense`` section, built with its params (a registered name, or an
+    import path ``package.module:MyDefense`` naming a :class:`Defense` subclass / factory, see docs/byo.md)."""
+    defense = DEFENSES.resolve(dcfg.name)(dcfg.params, cfg)
+    if not isinstance(defense, Defense):
+        raise ConfigError(f"defense '{dcfg.name}' built {article(type(defense).__name__)}, not a fedleak.defenses.Defense; "
+                          "subclass Defense")
+    return defense
 
 
 @dataclass

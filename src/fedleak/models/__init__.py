@@ -16,6 +16,11 @@ name               architecture                                                 
 =================  ===============================================================  ====================
 
 ``init="uniform"`` re-initialises every weight and bias U(-0.5, 0.5) (DLG); ``"default"`` keeps PyTorch's init.
+
+Your own model: ``model.name`` may be an import path ``package.module:factory`` (see docs/byo.md), where
+``factory(num_classes, input_shape, **options) -> nn.Module`` draws its initial weights from torch's global RNG
+(fedleak seeds it). It is checked like the zoo's models (meta-device dry run, output shape, size limit), and a
+wrong signature, an exception or a non-``nn.Module`` result is a one-line ValueError.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from fedleak.models.alexnet import AlexNetCifar
 from fedleak.models.convnet import ConvNet
 from fedleak.models.lenet import LeNetDLG, LeNetSoteria
 from fedleak.models.mlp import MLP
-from fedleak.registry import Registry
+from fedleak.registry import Registry, article
 from fedleak.models.resnet import ResNet18GN
 
 Builder = Callable[..., nn.Module]  # builder(num_classes, input_shape, **options) -> nn.Module
@@ -101,17 +106,20 @@ def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int], 
     a model too large (:data:`MAX_PARAMETERS`) or one that does not fit the input size is a ValueError
     that says which size it needs. The meta build draws no random numbers, so the weights are unchanged.
     """
-    builder = MODELS.get(name)
+    builder = MODELS.resolve(name)
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     shape = check_input_shape(input_shape)
-    allowed = [p for p in inspect.signature(builder).parameters if p not in ("num_classes", "input_shape")]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"model {name!r} got unknown option(s) {', '.join(unknown)}; accepted: {', '.join(allowed) or 'none'}"
-        )
-    build = functools.partial(builder, int(num_classes), **options)
+    if name in MODELS.names():  # the zoo's builders; a user's factory (import path or fedleak.api object) below
+        allowed = [p for p in inspect.signature(builder).parameters if p not in ("num_classes", "input_shape")]
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"model {name!r} got unknown option(s) {', '.join(unknown)}; accepted: {', '.join(allowed) or 'none'}"
+            )
+    else:
+        check_factory_signature(name, builder, int(num_classes), shape, options)
+    build = _checked(name, functools.partial(builder, int(num_classes), **options))
     error, n_params = _dry_run(build, shape, int(num_classes))
     if error is not None:
         raise ValueError(_misfit_message(name, build, shape, int(num_classes), error, options))
@@ -123,18 +131,66 @@ def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int], 
     return build(shape)
 
 
+def check_factory_signature(name: str, factory: Builder, num_classes: int, shape: tuple[int, int, int],
+                            options: dict) -> None:
+    """A user's factory must accept ``factory(num_classes, input_shape, **options)``; else a one-line ValueError."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return  # a builtin or C callable without a signature: its call says whether it fits
+    try:
+        sig.bind(num_classes, shape, **options)
+    except TypeError as e:
+        opts = f", {', '.join(f'{k}=...' for k in options)}" if options else ""
+        raise ValueError(
+            f"model factory {name!r} has the signature {sig} but fedleak calls it as "
+            f"factory(num_classes, input_shape{opts}) ({e}); change its parameters or model.options"
+        ) from None
+
+
+class FactoryError(ValueError):
+    """A model factory raised or returned something that is not an nn.Module (reported as is, no size search)."""
+
+
+def _checked(name: str, build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """``build`` whose exceptions other than ValueError/RuntimeError/TypeError, and a result that is not an
+    ``nn.Module``, become a one-line :class:`FactoryError` naming the model."""
+
+    def run(shape: tuple[int, int, int]) -> nn.Module:
+        try:
+            model = build(shape)
+        except (ValueError, RuntimeError, TypeError, NotImplementedError):
+            raise
+        except Exception as e:
+            text = str(e).strip().splitlines()
+            raise FactoryError(f"model {name!r} raised {type(e).__name__}" + (f": {text[0]}" if text else "")) from None
+        if not isinstance(model, nn.Module):
+            raise FactoryError(f"model {name!r} returned {article(type(model).__name__)}, not a torch.nn.Module; "
+                               "return the network (an nn.Module instance)")
+        return model
+
+    return run
+
+
 def _dry_run(build: Callable[..., nn.Module], shape: tuple[int, int, int], num_classes: int) -> tuple[str | None, int]:
     """(error or None, trainable parameter count) of the model built on the meta device and fed one sample."""
     try:
         with torch.device("meta"), torch.no_grad():
-            model = build(shape)
+            model = build(shape)  # a FactoryError propagates: no input size can fix it
             n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
             try:
                 out = model(torch.zeros((1, *shape)))
             except NotImplementedError:  # an op without a meta kernel: no shape check possible, trust the build
                 return None, n_params
+    except FactoryError:
+        raise
     except (ValueError, RuntimeError, TypeError) as e:
         return str(e).splitlines()[0] if str(e) else type(e).__name__, 0
+    except Exception as e:  # a user's forward (a zoo model raises only the types above)
+        text = str(e).strip().splitlines()
+        return f"{type(e).__name__}" + (f": {text[0]}" if text else ""), 0
+    if not isinstance(out, torch.Tensor):
+        return f"its forward returns {article(type(out).__name__)}, not a tensor of logits", n_params
     if tuple(out.shape) != (1, num_classes):
         return f"its output has shape {tuple(out.shape)}, expected (1, {num_classes})", n_params
     return None, n_params
