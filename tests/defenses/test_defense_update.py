@@ -8,7 +8,8 @@ import torch
 
 from conftest import assert_within, rounding_tol, tiny_config
 from fedleak.config import ConfigError, DefenseConfig
-from fedleak.defenses.accountant import epsilon
+from rdp_reference import epsilon
+from fedleak.defenses.dp_accounting import fixed_size_epsilon
 from fedleak.defenses.update import Perturb, Quant, Sparse
 from fedleak.defenses import build_defense
 
@@ -31,7 +32,7 @@ def _gen(s=1):
 
 def test_unknown_and_bad_params_are_one_line_errors():
     cfg = tiny_config()
-    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) sigmaa; allowed: clip, delta, sigma"):
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) sigmaa; allowed: accountant, clip, delta, sigma"):
         build_defense(DefenseConfig(name="perturb", params={"sigmaa": 1}), cfg)
     with pytest.raises(ConfigError, match="'p' must lie in"):
         Sparse({"p": 1.5})
@@ -99,7 +100,27 @@ def test_perturb_dp_reports_epsilon_per_round_from_the_accountant():
     d = build_defense(cfg.defense, cfg)
     for r in range(6):
         n = sum(2 in participants(cfg, t) for t in range(r + 1))
-        assert d.privacy_spent(r)["steps"] == n
+        rec = d.privacy_spent(r)
+        assert rec["steps"] == n
+        assert rec["epsilon"] == pytest.approx(epsilon(1.0, 1.0, n, 1e-5), rel=1e-12) if n else rec["epsilon"] == 0
+        assert rec["accountant"] == "dp-accounting RDP" and rec["sampling"] == "none"
+        # against an observer of the global models: 2 of 4 clients per round without replacement, replace-one
+        # (noise multiplier σ/2), every round counts; amplified below the unsampled replace-one figure
+        assert rec["aggregate_sampling"].startswith("2 of 4 clients per round without replacement")
+        assert rec["epsilon_aggregate"] == fixed_size_epsilon(4, 2, 0.5, r + 1, 1e-5)
+        assert rec["epsilon_aggregate"] < epsilon(1.0, 0.5, r + 1, 1e-5)
+    # full participation: nothing to amplify, no aggregate figure
+    assert "epsilon_aggregate" not in Perturb({"sigma": 1.0, "clip": 1.0}, tiny_config()).privacy_spent(2)
+
+
+def test_perturb_pld_accountant_matches_the_exact_gaussian_composition():
+    from fedleak.metrics.epsilon import gdp_epsilon
+
+    d = Perturb({"sigma": 2.0, "clip": 1.0, "accountant": "pld"}, tiny_config())
+    rec = d.privacy_spent(15)  # 16 rounds of a Gaussian mechanism with σ = 2: exactly μ-GDP, μ = √16/2 = 2
+    assert rec["accountant"] == "dp-accounting PLD"
+    exact = gdp_epsilon(2.0, 1e-5)
+    assert exact - 1e-6 <= rec["epsilon"] <= exact + 5e-3
 
 
 # ----------------------------------------------------------------------------------------------- sparse
