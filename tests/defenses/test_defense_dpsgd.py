@@ -228,3 +228,12 @@ def test_local_training_with_empty_poisson_batches_runs_and_averages_the_rest():
                                    lr=0.1, num_classes=4, normalize=lambda t: t, defense=d,
                                    gen=torch.Generator().manual_seed(11))
     assert math.isfinite(loss) and all(bool(torch.isfinite(p).all()) for p in params.values())
+
+
+def test_bad_sampling_and_accountant_are_named():
+    from fedleak.config import ConfigError
+
+    with pytest.raises(ConfigError, match="'sampling' must be one of poisson, shuffle"):
+        DPSGD({"sampling": "poison"})
+    with pytest.raises(ConfigError, match="'accountant' must be one of rdp, pld"):
+        DPSGD({"accountant": "prv"})

@@ -173,3 +173,37 @@ def test_no_canaries_no_audit_file(tmp_path):
     cfg = tiny_config(fl__rounds=1)
     run = train(cfg, tmp_path / "r", quiet=True)
     assert write_client_audit(cfg, run) is None and not (run / "audit").exists()
+
+
+def _cli(monkeypatch, capsys, *args):
+    import sys
+
+    from fedleak.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["fedleak", *args])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr()
+    return e.value.code or 0, out.out, out.err
+
+
+def test_fedleak_train_writes_the_audit_and_refuses_a_bad_setup_in_one_line(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from conftest import assert_one_error_line
+    from fedleak.config import dump_config
+
+    cfg = _cfg(8, defense={"name": "perturb", "params": {"sigma": 0.5, "clip": 0.5}}, fl__rounds=2)
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(cfg))
+    code, out, err = _cli(monkeypatch, capsys, "train", str(path), "--out", str(tmp_path / "run"), "--quiet")
+    assert code == 0, err
+    assert f"client-level canary audit: {tmp_path / 'run' / CLIENTS_JSON}" in out
+    [entry] = json.loads((tmp_path / "run" / CLIENTS_JSON).read_text())
+    assert entry["level"] == "client" and math.isfinite(entry["epsilon"]) and entry["details"]["n_in"] == 4
+    raw = yaml.safe_load(dump_config(cfg))
+    raw["defense"] = {"name": "sparse"}
+    path.write_text(yaml.safe_dump(raw))
+    code, out, err = _cli(monkeypatch, capsys, "train", str(path), "--out", str(tmp_path / "bad"), "--quiet")
+    assert_one_error_line(code, err, "audit.canary_clients=8", "defense.params.clip")
+    assert not (tmp_path / "bad" / "config.yaml").exists()
