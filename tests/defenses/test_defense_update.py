@@ -109,8 +109,50 @@ def test_perturb_dp_reports_epsilon_per_round_from_the_accountant():
         assert rec["aggregate_sampling"].startswith("2 of 4 clients per round without replacement")
         assert rec["epsilon_aggregate"] == fixed_size_epsilon(4, 2, 0.5, r + 1, 1e-5)
         assert rec["epsilon_aggregate"] < epsilon(1.0, 0.5, r + 1, 1e-5)
+    assert rec["aggregate_noise_multiplier"] == 0.5  # no federation weights: the client's own noise only
     # full participation: nothing to amplify, no aggregate figure
     assert "epsilon_aggregate" not in Perturb({"sigma": 1.0, "clip": 1.0}, tiny_config()).privacy_spent(2)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_aggregate_noise_multiplier_is_the_worst_case_over_subsets(seed):
+    """Brute force over every client k that is defended and every m-subset S holding k: the global model's noise
+    multiplier for k is σ·sqrt(Σ_{j∈S defended} w_j²) / (2 w_k). The reported one is never above the smallest
+    (a valid bound), and equals it when the defended clients' weights are equal."""
+    from itertools import combinations
+
+    from fedleak.defenses.update import aggregate_epsilon
+
+    rng = np.random.default_rng(seed)
+    K = int(rng.integers(4, 8))
+    m = int(rng.integers(2, K))
+    defended = sorted(rng.choice(K, size=int(rng.integers(1, K + 1)), replace=False).tolist())
+    equal = seed % 2 == 0
+    w = np.full(K, 30.0) if equal else rng.integers(5, 60, size=K).astype(float)
+    cfg = tiny_config(partition__num_clients=K, fl__participation=m / K,
+                      defense={"name": "perturb", "params": {"sigma": 1.3, "clip": 1.0}, "clients": defended})
+    got = aggregate_epsilon(cfg, 1.3, 5, 1e-5, w)
+    exact = min(1.3 * math.sqrt(sum(w[j] ** 2 for j in S if j in defended)) / (2 * w[k])
+                for k in defended for S in combinations(range(K), m) if k in S)
+    z = got["aggregate_noise_multiplier"]
+    assert z <= exact + 1e-12
+    if equal:
+        assert z == pytest.approx(exact, rel=1e-12)
+    assert got["epsilon_aggregate"] == fixed_size_epsilon(K, m, z, 5, 1e-5)
+
+
+def test_engine_gives_perturb_the_federation_weights(tmp_path):
+    from fedleak.fl.simulation import train
+    from fedleak.signals.store import read_metrics, read_split
+
+    cfg = tiny_config(partition__num_clients=4, fl__participation=0.5, fl__rounds=2, signals__rounds=[0],
+                      defense={"name": "perturb", "params": {"sigma": 1.0, "clip": 1.0}})
+    run = train(cfg, tmp_path / "r", quiet=True)
+    w = np.array([len(c) for c in read_split(run)], dtype=float)
+    z = 0.5 * math.sqrt(1 + (w.min() / w.max()) ** 2)  # 2 of 4, every client defended
+    for rec in read_metrics(run):
+        assert rec["privacy"]["aggregate_noise_multiplier"] == pytest.approx(z, rel=1e-12)
+        assert rec["privacy"]["epsilon_aggregate"] == fixed_size_epsilon(4, 2, z, rec["round"] + 1, 1e-5)
 
 
 def test_perturb_pld_accountant_matches_the_exact_gaussian_composition():

@@ -67,6 +67,9 @@ class Defense:
 
     name = "none"
     needs_context = False  # True: transform_update needs the UpdateContext
+    #: the FedAvg weights (client data sizes) [K], set by ``fl.federation.build_federation``; None outside a
+    #: federation. Accounting may use them (``perturb``'s ε for an observer of the global models).
+    client_weights: np.ndarray | None = None
 
     def __init__(self, params: dict[str, Any] | None = None, cfg: ExperimentConfig | None = None) -> None:
         self.params = dict(params or {})

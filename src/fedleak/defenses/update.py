@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedleak.config import ConfigError, ExperimentConfig
@@ -128,21 +129,26 @@ class Perturb(Defense):
             "sampling": "none",
             "proven_bound": True,
         }
-        agg = aggregate_epsilon(self.cfg, sigma, rnd + 1, delta)
+        agg = aggregate_epsilon(self.cfg, sigma, rnd + 1, delta, self.client_weights)
         if agg is not None:
             out.update(agg)
         return out
 
 
-def aggregate_epsilon(cfg: ExperimentConfig | None, sigma: float, rounds: int, delta: float) -> dict[str, Any] | None:
+def aggregate_epsilon(
+    cfg: ExperimentConfig | None, sigma: float, rounds: int, delta: float, weights: np.ndarray | None = None
+) -> dict[str, Any] | None:
     """Client-level ε against an observer of the global models only (not the server), with ``m`` of ``K`` clients
     drawn without replacement each round (``fl.participation < 1``; None otherwise).
 
-    Relation: replace one client's data (``K`` and the FedAvg weights public). Replacing client k's data moves its
-    clipped update by at most ``2C``; each global model is a function of its noisy upload ``u_k + N(0, (σC)²)``
-    and of uploads independent of its data, so each round is (post-processing of) a Gaussian mechanism with noise
-    multiplier ``σ/2`` on the sampled subset (the other clients' noise is ignored: a looser, weight-free bound),
-    subsampled without replacement: dp-accounting's ``SampledWithoutReplacementDpEvent``, RDP, replace-one.
+    Relation: replace one client's data (``K`` and the FedAvg weights ``w`` — the client data sizes — public).
+    Replacing client k's data moves its clipped update by at most ``2C``, i.e. the global model by ``2C·w̃_k``
+    (``w̃ = w / Σ_S w``), while the global model carries the noise ``Σ_{j∈S} w̃_j N(0, (σC)²)`` of the defended
+    clients of the round's subset S. So each round is a Gaussian mechanism with noise multiplier
+    ``z = σ·sqrt(Σ_{j∈S, defended} w_j²) / (2 w_k) >= (σ/2)·sqrt(1 + (m_d − 1)·(w_min/w_max)²)``, ``m_d`` the
+    number of defended clients every subset of m holds, ``w_min/w_max`` over the defended clients (without
+    ``weights``: ``m_d = 1``, the client's own noise only), on a uniformly drawn m-subset: dp-accounting's
+    ``SampledWithoutReplacementDpEvent``, RDP, replace-one, composed over all rounds.
     """
     if cfg is None:
         return None
@@ -150,11 +156,19 @@ def aggregate_epsilon(cfg: ExperimentConfig | None, sigma: float, rounds: int, d
     m = max(int(round(cfg.fl.participation * K)), 1)  # as seeding.participants draws them
     if m >= K:
         return None
-    eps = fixed_size_epsilon(K, m, sigma / 2, rounds, delta) if sigma > 0 else math.inf
+    defended = defended_clients(cfg)
+    m_noise = max(1, m - (K - len(defended))) if weights is not None else 1
+    ratio = 1.0
+    if weights is not None and m_noise > 1:
+        w = np.asarray(weights, dtype=np.float64)[defended]
+        ratio = float(w.min() / w.max())
+    z = (sigma / 2) * math.sqrt(1 + (m_noise - 1) * ratio**2)
+    eps = fixed_size_epsilon(K, m, z, rounds, delta) if sigma > 0 else math.inf
     return {
         "epsilon_aggregate": eps,
         "aggregate_accountant": accountant_label("rdp"),
         "aggregate_sampling": f"{m} of {K} clients per round without replacement (replace-one relation)",
+        "aggregate_noise_multiplier": z,
     }
 
 
