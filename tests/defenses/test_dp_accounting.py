@@ -168,3 +168,17 @@ def test_fixed_size_edge_cases():
     for args in [(5, 6, 1.0, 3, 1e-5), (5, 0, 1.0, 3, 1e-5), (5, 2, 1.0, 3, 0.0), (5, 2, -1.0, 3, 1e-5)]:
         with pytest.raises(ValueError):
             fixed_size_epsilon(*args)
+
+
+def test_dropped_orders_are_not_logged_into_a_run(caplog):
+    """dp-accounting warns (absl) for every fractional RDP order it drops; a run computes ε every round, so the
+    wrapper silences absl while it computes and restores its level."""
+    import logging
+
+    log = logging.getLogger("absl")
+    log.setLevel(logging.NOTSET)
+    with caplog.at_level(logging.WARNING):
+        dpsgd_epsilon(0.5, 2.0, 23, 1e-5, "rdp")  # drops orders 1.5-1.9 (test_rdp_agrees_with_fedleak_accountant)
+        fixed_size_epsilon(50, 5, 1.3, 17, 1e-5)
+    assert not [r for r in caplog.records if r.name == "absl"]
+    assert log.level == logging.NOTSET

@@ -36,9 +36,11 @@ Kasiviswanathan 2019, Thm. 27).
 
 from __future__ import annotations
 
+import logging
 import math
+from contextlib import contextmanager
 from functools import lru_cache
-from typing import Sequence
+from typing import Iterator, Sequence
 
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "pld")
 #: RDP orders: Opacus's default grid, so that an RDP ε here is the number Opacus reports for the same steps.
@@ -59,6 +61,19 @@ def _lib():
     except ImportError as exc:  # a declared dependency; only a broken install gets here
         raise ImportError("the 'dp-accounting' package is missing: pip install dp-accounting") from exc
     return dp_accounting
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """dp-accounting logs (through absl) every RDP order it drops as non-convergent — documented above, and
+    repeated every round in a run's terminal; silenced while it computes, restored after."""
+    log = logging.getLogger("absl")
+    level = log.level
+    log.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _check_step(q: float, sigma: float, count: int) -> None:
@@ -111,9 +126,13 @@ def history_epsilon(
             continue
         if sigma == 0.0:
             return math.inf  # an un-noised release of a record's contribution
-        acc.compose(sampled_gaussian_event(q, sigma, count))
+        with _quiet():
+            acc.compose(sampled_gaussian_event(q, sigma, count))
         active = True
-    return max(0.0, float(acc.get_epsilon(delta))) if active else 0.0
+    if not active:
+        return 0.0
+    with _quiet():
+        return max(0.0, float(acc.get_epsilon(delta)))
 
 
 @lru_cache(maxsize=1024)  # privacy_spent asks every round; the same (q, σ, steps) recurs
@@ -150,8 +169,9 @@ def fixed_size_epsilon(population: int, sample_size: int, sigma: float, rounds: 
     dpa = _lib()
     step = dpa.SampledWithoutReplacementDpEvent(int(population), int(sample_size), dpa.GaussianDpEvent(float(sigma)))
     acc = _accountant("rdp", 0.0, replace_one=True)
-    acc.compose(dpa.SelfComposedDpEvent(step, int(rounds)))
-    return max(0.0, float(acc.get_epsilon(delta)))
+    with _quiet():
+        acc.compose(dpa.SelfComposedDpEvent(step, int(rounds)))
+        return max(0.0, float(acc.get_epsilon(delta)))
 
 
 __all__ = [
