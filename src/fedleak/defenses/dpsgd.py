@@ -122,6 +122,8 @@ class DPSGD(Defense):
             self._expected = None
             yield from super().local_batches(n, batch_size, gen)
             return
+        if n == 0:  # no data, no step (as the shuffled loop)
+            return
         q = min(1.0, batch_size / n)
         self._expected = q * n
         for _ in range(math.ceil(n / batch_size)):
@@ -137,7 +139,11 @@ class DPSGD(Defense):
         return x, y
 
     def training_step(self, model, x, y, loss_fn, optimizer) -> float:
-        grads, losses = per_sample_grads(model, x, y, loss_fn)
+        if len(x) == 0:  # an empty Poisson batch: no forward pass, zero gradients [0, *shape], noise only
+            grads = {n: p.new_zeros((0, *p.shape)) for n, p in model.named_parameters() if p.requires_grad}
+            losses = torch.zeros(0)
+        else:
+            grads, losses = per_sample_grads(model, x, y, loss_fn)
         noisy, _ = clip_and_noise(grads, self.p["max_grad_norm"], self.p["noise_multiplier"], self._gen,
                                   self._expected)
         optimizer.zero_grad(set_to_none=True)
