@@ -1,4 +1,5 @@
-"""The RDP accountant against Opacus's RDP accountant, numerical integration and the closed form for q = 1."""
+"""The hand-written reference RDP accountant (tests/defenses/rdp_reference.py) against Opacus's RDP accountant,
+numerical integration and the closed form for q = 1."""
 
 import math
 
@@ -7,7 +8,7 @@ import pytest
 from scipy import integrate
 from scipy.stats import norm
 
-from fedleak.defenses.accountant import DEFAULT_ORDERS, RDPAccountant, eps_from_rdp, epsilon, rdp_sampled_gaussian
+from rdp_reference import DEFAULT_ORDERS, RDPAccountant, eps_from_rdp, epsilon, rdp_sampled_gaussian
 
 pytestmark = pytest.mark.numerics  # float64 series against quadrature, Opacus and closed forms
 

@@ -8,7 +8,8 @@ import torch
 
 from conftest import assert_within, rounding_tol, tiny_config
 from fedleak.config import ConfigError, DefenseConfig
-from fedleak.defenses.accountant import epsilon
+from rdp_reference import epsilon
+from fedleak.defenses.dp_accounting import fixed_size_epsilon
 from fedleak.defenses.update import Perturb, Quant, Sparse
 from fedleak.defenses import build_defense
 
@@ -31,7 +32,7 @@ def _gen(s=1):
 
 def test_unknown_and_bad_params_are_one_line_errors():
     cfg = tiny_config()
-    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) sigmaa; allowed: clip, delta, sigma"):
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) sigmaa; allowed: accountant, clip, delta, sigma"):
         build_defense(DefenseConfig(name="perturb", params={"sigmaa": 1}), cfg)
     with pytest.raises(ConfigError, match="'p' must lie in"):
         Sparse({"p": 1.5})
@@ -99,7 +100,69 @@ def test_perturb_dp_reports_epsilon_per_round_from_the_accountant():
     d = build_defense(cfg.defense, cfg)
     for r in range(6):
         n = sum(2 in participants(cfg, t) for t in range(r + 1))
-        assert d.privacy_spent(r)["steps"] == n
+        rec = d.privacy_spent(r)
+        assert rec["steps"] == n
+        assert rec["epsilon"] == pytest.approx(epsilon(1.0, 1.0, n, 1e-5), rel=1e-12) if n else rec["epsilon"] == 0
+        assert rec["accountant"] == "dp-accounting RDP" and rec["sampling"] == "none"
+        # against an observer of the global models: 2 of 4 clients per round without replacement, replace-one
+        # (noise multiplier σ/2), every round counts; amplified below the unsampled replace-one figure
+        assert rec["aggregate_sampling"].startswith("2 of 4 clients per round without replacement")
+        assert rec["epsilon_aggregate"] == fixed_size_epsilon(4, 2, 0.5, r + 1, 1e-5)
+        assert rec["epsilon_aggregate"] < epsilon(1.0, 0.5, r + 1, 1e-5)
+    assert rec["aggregate_noise_multiplier"] == 0.5  # no federation weights: the client's own noise only
+    # full participation: nothing to amplify, no aggregate figure
+    assert "epsilon_aggregate" not in Perturb({"sigma": 1.0, "clip": 1.0}, tiny_config()).privacy_spent(2)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_aggregate_noise_multiplier_is_the_worst_case_over_subsets(seed):
+    """Brute force over every client k that is defended and every m-subset S holding k: the global model's noise
+    multiplier for k is σ·sqrt(Σ_{j∈S defended} w_j²) / (2 w_k). The reported one is never above the smallest
+    (a valid bound), and equals it when the defended clients' weights are equal."""
+    from itertools import combinations
+
+    from fedleak.defenses.update import aggregate_epsilon
+
+    rng = np.random.default_rng(seed)
+    K = int(rng.integers(4, 8))
+    m = int(rng.integers(2, K))
+    defended = sorted(rng.choice(K, size=int(rng.integers(1, K + 1)), replace=False).tolist())
+    equal = seed % 2 == 0
+    w = np.full(K, 30.0) if equal else rng.integers(5, 60, size=K).astype(float)
+    cfg = tiny_config(partition__num_clients=K, fl__participation=m / K,
+                      defense={"name": "perturb", "params": {"sigma": 1.3, "clip": 1.0}, "clients": defended})
+    got = aggregate_epsilon(cfg, 1.3, 5, 1e-5, w)
+    exact = min(1.3 * math.sqrt(sum(w[j] ** 2 for j in S if j in defended)) / (2 * w[k])
+                for k in defended for S in combinations(range(K), m) if k in S)
+    z = got["aggregate_noise_multiplier"]
+    assert z <= exact + 1e-12
+    if equal:
+        assert z == pytest.approx(exact, rel=1e-12)
+    assert got["epsilon_aggregate"] == fixed_size_epsilon(K, m, z, 5, 1e-5)
+
+
+def test_engine_gives_perturb_the_federation_weights(tmp_path):
+    from fedleak.fl.simulation import train
+    from fedleak.signals.store import read_metrics, read_split
+
+    cfg = tiny_config(partition__num_clients=4, fl__participation=0.5, fl__rounds=2, signals__rounds=[0],
+                      defense={"name": "perturb", "params": {"sigma": 1.0, "clip": 1.0}})
+    run = train(cfg, tmp_path / "r", quiet=True)
+    w = np.array([len(c) for c in read_split(run)], dtype=float)
+    z = 0.5 * math.sqrt(1 + (w.min() / w.max()) ** 2)  # 2 of 4, every client defended
+    for rec in read_metrics(run):
+        assert rec["privacy"]["aggregate_noise_multiplier"] == pytest.approx(z, rel=1e-12)
+        assert rec["privacy"]["epsilon_aggregate"] == fixed_size_epsilon(4, 2, z, rec["round"] + 1, 1e-5)
+
+
+def test_perturb_pld_accountant_matches_the_exact_gaussian_composition():
+    from fedleak.metrics.epsilon import gdp_epsilon
+
+    d = Perturb({"sigma": 2.0, "clip": 1.0, "accountant": "pld"}, tiny_config())
+    rec = d.privacy_spent(15)  # 16 rounds of a Gaussian mechanism with σ = 2: exactly μ-GDP, μ = √16/2 = 2
+    assert rec["accountant"] == "dp-accounting PLD"
+    exact = gdp_epsilon(2.0, 1e-5)
+    assert exact - 1e-6 <= rec["epsilon"] <= exact + 5e-3
 
 
 # ----------------------------------------------------------------------------------------------- sparse

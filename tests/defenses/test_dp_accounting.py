@@ -9,10 +9,13 @@ import pytest
 
 pytest.importorskip("dp_accounting")
 
-from fedleak.defenses.accountant import DEFAULT_ORDERS, RDPAccountant, rdp_sampled_gaussian  # noqa: E402
-from fedleak.defenses.accountant import epsilon as fedleak_rdp_epsilon  # noqa: E402
+from rdp_reference import DEFAULT_ORDERS, RDPAccountant, rdp_sampled_gaussian  # noqa: E402
+from rdp_reference import epsilon as fedleak_rdp_epsilon  # noqa: E402
 from fedleak.defenses.dp_accounting import (  # noqa: E402
+    DEFAULT_ORDERS as LIBRARY_ORDERS,
+    accountant_label,
     client_level_epsilon,
+    fixed_size_epsilon,
     dpsgd_epsilon,
     history_epsilon,
     sampled_gaussian_event,
@@ -111,3 +114,71 @@ def test_bad_parameters_raise(args, match):
 def test_unknown_accountant_is_named():
     with pytest.raises(ValueError, match="unknown accountant 'moments'; use one of rdp, pld"):
         dpsgd_epsilon(0.1, 1.0, 10, 1e-5, "moments")
+
+
+def test_orders_and_labels():
+    assert LIBRARY_ORDERS == DEFAULT_ORDERS  # the reference's grid is Opacus's (test_defense_accountant.py)
+    assert accountant_label("rdp") == "dp-accounting RDP" and accountant_label("pld") == "dp-accounting PLD"
+    with pytest.raises(ValueError, match="unknown accountant 'prv'"):
+        accountant_label("prv")
+
+
+def _pair_epsilon(q, z, delta):
+    """A lower bound on the exact ε of one round of the fixed-size sampled Gaussian mechanism (replace-one): the
+    ε at δ between the output distributions of one worst-case pair of neighbouring data sets, by quadrature.
+
+    Records are scalars in [−1, 1] (replace-one L2 sensitivity 2), the noise std is 2z. D: every record −1, so the
+    output is N(−1, (2z)²); D': record k replaced by +1, sampled with probability q = m/K (m = 1), so the output
+    is (1 − q)·N(−1, (2z)²) + q·N(+1, (2z)²). δ(ε) is the larger hockey-stick divergence of the two directions."""
+    from scipy import integrate, optimize
+    from scipy.stats import norm
+
+    s = 2 * z
+    p = lambda x: norm.pdf(x, -1, s)  # noqa: E731
+    p2 = lambda x: (1 - q) * norm.pdf(x, -1, s) + q * norm.pdf(x, 1, s)  # noqa: E731
+
+    def hs(eps):
+        lo, hi = -1 - 40 * s, 1 + 40 * s
+        a = integrate.quad(lambda x: max(0.0, p2(x) - math.exp(eps) * p(x)), lo, hi, limit=400, points=[-1, 1])[0]
+        b = integrate.quad(lambda x: max(0.0, p(x) - math.exp(eps) * p2(x)), lo, hi, limit=400, points=[-1, 1])[0]
+        return max(a, b) - delta
+
+    return 0.0 if hs(0.0) <= 0 else optimize.brentq(hs, 0.0, 50.0, xtol=1e-9)
+
+
+@pytest.mark.parametrize("K,z", [(4, 1.0), (10, 0.7), (2, 2.0)])
+def test_fixed_size_sampling_bounds_a_worst_case_pair_and_amplifies(K, z):
+    """One round, 1 of K clients: dp-accounting's bound (RDP, replace-one, Wang et al. 2019 Thm. 27) lies above
+    the exact ε of a worst-case neighbouring pair (so it is not obviously wrong), and below the unsampled
+    Gaussian mechanism's (sampling amplifies)."""
+    delta = 1e-5
+    got = fixed_size_epsilon(K, 1, z, 1, delta)
+    assert _pair_epsilon(1 / K, z, delta) <= got < fedleak_rdp_epsilon(1.0, z, 1, delta)
+    # every record sampled: the plain Gaussian mechanism's RDP, α/(2z²), the same conversion as the reference
+    assert fixed_size_epsilon(K, K, z, 7, delta) == pytest.approx(fedleak_rdp_epsilon(1.0, z, 7, delta), rel=1e-9)
+    # more rounds, more ε; a larger sample, more ε
+    assert got < fixed_size_epsilon(K, 1, z, 5, delta)
+    if K > 2:
+        assert got < fixed_size_epsilon(K, 2, z, 1, delta)
+
+
+def test_fixed_size_edge_cases():
+    assert fixed_size_epsilon(5, 2, 1.0, 0, 1e-5) == 0.0
+    assert math.isinf(fixed_size_epsilon(5, 2, 0.0, 3, 1e-5))
+    for args in [(5, 6, 1.0, 3, 1e-5), (5, 0, 1.0, 3, 1e-5), (5, 2, 1.0, 3, 0.0), (5, 2, -1.0, 3, 1e-5)]:
+        with pytest.raises(ValueError):
+            fixed_size_epsilon(*args)
+
+
+def test_dropped_orders_are_not_logged_into_a_run(caplog):
+    """dp-accounting warns (absl) for every fractional RDP order it drops; a run computes ε every round, so the
+    wrapper silences absl while it computes and restores its level."""
+    import logging
+
+    log = logging.getLogger("absl")
+    log.setLevel(logging.NOTSET)
+    with caplog.at_level(logging.WARNING):
+        dpsgd_epsilon(0.5, 2.0, 23, 1e-5, "rdp")  # drops orders 1.5-1.9 (test_rdp_agrees_with_fedleak_accountant)
+        fixed_size_epsilon(50, 5, 1.3, 17, 1e-5)
+    assert not [r for r in caplog.records if r.name == "absl"]
+    assert log.level == logging.NOTSET

@@ -13,6 +13,7 @@ from fedleak.metrics.client_canaries import (
     canary_direction,
     canary_directions,
     one_shot_epsilon,
+    one_shot_interval,
 )
 from fedleak.metrics.epsilon import gdp_epsilon
 
@@ -110,3 +111,21 @@ def test_bad_inputs_are_user_errors():
         one_shot_epsilon([0.1], [0.0, 0.2], 1e-5)
     with pytest.raises(FedleakError, match="clip_norm"):
         canary_direction(0, 0, 10, clip_norm=0)
+
+
+@pytest.mark.parametrize("mu", [0.5, 1.5])
+def test_one_shot_interval_covers_the_true_epsilon_at_its_confidence(mu):
+    """Seeded simulation: 400 audits of exactly Gaussian cosines (n = 150 per side). Each one-sided limit at 0.95
+    must hold in 95% of them; 400 Bernoulli(0.95) trials stay within ±3.3 standard deviations (±0.036)."""
+    true_eps, hits_lo, hits_hi, trials = gdp_epsilon(mu, 1e-5), 0, 0, 400
+    rng = np.random.default_rng(12)
+    for _ in range(trials):
+        est = one_shot_epsilon(rng.normal(mu * 0.01, 0.01, 150), rng.normal(0, 0.01, 150), 1e-5)
+        lo, hi = one_shot_interval(est, 0.95)
+        assert lo <= est.epsilon <= hi
+        hits_lo += lo <= true_eps
+        hits_hi += true_eps <= hi
+    band = 3.3 * math.sqrt(0.95 * 0.05 / trials)
+    assert abs(hits_lo / trials - 0.95) < band and abs(hits_hi / trials - 0.95) < band
+    with pytest.raises(FedleakError, match="confidence"):
+        one_shot_interval(est, 1.0)

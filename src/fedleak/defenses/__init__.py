@@ -4,7 +4,7 @@ Every defense implements the protocol :class:`fedleak.defenses.base.Defense` and
 :data:`fedleak.defenses.base.DEFENSES`; importing this package registers the built-in ones:
 
 ===================  ==========================================================================================
-``perturb``          Gaussian noise on the upload; ``clip: C`` turns it into client-level DP with an RDP accountant
+``perturb``          Gaussian noise on the upload; ``clip: C`` turns it into client-level DP (dp-accounting)
 ``dpsgd``            local DP-SGD (per-sample clipping + noise) with sample-level (ε, δ)
 ``sparse``           top-k of |Δ| per tensor (> 1,000 entries) or over all entries
 ``quant``            b-bit quantisation of Δ, floor (original) or stochastic (unbiased) rounding
@@ -29,7 +29,7 @@ import torch
 from fedleak.config import DefenseConfig, ExperimentConfig
 from fedleak.defenses import data, dpsgd, gradient, instahide, update  # noqa: F401  (registration on import)
 from fedleak.defenses.base import DEFENSES, Defense, UpdateContext, register_defense
-from fedleak.defenses.accountant import RDPAccountant, epsilon, rdp_sampled_gaussian
+from fedleak.defenses.dp_accounting import client_level_epsilon, dpsgd_epsilon, fixed_size_epsilon
 from fedleak.defenses.data import Augment, Compose, MixUp, Sampling
 from fedleak.defenses.dpsgd import DPSGD
 from fedleak.defenses.instahide import InstaHide
@@ -102,6 +102,6 @@ def defense_params() -> dict[str, dict[str, str]]:
 
 __all__ = [
     "DEFENSES", "Defense", "UpdateContext", "UpdateTransform", "build_defense", "build_transform", "register_defense",
-    "Augment", "Compose", "DPSGD", "InstaHide", "MixUp", "Perturb", "Quant", "RDPAccountant", "Sampling", "Sparse",
-    "defense_params", "epsilon", "rdp_sampled_gaussian",
+    "Augment", "Compose", "DPSGD", "InstaHide", "MixUp", "Perturb", "Quant", "Sampling", "Sparse",
+    "client_level_epsilon", "defense_params", "dpsgd_epsilon", "fixed_size_epsilon",
 ]

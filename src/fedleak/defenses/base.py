@@ -4,6 +4,8 @@ A defense subclasses :class:`Defense` and overrides only the hooks it needs; eve
 The round kernel (:func:`fedleak.fl.round.client_update`) calls them in this order for each participating client:
 
 1. ``select_data(indices, round, gen)``            which of the client's samples this round uses
+   ``local_batches(n, batch_size, gen)``           each local epoch's batches, as index tensors (default: a
+                                                   shuffle cut into batches of ``batch_size``; DP-SGD: Poisson)
 2. ``transform_batch(x, y, num_classes, gen)``     each local batch, pixel space [0,1], before
                                                    normalisation; may return soft labels [B, C]
 3. ``training_step(model, x, y, loss_fn, opt)``    one local optimisation step (return the loss)
@@ -25,7 +27,7 @@ Adding a defense is one file and one registry line: subclass :class:`Defense` an
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -65,6 +67,9 @@ class Defense:
 
     name = "none"
     needs_context = False  # True: transform_update needs the UpdateContext
+    #: the FedAvg weights (client data sizes) [K], set by ``fl.federation.build_federation``; None outside a
+    #: federation. Accounting may use them (``perturb``'s ε for an observer of the global models).
+    client_weights: np.ndarray | None = None
 
     def __init__(self, params: dict[str, Any] | None = None, cfg: ExperimentConfig | None = None) -> None:
         self.params = dict(params or {})
@@ -72,6 +77,14 @@ class Defense:
 
     def select_data(self, indices: np.ndarray, rnd: int, gen: np.random.Generator) -> np.ndarray:
         return indices
+
+    def local_batches(self, n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+        """One local epoch's batches over the client's ``n`` samples, as index tensors, from the local stream
+        ``gen``: by default one ``randperm`` cut into batches of ``batch_size`` (the last one shorter). A batch may
+        be empty (the local loop still calls ``training_step`` and leaves its loss out of the mean)."""
+        perm = torch.randperm(n, generator=gen)
+        for s in range(0, n, batch_size):
+            yield perm[s : s + batch_size]
 
     def transform_batch(
         self, x: torch.Tensor, y: torch.Tensor, num_classes: int, gen: torch.Generator
@@ -101,7 +114,7 @@ class Defense:
         """Whether this defense changes the shared update (its class overrides ``transform_update``)."""
         return type(self).transform_update is not Defense.transform_update
 
-    def privacy_spent(self, rnd: int) -> dict[str, float] | None:
+    def privacy_spent(self, rnd: int) -> dict[str, Any] | None:
         return None
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedleak.config import ConfigError, ExperimentConfig
-from fedleak.defenses.accountant import epsilon as rdp_epsilon
 from fedleak.defenses.base import Defense, UpdateContext, register_defense
+from fedleak.defenses.dp_accounting import ACCOUNTANTS, accountant_label, client_level_epsilon, fixed_size_epsilon
 from fedleak.defenses.params import (
     FLOAT,
     INT,
@@ -73,6 +74,9 @@ class PerturbParams(DefenseParams):
         1e-5,
         description="δ of the reported (ε, δ) (dp mode)",
     )
+    accountant: param(STR, choices=ACCOUNTANTS) = Field(
+        "rdp", description="dp-accounting's rdp (milliseconds) or pld (tighter by 5-15%, seconds at large ε)"
+    )
 
 
 class Perturb(Defense):
@@ -84,6 +88,8 @@ class Perturb(Defense):
       the L2 norm over all trainable tensors together. Each round is a Gaussian mechanism with noise multiplier σ on
       the client's whole data set (the server sees every individual upload, so no amplification by client
       sampling is claimed); (ε, δ) composes over the rounds the most exposed defended client took part in.
+      With ``fl.participation < 1`` the record also holds ``epsilon_aggregate``: the bound against an observer
+      of the global models only, amplified by the engine's fixed-size client sampling (:func:`aggregate_epsilon`).
     """
 
     name = "perturb"
@@ -105,19 +111,65 @@ class Perturb(Defense):
             for n, v in delta.items()
         }
 
-    def privacy_spent(self, rnd: int) -> dict[str, float] | None:
+    def privacy_spent(self, rnd: int) -> dict[str, Any] | None:
         if self.p["clip"] is None:
             return None
         steps = max_participation(self.cfg, rnd)
-        eps = rdp_epsilon(1.0, self.p["sigma"], steps, self.p["delta"]) if self.p["sigma"] > 0 else math.inf
-        return {
+        sigma, delta = self.p["sigma"], self.p["delta"]
+        eps = client_level_epsilon(1.0, sigma, steps, delta, self.p["accountant"]) if sigma > 0 else math.inf
+        out: dict[str, Any] = {
             "epsilon": eps,
-            "delta": self.p["delta"],
+            "delta": delta,
             "level": "client",
-            "noise_multiplier": self.p["sigma"],
+            "noise_multiplier": sigma,
             "clip": self.p["clip"],
             "steps": steps,
+            "accountant": accountant_label(self.p["accountant"]),
+            # the server sees each upload: one Gaussian mechanism per round taken part in, no amplification
+            "sampling": "none",
+            "proven_bound": True,
         }
+        agg = aggregate_epsilon(self.cfg, sigma, rnd + 1, delta, self.client_weights)
+        if agg is not None:
+            out.update(agg)
+        return out
+
+
+def aggregate_epsilon(
+    cfg: ExperimentConfig | None, sigma: float, rounds: int, delta: float, weights: np.ndarray | None = None
+) -> dict[str, Any] | None:
+    """Client-level ε against an observer of the global models only (not the server), with ``m`` of ``K`` clients
+    drawn without replacement each round (``fl.participation < 1``; None otherwise).
+
+    Relation: replace one client's data (``K`` and the FedAvg weights ``w`` — the client data sizes — public).
+    Replacing client k's data moves its clipped update by at most ``2C``, i.e. the global model by ``2C·w̃_k``
+    (``w̃ = w / Σ_S w``), while the global model carries the noise ``Σ_{j∈S} w̃_j N(0, (σC)²)`` of the defended
+    clients of the round's subset S. So each round is a Gaussian mechanism with noise multiplier
+    ``z = σ·sqrt(Σ_{j∈S, defended} w_j²) / (2 w_k) >= (σ/2)·sqrt(1 + (m_d − 1)·(w_min/w_max)²)``, ``m_d`` the
+    number of defended clients every subset of m holds, ``w_min/w_max`` over the defended clients (without
+    ``weights``: ``m_d = 1``, the client's own noise only), on a uniformly drawn m-subset: dp-accounting's
+    ``SampledWithoutReplacementDpEvent``, RDP, replace-one, composed over all rounds.
+    """
+    if cfg is None:
+        return None
+    K = cfg.partition.num_clients
+    m = max(int(round(cfg.fl.participation * K)), 1)  # as seeding.participants draws them
+    if m >= K:
+        return None
+    defended = defended_clients(cfg)
+    m_noise = max(1, m - (K - len(defended))) if weights is not None else 1
+    ratio = 1.0
+    if weights is not None and m_noise > 1:
+        w = np.asarray(weights, dtype=np.float64)[defended]
+        ratio = float(w.min() / w.max())
+    z = (sigma / 2) * math.sqrt(1 + (m_noise - 1) * ratio**2)
+    eps = fixed_size_epsilon(K, m, z, rounds, delta) if sigma > 0 else math.inf
+    return {
+        "epsilon_aggregate": eps,
+        "aggregate_accountant": accountant_label("rdp"),
+        "aggregate_sampling": f"{m} of {K} clients per round without replacement (replace-one relation)",
+        "aggregate_noise_multiplier": z,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- sparse
@@ -238,5 +290,5 @@ register_defense("perturb", _factory(Perturb))
 register_defense("sparse", _factory(Sparse))
 register_defense("quant", _factory(Quant))
 
-__all__ = ["Perturb", "Sparse", "Quant", "quantize", "global_norm", "max_participation",
+__all__ = ["Perturb", "Sparse", "Quant", "aggregate_epsilon", "quantize", "global_norm", "max_participation",
            "ConfigError"]

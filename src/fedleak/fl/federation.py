@@ -68,6 +68,7 @@ def build_federation(cfg: ExperimentConfig, run_dir: Path | None = None) -> Fede
         raise ConfigError(f"model: {e}") from None
     defense = build_defense(cfg.defense, cfg)
     weights = np.array([len(c) for c in clients], dtype=np.float64)
+    defense.client_weights = weights
     return Federation(cfg, data, clients, ids, owner, model, defense, weights)
 
 

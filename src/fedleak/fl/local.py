@@ -82,11 +82,12 @@ def local_update(
     n = len(y)
     losses: list[float] = []
     for _ in range(fl.local_epochs):
-        perm = torch.randperm(n, generator=gen)
-        for s in range(0, n, fl.batch_size):
-            idx = perm[s : s + fl.batch_size]
+        for idx in defense.local_batches(n, fl.batch_size, gen):
             xb, yb = defense.transform_batch(x[idx], y[idx], num_classes, gen)
-            losses.append(defense.training_step(model, normalize(xb), yb, soft_cross_entropy, opt))
+            loss = defense.training_step(model, normalize(xb), yb, soft_cross_entropy, opt)
+            if len(idx) == 0:  # an empty (Poisson-sampled) batch: the step ran, it has no loss to average
+                continue
+            losses.append(loss)
             if not math.isfinite(losses[-1]):
                 raise _diverged(where, f"the local training loss became {losses[-1]} at step {len(losses)}", lr)
     params = get_params(model)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from fedleak.config import ConfigError, ExperimentConfig
+from fedleak.fl.canary_clients import CanaryPlan, canary_uploads, plan_canary_clients, with_canaries, write_evidence
 from fedleak.fl.checkpoint import load_checkpoint, save_checkpoint, save_final_model
 from fedleak.fl.federation import Federation, build_federation, train_eval_subset
 from fedleak.fl.local import ParamDict, evaluate, get_params
@@ -39,6 +40,7 @@ class _Rounds:
     run_dir: Path
     recorded: list[int]
     vectorized: bool = False  # a round's clients train as one stacked computation (choose_engine)
+    canaries: CanaryPlan | None = None  # audit.canary_clients: extra clients in the aggregation only
     test_x: torch.Tensor = field(init=False)
     test_y: torch.Tensor = field(init=False)
     defended: set[int] = field(init=False)
@@ -76,7 +78,11 @@ class _Rounds:
                 fed, self.run_dir, rnd, lr, global_params, uploaded, self.test_x, self.test_y,
                 compat_rng=np_rng(cfg.seed, Purpose.COMPAT, rnd),
             )
-        global_params = aggregate(uploaded, fed.weights)
+        if self.canaries is not None:  # after the signals: canaries join the aggregation only
+            sent = canary_uploads(self.canaries, rnd, global_params, fed.defense)
+            global_params = aggregate(*with_canaries(uploaded, fed.weights, sent))
+        else:
+            global_params = aggregate(uploaded, fed.weights)
         if evaluate_global:
             test_acc, test_loss = evaluate(fed.model, global_params, self.test_x, self.test_y, fl.eval_batch_size)
             record.update(test_acc=test_acc, test_loss=test_loss, client_train_loss=client_loss)
@@ -132,9 +138,11 @@ def train(
         return _train_locked(cfg, run_dir, quiet, stop_after)
 
 
-def _prepare(cfg: ExperimentConfig, run_dir: Path) -> tuple[Federation, list[int], tuple[bool, str]]:
-    """Check or create the run directory; the federation, the rounds to record and :func:`choose_engine`'s
-    answer (checked before the run directory is touched)."""
+def _prepare(
+    cfg: ExperimentConfig, run_dir: Path
+) -> tuple[Federation, list[int], tuple[bool, str], CanaryPlan | None]:
+    """Check or create the run directory; the federation, the rounds to record, :func:`choose_engine`'s
+    answer and the canary clients (checked before the run directory is touched)."""
     resuming = (run_dir / "config.yaml").is_file()
     if resuming:
         check_same_config(run_dir, cfg)
@@ -142,22 +150,23 @@ def _prepare(cfg: ExperimentConfig, run_dir: Path) -> tuple[Federation, list[int
         refuse_orphaned_results(run_dir)
     fed = build_federation(cfg, run_dir if resuming else None)
     engine = choose_engine(fed)
+    canaries = plan_canary_clients(cfg, fed.defense)
     recorded = cfg.signals.recorded_rounds(cfg.fl.rounds)
     (complete_run_dir if resuming else init_run_dir)(run_dir, cfg, fed, recorded)
-    return fed, recorded, engine
+    return fed, recorded, engine, canaries
 
 
 def _train_locked(cfg: ExperimentConfig, run_dir: Path, quiet: bool, stop_after: int | None) -> Path:
     if cfg.fl.threads:
         torch.set_num_threads(cfg.fl.threads)
-    fed, recorded, (vectorized, why) = _prepare(cfg, run_dir)
+    fed, recorded, (vectorized, why), canaries = _prepare(cfg, run_dir)
     if why and not quiet:  # once per run, not per round
         print(f"[fedleak] {cfg.name}: {why}", file=sys.stderr, flush=True)
     initial = get_params(fed.model)
     ck = load_checkpoint(run_dir, fed.model, cfg.fl.rounds)
     start, global_params, opt_states = (0, initial, {}) if ck is None else (ck[0] + 1, ck[1], ck[2])
     _truncate_metrics(run_dir, start)
-    rounds = _Rounds(fed, run_dir, recorded, vectorized)
+    rounds = _Rounds(fed, run_dir, recorded, vectorized, canaries)
     redo = [r for r in recorded if r < start and not store.round_path(run_dir, r).is_file()]
     if redo:
         rounds.replay(initial, redo, quiet)
@@ -176,6 +185,8 @@ def _train_locked(cfg: ExperimentConfig, run_dir: Path, quiet: bool, stop_after:
                 progress.update(rnd, record)
         if end == cfg.fl.rounds:
             save_final_model(run_dir, global_params)
+            if canaries is not None:
+                write_evidence(run_dir, canaries, initial, global_params, cfg.fl.rounds)
     except store.StoreError as e:  # a write failed (disk full, read-only): say what is kept
         kept = f"rounds 0-{saved - 1} are saved and" if saved else "no round is saved yet;"
         then = f"resumes at round {saved}" if saved else "starts over"

@@ -124,7 +124,7 @@ def _local_training_hooks(defense: Defense) -> str:
     """Which of ``defense``'s local-training hooks are not the identity ("" when none is)."""
     if isinstance(defense, Compose):
         return ", ".join(filter(None, (_local_training_hooks(d) for d in defense.parts)))
-    hooks = ("transform_batch", "training_step")
+    hooks = ("local_batches", "transform_batch", "training_step")
     return ", ".join(h for h in hooks if getattr(type(defense), h) is not getattr(Defense, h))
 
 

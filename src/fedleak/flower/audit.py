@@ -42,6 +42,15 @@ logger = logging.getLogger("fedleak.flower")
 __all__ = ["FlowerAudit", "PARTITION_KEY", "aggregate_only", "custom_federation", "params_from_arrays"]
 
 
+def refuse_canary_clients(cfg: ExperimentConfig) -> None:
+    """Canary clients join the in-process engine's aggregation only; a Flower federation refuses them."""
+    if cfg.audit.canary_clients:
+        raise ConfigError(
+            f"audit.canary_clients={cfg.audit.canary_clients}: canary clients join the aggregation of the "
+            "in-process engine only; use `fedleak train` for the client-level audit, or set audit.canary_clients=0"
+        )
+
+
 def _with_rounds(cfg: ExperimentConfig, num_rounds: int | None) -> ExperimentConfig:
     if num_rounds is None or num_rounds == cfg.fl.rounds:
         return cfg
@@ -161,6 +170,7 @@ class FlowerAudit:
         if not isinstance(cfg, ExperimentConfig):
             cfg = load_config(cfg)
         cfg = _with_rounds(cfg if federation is None else federation.cfg, num_rounds)
+        refuse_canary_clients(cfg)
         self.run_dir = Path(run_dir)
         if store.recorded_rounds(self.run_dir) or store.read_metrics(self.run_dir):
             raise ConfigError(

@@ -266,7 +266,10 @@ def check_new_run_dir(cfg: ExperimentConfig, run_dir: Path) -> None:
     """Refuse a ``run_dir`` that holds a run (a Flower federation cannot be resumed): what ``FlowerAudit``
     would find only once Flower and Ray are up, found in a moment."""
     from fedleak.fl.rundir import check_same_config
+    from fedleak.flower.audit import refuse_canary_clients
     from fedleak.signals import store
+
+    refuse_canary_clients(cfg)
 
     if (run_dir / "config.yaml").is_file():
         check_same_config(run_dir, cfg)  # another config: name the keys that differ

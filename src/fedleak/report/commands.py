@@ -57,12 +57,14 @@ def run_command(
     quiet: bool = QUIET_OPT,
 ) -> None:
     """Train, attack and report in one go; prints where the report is."""
+    from fedleak.attacks.client_audit import write_client_audit
     from fedleak.fl import simulation
     from fedleak.report.outputs import attack_run
 
     cfg, run_dir = resolve_run(config, out, set_, data_dir)  # as `fedleak train`
     q = quiet_default(quiet)
     simulation.train(cfg, run_dir, quiet=q)
+    write_client_audit(cfg, run_dir)  # audit.canary_clients: audit/clients.json, before the report reads it
     _, ev = attack_run(run_dir, headline_fpr=headline_fpr)
     if not q:
         print_table(ev)

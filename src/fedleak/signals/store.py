@@ -19,6 +19,9 @@ Layout (all open formats: numpy ``.npz``/``.npy``, JSON, YAML; readable without 
                                 lr (scalar);  round (scalar)
     RUN/metrics.jsonl           one JSON line per finished round (utility, lr, time)
     RUN/checkpoint.pt           resumable state (tensors only; loaded with weights_only=True)
+    RUN/audit/client_canaries.json  audit.canary_clients only: each canary client's index, inserted flag, rounds
+                                taken part in and cosine with θ_final − θ_initial (fedleak.fl.canary_clients)
+    RUN/audit/clients.json      the client-level one-shot ε from it (fedleak.attacks.client_audit)
     RUN/.lock                   held while a process writes the run (fedleak.runlock)
 
 Every reader checks what it reads and raises StoreError naming the damaged file, saying what is still

@@ -89,6 +89,7 @@ def _execute_locked(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     try:
         import torch
 
+        from fedleak.attacks.client_audit import write_client_audit
         from fedleak.config import parse_config
         from fedleak.fl.simulation import train
         from fedleak.sweeps.evaluate import Headline, attack_metrics, utility
@@ -98,6 +99,7 @@ def _execute_locked(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
             torch.set_num_threads(cfg.fl.threads)
         run_dir.mkdir(parents=True, exist_ok=True)
         train(cfg, run_dir, quiet=True)
+        write_client_audit(cfg, run_dir)  # audit.canary_clients: audit/clients.json
         result = {
             **_meta(spec),
             "status": "finished",

@@ -1,4 +1,9 @@
-"""Rényi-DP accountant for the (sub)sampled Gaussian mechanism.
+"""A hand-written Rényi-DP accountant for the (sub)sampled Gaussian mechanism — the tests' cross-check reference.
+
+fedleak accounts with Google's ``dp-accounting`` (:mod:`fedleak.defenses.dp_accounting`); this independent
+implementation (once fedleak's own accountant) stays here only to check that library's numbers
+(``tests/defenses/test_dp_accounting.py``) and is itself checked against Opacus and numerical integration
+(``tests/defenses/test_defense_accountant.py``).
 
 Mechanism: each step releases ``sum of clipped contributions + N(0, (σ·C)²)`` where every record (a sample for
 DP-SGD, a whole client for client-level DP) is included independently with probability ``q`` and contributes at
