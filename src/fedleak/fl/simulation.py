@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from fedleak.config import ConfigError, ExperimentConfig
+from fedleak.fl.canaries import utility_test_rows
 from fedleak.fl.checkpoint import load_checkpoint, save_checkpoint, save_final_model
 from fedleak.fl.federation import Federation, build_federation, train_eval_subset
 from fedleak.fl.local import ParamDict, evaluate, get_params
@@ -47,6 +48,9 @@ class _Rounds:
     def __post_init__(self) -> None:
         cfg, data = self.fed.cfg, self.fed.data
         self.test_x, self.test_y = data.normalize(data.test.x), data.test.y
+        keep = utility_test_rows(self.fed)  # an audited run's utility leaves the canary rows out
+        if keep is not None:
+            self.test_x, self.test_y = self.test_x[keep], self.test_y[keep]
         self.defended = set(range(cfg.partition.num_clients)) if cfg.defense.clients is None else set(cfg.defense.clients)
         if cfg.fl.eval_train_every:
             self.train_eval = train_eval_subset(self.fed)
