@@ -14,6 +14,7 @@ from typing import Any
 
 from fedleak.attacks.mia.attacks import ATTACKS
 from fedleak.metrics.roc import fpr_key
+from fedleak.report.audit_section import audit_blocks
 from fedleak.report.ranking import HEAD_KEY, ranked, rotating_key
 from fedleak.report.model import (
     Bullets,
@@ -295,6 +296,7 @@ def report_document(run_dir: Path, metrics: dict[str, Any], when: str) -> Docume
     doc.add(Table(UTILITY_HEAD, util_rows) if util_rows else
             Paragraph("No per-round metrics (metrics.jsonl) in this run directory.", md=None))
     _attack_blocks(doc, metrics)
+    doc.add(*audit_blocks(run_dir))  # "Privacy audit" (report/audit_section.py); nothing without audit files
     doc.add(Heading(2, "Figures"))
     doc.add(*[Figure(figs[k], k) for k in ("roc", "tpr_per_round", "fedmia_scores") if k in figs])
     doc.add(
