@@ -18,7 +18,6 @@ from fedleak.report.audit_outputs import AUDIT_FILE, CLIENTS_FILE, read_audit_en
 from fedleak.report.model import Block, Bullets, Heading, KeyValues, Paragraph, Table
 
 ENTRY_HEAD = ["level", "method", "attack", "ε", "confidence", "δ", "DP bound?", "note"]
-SAMPLE_HEAD = ["method", "attack", "ε", "confidence", "δ", "DP bound?", "counts"]
 
 
 def _eps(x: Any) -> str:
@@ -51,9 +50,26 @@ def _counts(e: dict[str, Any]) -> str:
     return ""
 
 
-def sample_row(e: dict[str, Any]) -> list[str]:
-    """A sample-level entry as a table row (its note is said once per method, below the table)."""
-    return [entry_row(e)[1], *entry_row(e)[2:7], _counts(e)]
+def sample_table(entries: list[dict[str, Any]], confidence: Any) -> tuple[list[str], list[list[str]]]:
+    """One row per attack: its one-run bound (with the canary guesses) and its two ROC ε̂."""
+    by: dict[str, dict[str, dict[str, Any]]] = {}
+    for e in entries:
+        by.setdefault(str(e.get("attack")), {})[str(e.get("method"))] = e
+    one_run = any(ONE_RUN in d for d in by.values())
+    head = ["attack"] + ([f"one-run ε (lower bound, {_conf(confidence)})", "canary guesses"] if one_run else [])
+    head += ["ROC ε̂, held-out threshold (not a DP bound)", "ROC ε̂, optimistic (not a bound)", "held-out counts"]
+    rows = []
+    for attack, d in by.items():
+        if set(d) == {ONE_RUN_BEST}:
+            continue
+        row = [_label(attack)]
+        if one_run:
+            o = d.get(ONE_RUN)
+            row += ["≥ " + _eps(o["epsilon"]), _counts(o)] if o else ["–", ""]
+        row += [_eps(d[m]["epsilon"]) if m in d else "–" for m in (ROC_SPLIT, ROC_OPTIMISTIC)]
+        row.append(_counts(d[ROC_SPLIT]) if ROC_SPLIT in d else "")
+        rows.append(row)
+    return head, rows
 
 
 def _best(entries: list[dict[str, Any]], method: str) -> dict[str, Any] | None:
@@ -121,12 +137,15 @@ def audit_blocks(run_dir: Path) -> list[Block]:
                                  f"{', '.join(f'({a}, {b})' for a, b in can['k_choices'])}, Bonferroni-corrected"))
     rows.append(("confidence, δ", f"{_conf(audit.get('confidence'))}, δ = {audit.get('delta', '–')} "
                                   f"({audit.get('delta_source', '?')})"))
+    sample = audit.get("entries", [])
+    best = _best(sample, ONE_RUN_BEST)
+    if best is not None:
+        rows.append(("best one-run bound", f"ε ≥ {_eps(best['epsilon'])} ({_label(best['attack'])}; "
+                                           f"{_counts(best)}; Bonferroni over the attacks)"))
     blocks: list[Block] = [Heading(2, "Privacy audit"), Paragraph(html.escape(text), text), KeyValues(rows)]
-    order = (ONE_RUN_BEST, ONE_RUN, ROC_SPLIT, ROC_OPTIMISTIC)
-    sample = sorted(audit.get("entries", []), key=lambda e: order.index(e["method"]) if e["method"] in order else 9)
     if sample:
         seen = list(dict.fromkeys((e["method"], e.get("note", "")) for e in sample))
-        blocks += [Heading(3, "Sample level"), Table(SAMPLE_HEAD, [sample_row(e) for e in sample]),
+        blocks += [Heading(3, "Sample level"), Table(*sample_table(sample, audit.get("confidence"))),
                    Bullets([f"{m}: {n}" for m, n in seen])]
     if clients:
         blocks += [Heading(3, "Client level"), Table(ENTRY_HEAD, [entry_row(e) for e in clients])]
@@ -135,4 +154,4 @@ def audit_blocks(run_dir: Path) -> list[Block]:
     return blocks
 
 
-__all__ = ["audit_blocks", "entry_row", "reading", "sample_row"]
+__all__ = ["audit_blocks", "entry_row", "reading", "sample_table"]
