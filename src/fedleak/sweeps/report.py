@@ -11,6 +11,8 @@ Files written into the sweep's ``out`` folder:
                        per-seed HVs (definition in :mod:`fedleak.sweeps.hypervolume`)
 * ``results.md``       utility table, one table per metric (attacks as columns), hypervolume table, failures
 * ``plots/<variant__>DEFENSE.png``  TPR@0.1% against test error, one line per attack over the strengths
+* ``plots/epsilon.png``  empirical ε̂ against the accountant's ε per grid point (sweeps/audit.py); the ε̂ columns
+                       (``eps_hat_one_run``: canary bound; ``eps_hat_roc``: not a DP bound) end both CSVs
 * ``status.json``      counts and the failed runs
 """
 
@@ -28,6 +30,7 @@ import numpy as np
 from fedleak.metrics.intervals import clopper_pearson
 from fedleak.metrics.roc import HEADLINE_FPR, HEADLINE_KEY
 from fedleak.report.intervals_text import tpr_text
+from fedleak.sweeps.audit import EPS_FIELDS, eps_cells, plot_eps, point_columns, run_columns
 from fedleak.sweeps.evaluate import HEADLINE_COUNT, METRIC_KEYS
 from fedleak.sweeps.hypervolume import hypervolume
 
@@ -115,7 +118,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for k in METRIC_KEYS:
                 m, s = _mean_std([r["attacks"][a][k] for r in rs if a in r["attacks"]])
                 row[k], row[k + "_std"] = m, s
-            rows.append({**row, **pooled_ci(rs, a)})
+            rows.append({**row, **pooled_ci(rs, a), **point_columns(rs)})
     return rows
 
 
@@ -171,7 +174,8 @@ def results_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         u = r.get("utility", {})
         common = {**base, "test_acc": u.get("test_acc"), "test_error": u.get("test_error"),
-                  "epsilon": u.get("epsilon"), "delta": u.get("delta"), "time_s": round(r.get("time_s", 0.0), 2)}
+                  "epsilon": u.get("epsilon"), "delta": u.get("delta"), "time_s": round(r.get("time_s", 0.0), 2),
+                  **run_columns(r)}
         for a, m in (r.get("attacks") or {}).items():
             rows.append({**common, "attack": a, **{k: m[k] for k in METRIC_KEYS}, "rotated": m.get("rotated"),
                          **pooled_ci([r], a)})
@@ -179,9 +183,11 @@ def results_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 RESULT_FIELDS = ["run_id", "variant", "defense", "defense_name", "param", "value", "seed", "status", "test_acc",
-                 "test_error", "epsilon", "delta", "attack", *METRIC_KEYS, "rotated", "time_s", "error", *CI_FIELDS]
+                 "test_error", "epsilon", "delta", "attack", *METRIC_KEYS, "rotated", "time_s", "error", *CI_FIELDS,
+                 *EPS_FIELDS]
 SUMMARY_FIELDS = ["variant", "defense", "param", "value", "n_seeds", "test_acc", "test_acc_std", "test_error",
-                  "epsilon", "attack", *[x for k in METRIC_KEYS for x in (k, k + "_std")], *CI_FIELDS]
+                  "epsilon", "attack", *[x for k in METRIC_KEYS for x in (k, k + "_std")], *CI_FIELDS,
+                  "eps_hat_one_run", "eps_hat_roc"]
 HV_FIELDS = ["variant", "defense", "attack", "hv", "hv_seed_mean", "hv_seed_std", "n_points", "n_seeds"]
 
 
@@ -208,13 +214,15 @@ def markdown(results: list[dict[str, Any]], hv_rows: list[dict[str, Any]], title
         if variant:
             lines += [f"## {variant}", ""]
         lines += ["### Utility and privacy accounting", "",
-                  "| defense | strength | seeds | test acc (%) | ε (δ) |", "|---|---|---|---|---|"]
+                  "| defense | strength | seeds | test acc (%) | ε (δ) | ε̂ one-run (95% lower bound) | "
+                  "ε̂ ROC (not a DP bound) |", "|---|---|---|---|---|---|---|"]
         for (v, d, p, vk), rs in pts:
             acc = _mean_std([r["utility"]["test_acc"] for r in rs])
             eps = _mean_std([r["utility"].get("epsilon") for r in rs])
             delta = rs[0]["utility"].get("delta")
             e = "–" if math.isnan(eps[0]) else (f"{eps[0]:.3g} ({delta:g})" if delta else f"{eps[0]:.3g}")
-            lines.append(f"| {d} | {_strength(p, json.loads(vk))} | {len(rs)} | {_pm(*acc)} | {e} |")
+            lines.append(f"| {d} | {_strength(p, json.loads(vk))} | {len(rs)} | {_pm(*acc)} | {e} | "
+                         + " | ".join(eps_cells(rs)) + " |")
         lines.append("")
         for key, name, scale, nd in ((HEADLINE_KEY, f"TPR@{100 * HEADLINE_FPR:g}% (%)", 100.0, 1), ("tpr@1%", "TPR@1% (%)", 100.0, 1),
                                      ("auc", "AUC", 1.0, 3)):
@@ -324,6 +332,8 @@ def write_outputs(
     _write_csv(out / "hypervolume.csv", hv_rows, HV_FIELDS)
     (out / "results.md").write_text(markdown(results, hv_rows, title))
     figs = plot(results, out / "plots", include_baseline) if plots and group(results) else []
+    eps_fig = plot_eps(group(results), out / "plots") if plots else None  # ε̂ against the accountant's ε
+    figs += [eps_fig] if eps_fig else []
     failed = [{"run_id": r["run_id"], "error": r.get("error", ""), "run_dir": r.get("run_dir")}
               for r in results if r.get("status") != "finished"]
     status = {"runs": len(results), "finished": len(results) - len(failed), "failed": failed}

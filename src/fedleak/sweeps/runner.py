@@ -91,6 +91,7 @@ def _execute_locked(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
         from fedleak.config import parse_config
         from fedleak.fl.simulation import train
+        from fedleak.sweeps.audit import audit_epsilons
         from fedleak.sweeps.evaluate import attack_metrics, utility
 
         cfg = parse_config(spec["config"], f"(sweep run {spec['run_id']})")
@@ -103,6 +104,7 @@ def _execute_locked(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
             "status": "finished",
             "utility": utility(run_dir),
             "attacks": attack_metrics(run_dir, spec.get("attacks")),
+            "audit": audit_epsilons(run_dir, spec.get("attacks")),  # ε̂ columns (sweeps/audit.py)
             "time_s": time.time() - t0,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
