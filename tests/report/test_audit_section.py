@@ -105,3 +105,13 @@ def test_the_report_of_an_audited_run_has_the_section_and_a_bad_file_is_one_line
     p = subprocess.run([sys.executable, "-m", "fedleak.cli", "report", str(run)], capture_output=True, text=True,
                        env=env)
     assert_one_error_line(p.returncode, p.stderr, "clients.json is damaged")
+
+
+def test_terminal_summary_line():
+    from fedleak.report.audit_section import audit_summary
+
+    assert audit_summary(AUDIT) == ("privacy audit: ε ≥ 0.9 at 95% confidence (FedMIA-II, one-run canary audit); "
+                                    "accountant ε ≤ 8")
+    plain = {**AUDIT, "accountant": None, "entries": AUDIT["entries"][3:]}
+    assert audit_summary(plain) == ("privacy audit: no canaries, no DP lower bound (ROC ε̂ are not DP bounds); "
+                                    "no accountant")

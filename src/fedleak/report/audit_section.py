@@ -120,6 +120,17 @@ def reading(audit: dict[str, Any] | None, clients: list[dict[str, Any]]) -> str:
     return " ".join(out)
 
 
+def audit_summary(audit: dict[str, Any]) -> str:
+    """One terminal line for ``fedleak attack``: the best one-run bound (or why there is none) and the accountant."""
+    best = _best(audit.get("entries", []), ONE_RUN_BEST)
+    acc = audit.get("accountant")
+    claim = f"accountant ε ≤ {_eps(acc['epsilon'])}" if acc and acc.get("epsilon") is not None else "no accountant"
+    if best is None:
+        return f"privacy audit: no canaries, no DP lower bound (ROC ε̂ are not DP bounds); {claim}"
+    return (f"privacy audit: ε ≥ {_eps(best['epsilon'])} at {_conf(best.get('confidence'))} confidence "
+            f"({_label(best['attack'])}, one-run canary audit); {claim}")
+
+
 def audit_blocks(run_dir: Path) -> list[Block]:
     """The section's blocks; empty when the run has neither audit.json nor audit/clients.json."""
     audit = read_audit_entries(Path(run_dir) / "attack" / AUDIT_FILE)
@@ -154,4 +165,4 @@ def audit_blocks(run_dir: Path) -> list[Block]:
     return blocks
 
 
-__all__ = ["audit_blocks", "entry_row", "reading", "sample_table"]
+__all__ = ["audit_blocks", "audit_summary", "entry_row", "reading", "sample_table"]
