@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from fedleak.attacks.mia.commands import print_table
+from fedleak.attacks.mia.commands import print_audit, print_table
 from fedleak.fl.commands import quiet_default, resolve_run
 
 QUIET_OPT = typer.Option(False, "--quiet", "-q", help="Print only where the outputs are.")
@@ -59,9 +59,10 @@ def run_command(
     cfg, run_dir = resolve_run(config, out, set_, data_dir)  # as `fedleak train`
     q = quiet_default(quiet)
     simulation.train(cfg, run_dir, quiet=q)
-    _, ev = attack_run(run_dir)
+    adir, ev = attack_run(run_dir)
     if not q:
         print_table(ev.metrics)
+        print_audit(adir)
     html_path, md_path = make_report(run_dir, quiet=True)
     typer.echo(f"report: {html_path}")
 

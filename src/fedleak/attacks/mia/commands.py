@@ -87,7 +87,7 @@ def attack_command(
     )
     if not quiet_default(quiet):
         print_table(ev.metrics)
-        _print_audit(out)
+        print_audit(out)
     typer.echo(f"attack outputs: {out}")
     if out != attack_dir(run_dir):
         typer.echo(
@@ -96,7 +96,7 @@ def attack_command(
         )
 
 
-def _print_audit(out: Path) -> None:
+def print_audit(out: Path) -> None:
     from fedleak.report.audit_outputs import AUDIT_FILE, read_audit_entries
     from fedleak.report.audit_section import audit_summary
 
