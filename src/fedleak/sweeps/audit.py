@@ -78,16 +78,22 @@ def eps_cells(rs: list[dict[str, Any]]) -> list[str]:
     return ["–" if math.isnan(c[k]) else f"{c[k]:.3g}" for k in ("eps_hat_one_run", "eps_hat_roc")]
 
 
-def plot_eps(groups: "OrderedDict[tuple, list[dict[str, Any]]]", out_dir: Path) -> Path | None:
-    """``plots/epsilon.png``: ε̂ (one-run, filled; ROC, hollow) against the accountant's ε per grid point, with the
-    line ε̂ = ε (an audit above it means a bug). None when no point has both a finite ε and an ε̂."""
+def _points(groups: "OrderedDict[tuple, list[dict[str, Any]]]") -> list[tuple[str, str, float, dict[str, float]]]:
+    """(variant, strength label, mean accountant ε, ε̂ seed means) of every grid point with a finite ε and an ε̂."""
     pts = []
     for (variant, defense, param, vk), rs in groups.items():
-        eps = [_num(r.get("utility", {}).get("epsilon")) for r in rs]
-        eps = [e for e in eps if math.isfinite(e)]
+        eps = [e for e in (_num(r.get("utility", {}).get("epsilon")) for r in rs) if math.isfinite(e)]
         c = point_columns(rs)
         if eps and not (math.isnan(c["eps_hat_one_run"]) and math.isnan(c["eps_hat_roc"])):
-            pts.append((float(np.mean(eps)), c, f"{variant + ' ' if variant else ''}{defense} {vk}"))
+            pts.append((variant, f"{defense} {param}={vk}" if param else defense, float(np.mean(eps)), c))
+    return pts
+
+
+def plot_eps(groups: "OrderedDict[tuple, list[dict[str, Any]]]", out_dir: Path) -> Path | None:
+    """``plots/epsilon.png``: ε̂ (one-run, filled; ROC, hollow; one colour per variant) against the accountant's ε
+    per grid point, both axes symmetric-log, with the line ε̂ = ε (an audit above it means a bug). None when no point
+    has both a finite ε and an ε̂."""
+    pts = _points(groups)
     if not pts:
         return None
     import matplotlib
@@ -95,18 +101,22 @@ def plot_eps(groups: "OrderedDict[tuple, list[dict[str, Any]]]", out_dir: Path) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.0, 4.6))
-    xs = [p[0] for p in pts]
-    for key, style, lab in (("eps_hat_one_run", dict(marker="o"), "one-run ε̂ (canaries; 95% lower bound)"),
-                            ("eps_hat_roc", dict(marker="s", mfc="none"), "ROC ε̂ (not a DP bound)")):
-        ys = [p[1][key] for p in pts]
-        if not all(math.isnan(y) for y in ys):
-            ax.plot(xs, ys, ls="none", label=lab, **style)
-    top = max(xs) * 1.05
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    variants = list(OrderedDict.fromkeys(p[0] for p in pts))
+    for i, v in enumerate(variants):
+        mine = [p for p in pts if p[0] == v]
+        xs = [p[2] for p in mine]
+        for key, style, what in (("eps_hat_one_run", dict(marker="o"), "one-run ε̂ (95% lower bound)"),
+                                 ("eps_hat_roc", dict(marker="s", mfc="none"), "ROC ε̂ (not a DP bound)")):
+            ys = [p[3][key] for p in mine]
+            if not all(math.isnan(y) for y in ys):
+                ax.plot(xs, ys, ls="none", color=f"C{i % 10}", label=f"{v + ': ' if v else ''}{what}", **style)
+    top = max(p[2] for p in pts) * 1.5
     ax.plot([0, top], [0, top], color="0.6", lw=1, ls="--", label="ε̂ = ε (accountant)")
-    for x, c, t in pts:
-        y = c["eps_hat_one_run"] if not math.isnan(c["eps_hat_one_run"]) else c["eps_hat_roc"]
-        ax.annotate(t, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6)
+    for x, label in {p[2]: p[1] for p in pts}.items():
+        ax.annotate(label, (x, 0), textcoords="offset points", xytext=(3, 6), fontsize=6, rotation=90)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xlabel("accountant ε (upper bound)")
     ax.set_ylabel("empirical ε̂")
     ax.set_title("Empirical ε̂ against the accountant's ε")
