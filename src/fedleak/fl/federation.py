@@ -16,8 +16,10 @@ import torch
 from fedleak.config import ConfigError, ExperimentConfig
 from fedleak.data.base import Dataset
 from fedleak.defenses import Defense, build_defense
+from fedleak.fl.canaries import build_canaries
 from fedleak.fl.rundir import saved_candidates, saved_split
 from fedleak.seeding import Purpose, init_seed, np_rng
+from fedleak.signals.canaries import CanarySet
 from fedleak.signals.candidates import build_candidates
 
 
@@ -33,6 +35,7 @@ class Federation:
     model: torch.nn.Module
     defense: Defense
     weights: np.ndarray  # client data sizes
+    canaries: CanarySet | None = None  # audit.canaries (fl/canaries.py); inserted ones train with the target
 
     @property
     def n_train(self) -> int:
@@ -69,7 +72,9 @@ def build_federation(cfg: ExperimentConfig, run_dir: Path | None = None) -> Fede
     defense = build_defense(cfg.defense, cfg)
     weights = np.array([len(c) for c in clients], dtype=np.float64)
     defense.client_weights = weights
-    return Federation(cfg, data, clients, ids, owner, model, defense, weights)
+    fed = Federation(cfg, data, clients, ids, owner, model, defense, weights)
+    fed.canaries = build_canaries(fed)
+    return fed
 
 
 def train_eval_subset(fed: Federation, cap: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:

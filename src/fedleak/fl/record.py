@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from fedleak.fl.canaries import canary_round_arrays
 from fedleak.fl.local import ParamDict, evaluate
 from fedleak.signals import store
 from fedleak.signals.candidates import gather, redraw_nonmembers
@@ -84,6 +85,8 @@ def record_round(
         test_acc[k] = evaluate(fed.model, uploaded[k], test_x, test_y, cfg.fl.eval_batch_size)[0]
     participated = np.zeros(K, bool)
     participated[ks] = True
+    if fed.canaries is not None:  # additive canary_* arrays (signals/canaries.py)
+        out.update(canary_round_arrays(fed, global_params, uploaded, ks, deltas, dn2))
     store.write_round(
         run_dir, rnd,
         dict(out, ids=ids, dnorm2=dnorm2, participated=participated, client_test_acc=test_acc, lr=np.float64(lr)),

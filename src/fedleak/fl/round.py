@@ -15,6 +15,7 @@ import torch
 
 from fedleak.config import FLConfig
 from fedleak.defenses.base import Defense, UpdateContext
+from fedleak.fl.canaries import client_pool, rows
 from fedleak.fl.federation import Federation
 from fedleak.fl.local import ParamDict, local_update
 from fedleak.fl.vectorized import local_updates_vectorized
@@ -143,7 +144,9 @@ def _where(rnd: int, k: int) -> str:
 def _client_data(fed: Federation, k: int, rnd: int, defended: bool) -> tuple[Defense, torch.Tensor, torch.Tensor]:
     """Client ``k``'s defense (the run's, or the no-op one when it is not defended) and its data of round ``rnd``."""
     defense = fed.defense if defended else Defense()
-    idx = defense.select_data(fed.clients[k], rnd, np_rng(fed.cfg.seed, Purpose.DATA_SELECT, rnd, k))
+    idx = defense.select_data(client_pool(fed, k), rnd, np_rng(fed.cfg.seed, Purpose.DATA_SELECT, rnd, k))
+    if fed.canaries is not None:  # ids of train rows or canaries (fl/canaries.py)
+        return (defense, *rows(fed, idx))
     it = torch.as_tensor(np.asarray(idx), dtype=torch.long)
     return defense, fed.data.train.x[it], fed.data.train.y[it]
 

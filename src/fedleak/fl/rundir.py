@@ -15,6 +15,7 @@ import torch
 
 from fedleak.config import ConfigError, ExperimentConfig, dump_config, parse_config
 from fedleak.signals import store
+from fedleak.signals.canaries import CANARY_FILE, write_canaries
 from fedleak.signals.candidates import candidate_counts
 from fedleak.signals.runconfig import config_record, read_run_config
 
@@ -91,6 +92,8 @@ def _write_split_and_candidates(run_dir: Path, cfg: ExperimentConfig, fed: Feder
     if not (only_missing and (run_dir / "candidates.npz").is_file()):
         labels = torch.cat([fed.data.train.y, fed.data.test.y]).numpy()[fed.cand_ids]
         store.write_candidates(run_dir, fed.cand_ids, fed.cand_owner, cfg.candidates.target_client, labels)
+    if fed.canaries is not None and not (only_missing and (run_dir / CANARY_FILE).is_file()):
+        write_canaries(run_dir, fed.canaries)
 
 
 def _write_meta(run_dir: Path, cfg: ExperimentConfig, fed: Federation, recorded: list[int], config_yaml: str) -> None:

@@ -18,6 +18,7 @@ import torch
 
 from fedleak.config import ConfigError, ExperimentConfig
 from fedleak.fl.canary_clients import CanaryPlan, canary_uploads, plan_canary_clients, with_canaries, write_evidence
+from fedleak.fl.canaries import utility_test_rows
 from fedleak.fl.checkpoint import load_checkpoint, save_checkpoint, save_final_model
 from fedleak.fl.federation import Federation, build_federation, train_eval_subset
 from fedleak.fl.local import ParamDict, evaluate, get_params
@@ -49,6 +50,9 @@ class _Rounds:
     def __post_init__(self) -> None:
         cfg, data = self.fed.cfg, self.fed.data
         self.test_x, self.test_y = data.normalize(data.test.x), data.test.y
+        keep = utility_test_rows(self.fed)  # an audited run's utility leaves the canary rows out
+        if keep is not None:
+            self.test_x, self.test_y = self.test_x[keep], self.test_y[keep]
         self.defended = set(range(cfg.partition.num_clients)) if cfg.defense.clients is None else set(cfg.defense.clients)
         if cfg.fl.eval_train_every:
             self.train_eval = train_eval_subset(self.fed)

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from fedleak.attacks.mia.commands import DEFAULT_HEADLINE, headline_option, print_table
+from fedleak.attacks.mia.commands import DEFAULT_HEADLINE, headline_option, print_audit, print_table
 from fedleak.fl.commands import quiet_default, resolve_run
 
 QUIET_OPT = typer.Option(False, "--quiet", "-q", help="Print only where the outputs are.")
@@ -65,9 +65,10 @@ def run_command(
     q = quiet_default(quiet)
     simulation.train(cfg, run_dir, quiet=q)
     write_client_audit(cfg, run_dir)  # audit.canary_clients: audit/clients.json, before the report reads it
-    _, ev = attack_run(run_dir, headline_fpr=headline_fpr)
+    adir, ev = attack_run(run_dir, headline_fpr=headline_fpr)
     if not q:
         print_table(ev)
+        print_audit(adir)
     html_path, md_path = make_report(run_dir, quiet=True, headline_fpr=headline_fpr)
     typer.echo(f"report: {html_path}")
 

@@ -16,6 +16,7 @@ from fedleak.attacks.mia.evaluation import Evaluation
 from fedleak.attacks.mia.names import ATTACKS
 from fedleak.attacks.mia.result import same_fpr
 from fedleak.metrics.roc import HEADLINE_FPR, fpr_text
+from fedleak.report.audit_section import audit_blocks
 from fedleak.report.model import (
     Bullets,
     Code,
@@ -300,6 +301,7 @@ def report_document(run_dir: Path, ev: Evaluation, when: str) -> Document:
     doc.add(Table(UTILITY_HEAD, util_rows) if util_rows else
             Paragraph("No per-round metrics (metrics.jsonl) in this run directory.", md=None))
     _attack_blocks(doc, ev)
+    doc.add(*audit_blocks(run_dir))  # "Privacy audit" (report/audit_section.py); nothing without audit files
     doc.add(Heading(2, "Figures"))
     doc.add(*[Figure(figs[k], k, fpr=ev.headline_fpr) for k in ("roc", "tpr_per_round", "fedmia_scores") if k in figs])
     doc.add(

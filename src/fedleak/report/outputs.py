@@ -9,6 +9,8 @@ All attacks (the default) go to ``RUN/attack/``, which ``fedleak report`` reads;
     metrics.csv         one row per attack (the headline numbers)
     scores.npz          ids, owner, member [N] and one [N] score array per attack (default target)
     scores.csv          the same as a table
+    audit.json          empirical ε of every attack beside the accountant's ε (report/audit_outputs.py); with
+                        canaries, scores.npz also holds canary_ids, canary_inserted, canary_label, canary_<attack>
     roc.pdf/png         log-log ROC curves of all attacks
     tpr_per_round.pdf/png   TPR at the headline FPR (--headline-fpr, default 0.1%) against the round
     fedmia_scores.pdf/png   member / non-member distributions of the FedMIA scores
@@ -33,6 +35,7 @@ from fedleak.attacks.mia.names import ATTACKS, resolve_names
 from fedleak.attacks.mia.result import AttackResult, same_fpr
 from fedleak.metrics.roc import HEADLINE_FPR, fpr_key
 from fedleak.report import figures
+from fedleak.report.audit_outputs import write_audit
 from fedleak.signals.loading import load_signals
 from fedleak.signals.store import (
     StoreError,
@@ -188,11 +191,12 @@ def attack_run(
                 (out / f"{stem}.{ext}").unlink(missing_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(_finite(ev.to_json()), indent=2, default=_json_default))
     atomic_write_text(out / "metrics.csv", metrics_csv(ev))
+    _, canary_arrays = write_audit(run_dir, out, sig, ev, fedmia_options)  # audit.json (report/audit_outputs.py)
     tmp = out / "scores.npz.tmp"
     with open(tmp, "wb") as f:
         np.savez(
             f, ids=sig.cand_ids, owner=sig.owner, member=ev.labels, target=np.int64(ev.target),
-            **{k.replace("-", "_"): v for k, v in ev.scores.items()},
+            **{k.replace("-", "_"): v for k, v in ev.scores.items()}, **canary_arrays,
         )
     tmp.replace(out / "scores.npz")
     atomic_write_text(out / "scores.csv", _scores_csv(sig.cand_ids, sig.owner, ev.labels, ev.scores))

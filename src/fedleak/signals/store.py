@@ -17,6 +17,8 @@ Layout (all open formats: numpy ``.npz``/``.npy``, JSON, YAML; readable without 
                                 (rows differ only under protocol official-compat)
                                 dnorm2 [K] ||Δ_k||²;  participated [K] bool;  client_test_acc [K];
                                 lr (scalar);  round (scalar)
+    RUN/canaries.npz            only with audit.canaries: the sample canaries, and canary_* [K, m] arrays in
+                                every round file (the format is in fedleak/signals/canaries.py)
     RUN/metrics.jsonl           one JSON line per finished round (utility, lr, time)
     RUN/checkpoint.pt           resumable state (tensors only; loaded with weights_only=True)
     RUN/audit/client_canaries.json  audit.canary_clients only: each canary client's index, inserted flag, rounds

@@ -12,6 +12,8 @@ Files written into the sweep's ``out`` folder:
                        per-seed HVs (definition in :mod:`fedleak.sweeps.hypervolume`)
 * ``results.md``       utility table, one table per metric (attacks as columns), hypervolume table, failures
 * ``plots/<variant__>DEFENSE.png``  the headline TPR against test error, one line per attack over the strengths
+* ``plots/epsilon.png``  empirical ε̂ against the accountant's ε per grid point (sweeps/audit.py); the ε̂ columns
+                       (``eps_hat_one_run``: canary bound; ``eps_hat_roc``: not a DP bound) end both CSVs
 * ``status.json``      counts and the failed runs
 """
 
@@ -29,6 +31,7 @@ import numpy as np
 from fedleak.metrics.intervals import clopper_pearson
 from fedleak.attacks.mia.result import Rate
 from fedleak.report.intervals_text import rate_text
+from fedleak.sweeps.audit import EPS_FIELDS, eps_cells, plot_eps, point_columns, run_columns
 from fedleak.sweeps.evaluate import Headline
 from fedleak.sweeps.hypervolume import hypervolume
 
@@ -114,7 +117,7 @@ def summarize(results: list[dict[str, Any]], head: Headline = DEFAULT) -> list[d
             for k in head.metric_keys:
                 m, s = _mean_std([r["attacks"][a][k] for r in rs if a in r["attacks"]])
                 row[k], row[k + "_std"] = m, s
-            rows.append({**row, **pooled_ci(rs, a, head)})
+            rows.append({**row, **pooled_ci(rs, a, head), **point_columns(rs)})
     return rows
 
 
@@ -171,7 +174,8 @@ def results_rows(results: list[dict[str, Any]], head: Headline = DEFAULT) -> lis
             continue
         u = r.get("utility", {})
         common = {**base, "test_acc": u.get("test_acc"), "test_error": u.get("test_error"),
-                  "epsilon": u.get("epsilon"), "delta": u.get("delta"), "time_s": round(r.get("time_s", 0.0), 2)}
+                  "epsilon": u.get("epsilon"), "delta": u.get("delta"), "time_s": round(r.get("time_s", 0.0), 2),
+                  **run_columns(r)}
         for a, m in (r.get("attacks") or {}).items():
             rows.append({**common, "attack": a, **{k: m[k] for k in head.metric_keys}, "rotated": m.get("rotated"),
                          **pooled_ci([r], a, head)})
@@ -181,12 +185,13 @@ def results_rows(results: list[dict[str, Any]], head: Headline = DEFAULT) -> lis
 def result_fields(head: Headline = DEFAULT) -> list[str]:
     return ["run_id", "variant", "defense", "defense_name", "param", "value", "seed", "status", "test_acc",
             "test_error", "epsilon", "delta", "attack", *head.metric_keys, "rotated", "time_s", "error",
-            *head.ci_fields]
+            *head.ci_fields, *EPS_FIELDS]
 
 
 def summary_fields(head: Headline = DEFAULT) -> list[str]:
     return ["variant", "defense", "param", "value", "n_seeds", "test_acc", "test_acc_std", "test_error",
-            "epsilon", "attack", *[x for k in head.metric_keys for x in (k, k + "_std")], *head.ci_fields]
+            "epsilon", "attack", *[x for k in head.metric_keys for x in (k, k + "_std")], *head.ci_fields,
+            "eps_hat_one_run", "eps_hat_roc"]
 
 
 HV_FIELDS = ["variant", "defense", "attack", "hv", "hv_seed_mean", "hv_seed_std", "n_points", "n_seeds"]
@@ -216,13 +221,15 @@ def markdown(results: list[dict[str, Any]], hv_rows: list[dict[str, Any]], title
         if variant:
             lines += [f"## {variant}", ""]
         lines += ["### Utility and privacy accounting", "",
-                  "| defense | strength | seeds | test acc (%) | ε (δ) |", "|---|---|---|---|---|"]
+                  "| defense | strength | seeds | test acc (%) | ε (δ) | ε̂ one-run (95% lower bound) | "
+                  "ε̂ ROC (not a DP bound) |", "|---|---|---|---|---|---|---|"]
         for (v, d, p, vk), rs in pts:
             acc = _mean_std([r["utility"]["test_acc"] for r in rs])
             eps = _mean_std([r["utility"].get("epsilon") for r in rs])
             delta = rs[0]["utility"].get("delta")
             e = "–" if math.isnan(eps[0]) else (f"{eps[0]:.3g} ({delta:g})" if delta else f"{eps[0]:.3g}")
-            lines.append(f"| {d} | {_strength(p, json.loads(vk))} | {len(rs)} | {_pm(*acc)} | {e} |")
+            lines.append(f"| {d} | {_strength(p, json.loads(vk))} | {len(rs)} | {_pm(*acc)} | {e} | "
+                         + " | ".join(eps_cells(rs)) + " |")
         lines.append("")
         other = Headline(head.fprs[1])
         for key, name, scale, nd in ((head.key, f"TPR@{head.text} (%)", 100.0, 1),
@@ -336,6 +343,8 @@ def write_outputs(
     _write_csv(out / "hypervolume.csv", hv_rows, HV_FIELDS)
     (out / "results.md").write_text(markdown(results, hv_rows, title, head))
     figs = plot(results, out / "plots", include_baseline, head) if plots and group(results) else []
+    eps_fig = plot_eps(group(results), out / "plots") if plots else None  # ε̂ against the accountant's ε
+    figs += [eps_fig] if eps_fig else []
     failed = [{"run_id": r["run_id"], "error": r.get("error", ""), "run_dir": r.get("run_dir")}
               for r in results if r.get("status") != "finished"]
     status = {"runs": len(results), "finished": len(results) - len(failed), "failed": failed}

@@ -92,6 +92,7 @@ def _execute_locked(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         from fedleak.attacks.client_audit import write_client_audit
         from fedleak.config import parse_config
         from fedleak.fl.simulation import train
+        from fedleak.sweeps.audit import audit_epsilons
         from fedleak.sweeps.evaluate import Headline, attack_metrics, utility
 
         cfg = parse_config(spec["config"], f"(sweep run {spec['run_id']})")
@@ -106,6 +107,7 @@ def _execute_locked(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
             "utility": utility(run_dir),
             "headline_fpr": Headline.of(spec.get("attacks")).fpr,
             "attacks": attack_metrics(run_dir, spec.get("attacks")),
+            "audit": audit_epsilons(run_dir, spec.get("attacks")),  # ε̂ columns (sweeps/audit.py)
             "time_s": time.time() - t0,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }

@@ -111,12 +111,22 @@ def attack_command(
     )
     if not quiet_default(quiet):
         print_table(ev)
+        print_audit(out)
     typer.echo(f"attack outputs: {out}")
     if out != attack_dir(run_dir):
         typer.echo(
             f"(only these {len(ev.attacks)} attacks; `fedleak report` uses all attacks, "
             f"from {attack_dir(run_dir)})"
         )
+
+
+def print_audit(out: Path) -> None:
+    from fedleak.report.audit_outputs import AUDIT_FILE, read_audit_entries
+    from fedleak.report.audit_section import audit_summary
+
+    audit = read_audit_entries(out / AUDIT_FILE)
+    if isinstance(audit, dict):
+        typer.echo(f"{audit_summary(audit)} (details: {out / AUDIT_FILE})")
 
 
 def register(app: typer.Typer) -> None:
