@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from fedleak.attacks.mia.attacks import ATTACKS, resolve_names
+from fedleak.attacks.mia.attacks import ATTACKS, resolve_names, runnable_names
 from fedleak.attacks.mia.evaluate import evaluate, Evaluation
 from fedleak.metrics.roc import HEADLINE_FPR, fpr_key
 from fedleak.report import figures
@@ -54,8 +54,8 @@ def attack_dir(run_dir: str | Path, names: Iterable[str] | str | None = None) ->
 
 
 def is_full(metrics: dict[str, Any]) -> bool:
-    """True when the metrics cover every attack fedleak implements."""
-    return set(metrics["attacks"]) >= set(ATTACKS)
+    """True when the metrics cover every attack fedleak implements (or could run on this run's arrays)."""
+    return set(metrics["attacks"]) | set(metrics.get("attacks_not_recorded", [])) >= set(ATTACKS)
 
 
 def _json_default(o: Any) -> Any:
@@ -169,11 +169,16 @@ def attack_run(
 ) -> tuple[Path, Evaluation]:
     """Evaluate the attacks on a run directory and write all outputs to :func:`attack_dir`."""
     run_dir = Path(run_dir)
-    names = resolve_names(names)
+    asked = resolve_names(names)  # an unknown name is reported before the signals are read
     t0 = time.time()
     sig = load_signals(run_dir)
     t_load = time.time() - t0
+    names = runnable_names(sig, names)  # every attack on an old run: none on arrays it lacks (margin)
+    left_out = [n for n in asked if n not in names]
     ev = evaluate(sig, names, round=round, target=target, rotate=rotate, strict=strict, **fedmia_options)
+    if left_out:
+        ev.metrics["attacks_not_recorded"] = left_out
+    names = names + left_out
     ev.metrics["run_dir"] = str(run_dir)
     ev.metrics["seconds"] = {"load": round_(t_load), "attacks": round_(time.time() - t0 - t_load)}
     out = attack_dir(run_dir, names)

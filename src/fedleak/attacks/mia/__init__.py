@@ -19,12 +19,23 @@ from fedleak.attacks.mia.attacks import (
     loss_series,
     resolve_names,
     run_attacks,
+    runnable_names,
+)
+from fedleak.attacks.mia.margin import (  # registers the margin variants into ATTACKS
+    MARGIN_ATTACKS,
+    blackbox_margin,
+    fedmia_i_margin,
+    loss_series_margin,
 )
 from fedleak.attacks.mia.evaluate import Evaluation, can_rotate, evaluate, is_aligned
 
 __all__ = [
     "AGGREGATIONS",
     "ATTACKS",
+    "MARGIN_ATTACKS",
+    "blackbox_margin",
+    "fedmia_i_margin",
+    "loss_series_margin",
     "Evaluation",
     "FedMIARounds",
     "aggregate",
@@ -45,4 +56,5 @@ __all__ = [
     "loss_series",
     "resolve_names",
     "run_attacks",
+    "runnable_names",
 ]

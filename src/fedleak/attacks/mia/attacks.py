@@ -395,6 +395,16 @@ def resolve_names(names: Iterable[str] | str | None) -> list[str]:
     return uniq
 
 
+def runnable_names(signals: Signals, names: Iterable[str] | str | None) -> list[str]:
+    """:func:`resolve_names`, except that *every attack* (None or 'all') leaves out the attacks on an array the run
+    did not record (a run recorded before margins existed); an attack named explicitly stays (and says so)."""
+    sel = resolve_names(names)
+    items = [] if names is None else [names] if isinstance(names, str) else list(names)
+    if names is None or any(p.strip().lower() == "all" for i in items for p in str(i).split(",")):
+        sel = [n for n in sel if signals.has(ATTACKS[n].measure)]
+    return sel
+
+
 FEDMIA_OPTIONS = ("aggregation", "ddof", "eps", "outlier_filter", "robust")
 
 
@@ -435,7 +445,7 @@ def run_attacks(
     if bad:
         raise FedleakError(f"unknown attack options {bad}; FedMIA accepts {', '.join(FEDMIA_OPTIONS)}")
     out: dict[str, np.ndarray] = {}
-    for name in resolve_names(names):
+    for name in runnable_names(signals, names):
         kind = ATTACKS[name].kind
         if kind == "single":
             out[name] = ATTACKS[name](signals, round=round, target=target)

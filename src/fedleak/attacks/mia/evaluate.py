@@ -21,6 +21,7 @@ from fedleak.attacks.mia.attacks import (
     ATTACKS,
     fedmia_rounds,
     resolve_names,
+    runnable_names,
     resolve_target,
     round_index,
     run_attacks,
@@ -108,7 +109,7 @@ def evaluate(
 
     ``rotate``: None = whenever possible, True = required (error if impossible), False = never.
     """
-    names = resolve_names(names)
+    names = runnable_names(signals, names)  # every attack: those on arrays this run recorded
     fprs = tuple(float(f) for f in fprs)
     t = resolve_target(signals, target)
     ri = round_index(signals, round, t)
