@@ -10,6 +10,7 @@ if anything fails after writing began, what was written is removed again, so RUN
 from __future__ import annotations
 
 import copy
+import sys
 import shutil
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,6 @@ def _write(src: Path, out: Path, m: Manifest, cfg: ExperimentConfig, fed: Federa
         rec.update(test_acc=acc, test_loss=loss)
         store.append_metrics(out, rec)
         if not quiet:
-            print(f"[fedleak] import: round {r.round} ({len(uploaded)} clients)", flush=True)
+            print(f"[fedleak] import: round {r.round} ({len(uploaded)} clients)", file=sys.stderr, flush=True)
     _write_meta(out, cfg, fed, [r.round for r in m.rounds], dump_config(cfg))
     store.atomic_write_text(out / "config.yaml", dump_config(cfg))

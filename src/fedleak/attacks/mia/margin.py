@@ -9,7 +9,7 @@ loss ≈ 0 whatever its confidence, while φ keeps growing. That matters where s
 
 Higher φ = more confident = member, so no sign flip:
 
-* ``blackbox-margin``     φ[r, t] at one round (ranks exactly as ``blackbox-loss``: φ is monotone in the loss)
+* ``blackbox-margin``     φ[r, t] at one round (ranks as ``blackbox-loss`` up to the float32 loss's ties)
 * ``loss-series-margin``  mean over the target's recorded rounds of φ[r, t]
 * ``fedmia-i-margin``     FedMIA-I's one-tailed test with m = φ instead of −loss (same options: aggregation, ddof,
   eps, outlier_filter, robust)
