@@ -84,7 +84,7 @@ def test_cli_export_import_attack_report(exported, tmp_path):
     # into an existing run: refused, nothing touched
     p = subprocess.run([*cli, "import", str(tmp_path / "lay"), "--out", str(tmp_path / "imp")],
                        capture_output=True, text=True, env=env)
-    assert_one_error_line(p.returncode, p.stderr, str(tmp_path / "imp"), "not empty")
+    assert_one_error_line(p.returncode, p.stderr, str(tmp_path / "imp"), "not an empty folder")
 
 
 def _copy(layout, tmp_path):

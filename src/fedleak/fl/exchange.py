@@ -93,6 +93,8 @@ def read_manifest(src: Path) -> Manifest:
     path = Path(src) / MANIFEST
     if not Path(src).is_dir():
         raise StoreError(f"{src} is not a folder; give the folder holding {MANIFEST} and the round_RRRR folders")
+    if path.exists() and not path.is_file():  # never open a FIFO (it blocks) or a device
+        raise StoreError(f"{path} is not a regular file (a directory or a special file); give the manifest there")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -153,8 +155,9 @@ def check_file(path: Path, m: Manifest, want: Spec, client: int | None, rnd: int
         _compare(path, {n: (tuple(t.shape), t.dtype) for n, t in _npz_tensors(path).items()}, want)
         return
     if not path.is_file():
-        raise StoreError(f"{path} is missing (round {rnd} lists {'client ' + str(client) if client is not None else 'a global model'}); "
-                         f"add it or drop it from the manifest — {NOTHING}")
+        what = "is not a regular file" if path.exists() else "is missing"
+        listed = f"client {client}" if client is not None else "its global model"
+        raise StoreError(f"{path} {what} (round {rnd} lists {listed}); add it or drop it from the manifest — {NOTHING}")
     try:
         entries, meta, _ = read_header(path)
     except TensorFileError as e:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from fedleak.config import ConfigError, ExperimentConfig, dump_config, parse_config
+from fedleak.data.base import DataError
 from fedleak.defenses import build_defense
 from fedleak.fl.exchange import MANIFEST, NOTHING, Manifest, Spec, check_file, load_params, read_manifest, tensor_path
 from fedleak.fl.federation import Federation
@@ -56,11 +57,14 @@ def _federation(cfg: ExperimentConfig, m: Manifest, path: Path) -> Federation:
     from fedleak.data import load_dataset
     from fedleak.models import build_model
 
-    data = load_dataset(cfg.data, seed=cfg.seed)
+    try:
+        data = load_dataset(cfg.data, seed=cfg.seed)
+    except (DataError, ConfigError) as e:
+        raise type(e)(f"{path}: config.data: {e}") from None
     torch.manual_seed(init_seed(cfg.seed))
     try:
         model = build_model(cfg.model.name, data.num_classes, data.input_shape, **cfg.model.options)
-    except ValueError as e:
+    except (ValueError, ConfigError) as e:
         raise ConfigError(f"{path}: config.model: {e}") from None
     n_train, n_all = len(data.train), len(data.train) + len(data.test)
     clients = [np.asarray(c, np.int64) for c in m.clients] if m.clients is not None else \
@@ -117,8 +121,8 @@ def _uploads(src: Path, m: Manifest, r, glob: dict[str, torch.Tensor]) -> dict[i
 
 def _prepare_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(p.name != ".lock" for p in out.iterdir())):
-        raise store.StoreError(f"{out} already exists and is not empty; import into a new --out (an import never "
-                               "writes into an existing run)")
+        raise store.StoreError(f"{out} already exists and is not an empty folder; import into a new --out (an import "
+                               "never writes into an existing run)")
 
 
 def _clean(out: Path) -> None:
