@@ -19,14 +19,24 @@ import numpy as np
 import torch
 
 from fedleak.config import ConfigError, ExperimentConfig, dump_config, parse_config
-from fedleak.data.base import DataError
+from fedleak.data.base import DataError, Dataset
 from fedleak.defenses import build_defense
-from fedleak.fl.exchange import MANIFEST, NOTHING, Manifest, Spec, check_file, load_params, read_manifest, tensor_path
+from fedleak.fl.exchange import (
+    MANIFEST,
+    NOTHING,
+    Manifest,
+    RoundEntry,
+    Spec,
+    check_file,
+    load_params,
+    read_manifest,
+    tensor_path,
+)
 from fedleak.fl.federation import Federation
 from fedleak.fl.local import evaluate
 from fedleak.fl.record import record_round
 from fedleak.fl.round import aggregate
-from fedleak.fl.rundir import _write_meta, _write_split_and_candidates
+from fedleak.fl.rundir import _write_meta
 from fedleak.runlock import run_lock
 from fedleak.seeding import Purpose, init_seed, np_rng
 from fedleak.signals import store
@@ -72,15 +82,15 @@ def _federation(cfg: ExperimentConfig, m: Manifest, path: Path) -> Federation:
     ids, owner = np.asarray(m.candidates.ids, np.int64), np.asarray(m.candidates.owner, np.int64)
     _check_candidates(path, m, data, clients, ids, owner, n_train, n_all)
     sizes = [len(c) for c in clients]
-    for r in m.rounds:  # FedAvg weights: the example counts (the last one given for each client)
-        for c in r.clients:
-            if m.clients is None:
-                sizes[c.id] = c.examples
+    if m.clients is None:  # the client sizes: the example counts (the last one given for each client)
+        for c in (c for r in m.rounds for c in r.clients):
+            sizes[c.id] = c.examples
     weights = np.asarray(sizes, np.float64)
     return Federation(cfg, data, clients, ids, owner, model, build_defense(cfg.defense, cfg), weights)
 
 
-def _check_candidates(path, m, data, clients, ids, owner, n_train: int, n_all: int) -> None:
+def _check_candidates(path: Path, m: Manifest, data: Dataset, clients: list[np.ndarray], ids: np.ndarray,
+                      owner: np.ndarray, n_train: int, n_all: int) -> None:
     def bad(why: str) -> ConfigError:
         return ConfigError(f"{path}: {why}; fix the manifest (or its config.data section) — {NOTHING}")
 
@@ -111,7 +121,7 @@ def _check_files(src: Path, m: Manifest, want: Spec) -> None:
             check_file(tensor_path(src, m, r.round, c.id), m, want, c.id, r.round, c.examples)
 
 
-def _uploads(src: Path, m: Manifest, r, glob: dict[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
+def _uploads(src: Path, m: Manifest, r: RoundEntry, glob: dict[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
     out = {}
     for c in r.clients:
         p = load_params(tensor_path(src, m, r.round, c.id), m)
@@ -153,10 +163,11 @@ def import_federation(src: str | Path, out: str | Path, quiet: bool = True) -> P
 
 
 def _write(src: Path, out: Path, m: Manifest, cfg: ExperimentConfig, fed: Federation, quiet: bool) -> None:
-    _write_split_and_candidates(out, cfg, fed, only_missing=False)
-    if m.clients is None:
-        (out / "split.npz").unlink()  # nobody said which rows each client holds
     data = fed.data
+    if m.clients is not None:  # otherwise nobody said which rows each client holds
+        store.write_split(out, fed.clients)
+    labels = torch.cat([data.train.y, data.test.y]).numpy()[fed.cand_ids]
+    store.write_candidates(out, fed.cand_ids, fed.cand_owner, cfg.candidates.target_client, labels)
     test_x, test_y = data.normalize(data.test.x), data.test.y
     for r in m.rounds:
         glob = load_params(tensor_path(src, m, r.round, None), m)

@@ -213,7 +213,11 @@ def basis(metrics: dict[str, Any]) -> str:
     """Which attacks the report is based on, and how many."""
     attacks = metrics["attacks"]
     n, n_all = len(attacks), len(ATTACKS)
+    lacking = [a for a in metrics.get("attacks_not_recorded", []) if a in ATTACKS and a not in attacks]
     what = f"all {n} attacks fedleak implements" if set(attacks) >= set(ATTACKS) else f"{n} of the {n_all} attacks"
+    if lacking and set(attacks) | set(lacking) >= set(ATTACKS):  # a run recorded before an array existed
+        what = (f"all {n} attacks fedleak implements for this run's signals ({len(lacking)} more need arrays it "
+                f"lacks: {', '.join(sorted({ATTACKS[a].measure for a in lacking}))}; re-record to add them)")
     return f"{what}: " + ", ".join(attacks[k]["label"] for k in ranked(attacks))
 
 
