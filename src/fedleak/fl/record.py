@@ -1,7 +1,8 @@
 """Record one round's per-sample signals for every client into the run store.
 
-Loss and logit margin use each client's *uploaded* model (one forward for both); gradient signals use per-sample gradients at the round's
-global model, computed once for all clients (``gradient_signals``), against each uploaded update.
+Loss and logit margin use each client's *uploaded* model (one forward for both); gradient signals use per-sample
+gradients at the round's global model, computed once for all clients (``gradient_signals``), against each uploaded
+update.
 """
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ def record_round(
     return [None if np.isnan(a) else float(a) for a in test_acc]
 
 
-def keep_models(fed: "Federation", run_dir: Path, rnd: int, global_params: ParamDict, uploaded: dict[int, ParamDict]) -> None:
+def keep_models(
+    fed: "Federation", run_dir: Path, rnd: int, global_params: ParamDict, uploaded: dict[int, ParamDict]
+) -> None:
     """``signals.keep_models``: the round's global model and every upload as safetensors files under
     ``RUN/models/round_RRRR/`` (each written atomically; the layout ``fedleak export`` copies, docs/import.md)."""
     folder = store.make_dirs(Path(run_dir) / store.MODELS_DIR / store.round_folder(rnd))
