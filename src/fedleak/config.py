@@ -191,6 +191,8 @@ class SignalsConfig(_Strict):
     )
     memory_budget_mb: SInt = Field(512, ge=16, le=MAX_MEMORY_MB, description="Bound on the per-sample gradient chunk's memory.")
     batch_size: SInt = Field(512, ge=1, le=MAX_BATCH, description="Batch size of the loss forwards.")
+    keep_models: bool = Field(False, description="Also keep every recorded round's global model and client uploads "
+                              "(RUN/models/, safetensors): what `fedleak export` needs.")
 
     def recorded_rounds(self, total: int) -> list[int]:
         if self.rounds is not None:
@@ -451,11 +453,14 @@ def resolve_config_path(path: str | Path) -> Path:
 
 
 def dump_config(cfg: ExperimentConfig) -> str:
-    """The config as YAML; an ``audit:`` section left at its defaults, and an empty ``data.options``, are omitted,
-    so a run without them has the same ``config.yaml`` (and config hash) as before they existed."""
+    """The config as YAML; an ``audit:`` section left at its defaults, an empty ``data.options`` and
+    ``signals.keep_models: false`` are omitted, so a run without them has the same ``config.yaml`` (and config
+    hash) as before they existed."""
     data = cfg.model_dump(mode="json")
     if cfg.audit == AuditConfig():
         del data["audit"]
     if not cfg.data.options:  # likewise data.options, used only by a loader named by import path
         del data["data"]["options"]
+    if not cfg.signals.keep_models:  # likewise signals.keep_models at its default
+        del data["signals"]["keep_models"]
     return yaml.safe_dump(data, sort_keys=False)

@@ -26,8 +26,8 @@ from fedleak.config import AuditConfig, ConfigError
 from fedleak.seeding import Purpose, np_rng
 from fedleak.signals.canaries import CanarySet
 from fedleak.signals.candidates import gather
-from fedleak.signals.compute import cos_and_diff, gradient_signals, per_sample_losses
-from fedleak.signals.store import SIGNAL_KEYS_KN
+from fedleak.signals.compute import cos_and_diff, gradient_signals, per_sample_loss_margin
+from fedleak.signals.store import OPTIONAL_KEYS_KN, SIGNAL_KEYS_KN
 
 if TYPE_CHECKING:
     from fedleak.fl.federation import Federation
@@ -120,7 +120,7 @@ def canary_round_arrays(
     (with their canary labels) against the round's uploads ``deltas`` of clients ``ks``."""
     c, sc, K = fed.canaries, fed.cfg.signals, fed.cfg.partition.num_clients
     assert c is not None
-    out = {f"canary_{k}": np.full((K, c.m), np.nan, np.float32) for k in SIGNAL_KEYS_KN}
+    out = {f"canary_{k}": np.full((K, c.m), np.nan, np.float32) for k in (*SIGNAL_KEYS_KN, *OPTIONAL_KEYS_KN)}
     if c.m == 0:
         return out
     x, y = rows(fed, c.ids)
@@ -129,7 +129,8 @@ def canary_round_arrays(
                          memory_budget_mb=sc.memory_budget_mb)
     for i, k in enumerate(ks):
         cos, diff = cos_and_diff(g["dot"][i][None], g["gnorm2"], dn2[i : i + 1])
-        out["canary_loss"][k] = per_sample_losses(fed.model, uploaded[k], x, y, batch_size=sc.batch_size).numpy()
+        loss, margin = per_sample_loss_margin(fed.model, uploaded[k], x, y, batch_size=sc.batch_size)
+        out["canary_loss"][k], out["canary_margin"][k] = loss.numpy(), margin.numpy()
         out["canary_dot"][k] = g["dot"][i].numpy()
         out["canary_gnorm2"][k] = g["gnorm2"].numpy()
         out["canary_cos"][k] = cos[0].numpy()

@@ -53,5 +53,28 @@ def train_command(
     typer.echo(f"run directory: {run_dir}")
 
 
+def export_command(
+    run_dir: Path = typer.Argument(..., help="Run directory trained with --set signals.keep_models=true."),
+    out: Path = typer.Option(..., "--out", "-o", help="New folder for the layout (manifest.json + round_RRRR/)."),
+) -> None:
+    """Write a run as a recorded federation in the open layout of docs/import.md (safetensors + manifest.json)."""
+    from fedleak.fl.export import export_run
+
+    typer.echo(f"manifest: {export_run(run_dir, out)}")
+
+
+def import_command(
+    src: Path = typer.Argument(..., help="Folder with manifest.json and round_RRRR/ tensor files (docs/import.md)."),
+    out: Path = typer.Option(..., "--out", "-o", help="New run directory to write (then `fedleak attack` it)."),
+    quiet: bool = QUIET_OPT,
+) -> None:
+    """Import a federation recorded elsewhere: check every file, compute the signals, write a run directory."""
+    from fedleak.fl.importer import import_federation
+
+    typer.echo(f"run directory: {import_federation(src, out, quiet=quiet_default(quiet))}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("train")(train_command)
+    app.command("export")(export_command)
+    app.command("import")(import_command)

@@ -1,7 +1,8 @@
 """Record one round's per-sample signals for every client into the run store.
 
-Loss uses each client's *uploaded* model; gradient signals use per-sample gradients at the round's
-global model, computed once for all clients (``gradient_signals``), against each uploaded update.
+Loss and logit margin use each client's *uploaded* model (one forward for both); gradient signals use per-sample
+gradients at the round's global model, computed once for all clients (``gradient_signals``), against each uploaded
+update.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from fedleak.fl.canaries import canary_round_arrays
 from fedleak.fl.local import ParamDict, evaluate
 from fedleak.signals import store
 from fedleak.signals.candidates import gather, redraw_nonmembers
-from fedleak.signals.compute import cos_and_diff, gradient_signals, per_sample_losses, squared_norms
+from fedleak.signals.compute import cos_and_diff, gradient_signals, per_sample_loss_margin, squared_norms
+from fedleak.signals.tensorfile import encode_tensors
 
 if TYPE_CHECKING:
     from fedleak.fl.federation import Federation
@@ -43,7 +45,7 @@ def record_round(
     K, N = cfg.partition.num_clients, len(fed.cand_ids)
     sc = cfg.signals
     names = [n for n, p in fed.model.named_parameters() if p.requires_grad]
-    out = {k: np.full((K, N), np.nan, np.float32) for k in store.SIGNAL_KEYS_KN}
+    out = {k: np.full((K, N), np.nan, np.float32) for k in (*store.SIGNAL_KEYS_KN, *store.OPTIONAL_KEYS_KN)}
     ids = np.tile(fed.cand_ids, (K, 1))
     dnorm2 = np.full(K, np.nan, np.float64)
     test_acc = np.full(K, np.nan, np.float64)
@@ -76,7 +78,9 @@ def record_round(
             xk, yk = x_shared, y_shared
             dot, gn2 = g["dot"][i], g["gnorm2"]
         cos, diff = cos_and_diff(dot[None], gn2, dn2[i : i + 1])
-        out["loss"][k] = per_sample_losses(fed.model, uploaded[k], xk, yk, batch_size=sc.batch_size).numpy()
+        loss, margin = per_sample_loss_margin(fed.model, uploaded[k], xk, yk, batch_size=sc.batch_size)
+        out["loss"][k] = loss.numpy()
+        out["margin"][k] = margin.numpy()
         out["dot"][k] = dot.numpy()
         out["gnorm2"][k] = gn2.numpy()
         out["cos"][k] = cos[0].numpy()
@@ -87,8 +91,22 @@ def record_round(
     participated[ks] = True
     if fed.canaries is not None:  # additive canary_* arrays (signals/canaries.py)
         out.update(canary_round_arrays(fed, global_params, uploaded, ks, deltas, dn2))
+    if sc.keep_models:
+        keep_models(fed, run_dir, rnd, global_params, uploaded)
     store.write_round(
         run_dir, rnd,
         dict(out, ids=ids, dnorm2=dnorm2, participated=participated, client_test_acc=test_acc, lr=np.float64(lr)),
     )
     return [None if np.isnan(a) else float(a) for a in test_acc]
+
+
+def keep_models(
+    fed: "Federation", run_dir: Path, rnd: int, global_params: ParamDict, uploaded: dict[int, ParamDict]
+) -> None:
+    """``signals.keep_models``: the round's global model and every upload as safetensors files under
+    ``RUN/models/round_RRRR/`` (each written atomically; the layout ``fedleak export`` copies, docs/import.md)."""
+    folder = store.make_dirs(Path(run_dir) / store.MODELS_DIR / store.round_folder(rnd))
+    store.atomic_write_bytes(folder / "global.safetensors", encode_tensors(global_params, {"round": str(rnd)}))
+    for k in sorted(uploaded):
+        meta = {"round": str(rnd), "client": str(k), "examples": str(int(fed.weights[k]))}
+        store.atomic_write_bytes(folder / store.client_file(k), encode_tensors(uploaded[k], meta))

@@ -217,7 +217,11 @@ def oracle_table(ev: Evaluation) -> tuple[list[str], list[list[str]]] | None:
 def basis(ev: Evaluation) -> str:
     """Which attacks the report is based on, and how many."""
     n, n_all = len(ev.attacks), len(ATTACKS)
+    lacking = [a for a in ev.extra.get("attacks_not_recorded", []) if a in ATTACKS and a not in ev.attacks]
     what = f"all {n} attacks fedleak implements" if set(ev.attacks) >= set(ATTACKS) else f"{n} of the {n_all} attacks"
+    if lacking and set(ev.attacks) | set(lacking) >= set(ATTACKS):  # a run recorded before an array existed
+        what = (f"all {n} attacks fedleak implements for this run's signals ({len(lacking)} more need arrays it "
+                f"lacks: {', '.join(sorted({ATTACKS[a].measure for a in lacking}))}; re-record to add them)")
     return f"{what}: " + ", ".join(a.label for a in ev.ranked())
 
 

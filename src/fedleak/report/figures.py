@@ -31,6 +31,9 @@ STYLE: dict[str, dict[str, Any]] = {
     "avg-norm": {"color": "#8c564b", "ls": "--", "marker": "<"},
     "fedmia-i": {"color": "#9467bd", "ls": "-", "marker": "*", "lw": 2.6},
     "fedmia-ii": {"color": "#111111", "ls": "-", "marker": "h", "lw": 2.6},
+    "blackbox-margin": {"color": "#6baed6", "ls": "-", "marker": "x"},
+    "loss-series-margin": {"color": "#9edae5", "ls": "--", "marker": "+"},
+    "fedmia-i-margin": {"color": "#c5b0d5", "ls": "-", "marker": "|", "lw": 2.6},
 }
 SPARE: tuple[dict[str, Any], ...] = (
     {"color": "#393b79", "ls": "-.", "marker": ">"},

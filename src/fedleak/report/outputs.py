@@ -31,7 +31,7 @@ import numpy as np
 
 from fedleak.attacks.mia.evaluate import evaluate
 from fedleak.attacks.mia.evaluation import Evaluation
-from fedleak.attacks.mia.names import ATTACKS, resolve_names
+from fedleak.attacks.mia.names import ATTACKS, resolve_names, runnable_names
 from fedleak.attacks.mia.result import AttackResult, same_fpr
 from fedleak.metrics.roc import HEADLINE_FPR, fpr_key
 from fedleak.report import figures
@@ -60,8 +60,8 @@ def attack_dir(run_dir: str | Path, names: Iterable[str] | str | None = None) ->
 
 
 def is_full(ev: Evaluation) -> bool:
-    """True when the evaluation covers every attack fedleak implements."""
-    return set(ev.attacks) >= set(ATTACKS)
+    """True when the evaluation covers every attack fedleak implements (or could run on this run's arrays)."""
+    return set(ev.attacks) | set(ev.extra.get("attacks_not_recorded", [])) >= set(ATTACKS)
 
 
 def _json_default(o: Any) -> Any:
@@ -173,14 +173,17 @@ def attack_run(
 ) -> tuple[Path, Evaluation]:
     """Evaluate the attacks on a run directory and write all outputs to :func:`attack_dir`."""
     run_dir = Path(run_dir)
-    names = resolve_names(names)
+    asked = resolve_names(names)  # an unknown name is reported before the signals are read
     t0 = time.time()
     sig = load_signals(run_dir)
     t_load = time.time() - t0
+    names = runnable_names(sig, names)  # every attack on an old run: none on arrays it lacks (margin)
+    left_out = [n for n in asked if n not in names]
     ev = evaluate(sig, names, round=round, target=target, rotate=rotate, strict=strict, headline_fpr=headline_fpr,
                   **fedmia_options)
-    ev = replace(ev, run_dir=str(run_dir),
+    ev = replace(ev, run_dir=str(run_dir), extra={**ev.extra, "attacks_not_recorded": left_out} if left_out else ev.extra,
                  seconds={"load": round_(t_load), "attacks": round_(time.time() - t0 - t_load)})
+    names = names + left_out
     out = attack_dir(run_dir, names)
     make_dirs(out)
     if make_figures:

@@ -5,7 +5,7 @@ A run with ``audit.canaries: m`` (see :mod:`fedleak.fl.canaries`) writes, beside
     RUN/canaries.npz            ids [m] (train row i -> i, test row j -> n_train + j: the candidate convention),
                                 label [m] (the label the canary was trained and scored with), true_label [m],
                                 inserted [m] bool (its coin: put into the target client's data), target (int)
-    RUN/signals/round_RRRR.npz  + canary_loss, canary_dot, canary_cos, canary_diff, canary_gnorm2 [K, m]:
+    RUN/signals/round_RRRR.npz  + canary_loss, canary_margin, canary_dot, canary_cos, canary_diff, canary_gnorm2 [K, m]:
                                 the candidates' signals (same definitions) computed for the canaries
 
 The arrays are additive: the candidate arrays, ``candidates.npz`` and every reader of them are unchanged, so the
@@ -23,7 +23,7 @@ import numpy as np
 
 from fedleak.errors import StoreError
 from fedleak.signals.loading import Signals
-from fedleak.signals.store import SIGNAL_KEYS_KN, _atomic_savez, read_npz, retrain_hint, round_path
+from fedleak.signals.store import OPTIONAL_KEYS_KN, SIGNAL_KEYS_KN, _atomic_savez, read_npz, retrain_hint, round_path
 
 CANARY_FILE = "canaries.npz"
 CANARY_KEYS = tuple(f"canary_{k}" for k in SIGNAL_KEYS_KN)
@@ -89,7 +89,10 @@ def load_canary_signals(run_dir: Path, sig: Signals) -> tuple[CanarySet, Signals
                              f"promises; delete it and {retrain_hint(Path(run_dir))} to recompute it")
         for k in SIGNAL_KEYS_KN:
             per[k].append(z[f"canary_{k}"])
-    st = {k: np.stack(v) for k, v in per.items()}
+        for k in OPTIONAL_KEYS_KN:  # canary_margin: absent in runs recorded before margins existed
+            if f"canary_{k}" in z and z[f"canary_{k}"].shape == (K, m):
+                per.setdefault(k, []).append(z[f"canary_{k}"])
+    st = {k: np.stack(v) for k, v in per.items() if k in SIGNAL_KEYS_KN or len(v) == len(sig.rounds)}
     ids = np.broadcast_to(c.ids, (len(sig.rounds), K, m)).copy()
     owner = np.where(c.inserted, c.target, -1).astype(np.int64)
     out = Signals(rounds=sig.rounds, dnorm2=sig.dnorm2, participated=sig.participated,

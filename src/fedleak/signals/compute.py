@@ -70,6 +70,8 @@ __all__ = [
     "flat_params",
     "flatten_state",
     "per_sample_losses",
+    "per_sample_loss_margin",
+    "logit_margins",
     "gradient_signals",
     "cos_and_diff",
     "chunk_size_for",
@@ -134,7 +136,47 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
+def logit_margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """φ = logit_y − logsumexp of the other logits (LiRA's statistic), per row of ``logits`` [B, C] -> [B] float32.
+
+    Computed in float64 from the given logits (a stable logsumexp: the other logits' maximum is factored out),
+    so the only float32 rounding is the final cast. Higher = more confidently the label. ``CE = softplus(−φ)``.
+    """
+    z = logits.detach().double()
+    own = z.gather(1, y.reshape(-1, 1)).squeeze(1)
+    others = z.scatter(1, y.reshape(-1, 1), float("-inf"))
+    return (own - torch.logsumexp(others, dim=1)).float()
+
+
 @torch.no_grad()
+def per_sample_loss_margin(
+    model: nn.Module,
+    params: Mapping[str, torch.Tensor] | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 512,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample cross-entropy and logit margin (:func:`logit_margins`) from one forward -> ([N], [N]) on CPU.
+
+    ``params``: name -> tensor (None: the model's own). Evaluated with ``torch.func.functional_call`` in eval
+    mode under ``no_grad``; the model itself is not modified.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    p = dict(model.named_parameters()) if params is None else {k: v.detach() for k, v in params.items()}
+    dev = _device_of(model, p)
+    losses, margins = [], []
+    with _EvalMode(model):
+        for s in range(0, len(x), batch_size):
+            xb, yb = x[s : s + batch_size].to(dev), y[s : s + batch_size].to(dev)
+            logits = torch.func.functional_call(model, p, (xb,))
+            losses.append(F.cross_entropy(logits.float(), yb, reduction="none").cpu())
+            margins.append(logit_margins(logits, yb).cpu())
+    if not losses:
+        return torch.zeros(0), torch.zeros(0)
+    return torch.cat(losses), torch.cat(margins)
+
+
 def per_sample_losses(
     model: nn.Module,
     params: Mapping[str, torch.Tensor] | None,
@@ -142,21 +184,9 @@ def per_sample_losses(
     y: torch.Tensor,
     batch_size: int = 512,
 ) -> torch.Tensor:
-    """Per-sample cross-entropy of ``model`` with ``params`` (name -> tensor; None: the model's own) -> [N] on CPU.
-
-    Evaluated with ``torch.func.functional_call`` in eval mode under ``no_grad``; the model itself is not modified.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    p = dict(model.named_parameters()) if params is None else {k: v.detach() for k, v in params.items()}
-    dev = _device_of(model, p)
-    out = []
-    with _EvalMode(model):
-        for s in range(0, len(x), batch_size):
-            xb, yb = x[s : s + batch_size].to(dev), y[s : s + batch_size].to(dev)
-            logits = torch.func.functional_call(model, p, (xb,))
-            out.append(F.cross_entropy(logits.float(), yb, reduction="none").cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+    """Per-sample cross-entropy of ``model`` with ``params`` (name -> tensor; None: the model's own) -> [N] on CPU
+    (the loss half of :func:`per_sample_loss_margin`)."""
+    return per_sample_loss_margin(model, params, x, y, batch_size)[0]
 
 
 def squared_norms(deltas: torch.Tensor) -> torch.Tensor:

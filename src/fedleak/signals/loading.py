@@ -12,7 +12,7 @@ import numpy as np
 from fedleak.errors import StoreError
 from fedleak.signals.roundfiles import read_rounds
 from fedleak.signals.runconfig import verify_run_config
-from fedleak.signals.store import SIGNAL_KEYS_KN, read_candidates, recorded_rounds
+from fedleak.signals.store import OPTIONAL_KEYS_KN, SIGNAL_KEYS_KN, read_candidates, recorded_rounds
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Signals:
     owner: np.ndarray  # [N] owning client of each candidate (-1: held-out test)
     cand_ids: np.ndarray  # [N]
     target: int  # default target client
+    margin: np.ndarray | None = None  # [R, K, N] logit margins; None for runs recorded before margins existed
 
     @property
     def num_clients(self) -> int:
@@ -43,10 +44,20 @@ class Signals:
         return self.owner == (self.target if target is None else target)
 
     def measure(self, name: str) -> np.ndarray:
-        """[R, K, N] array of a per-candidate measure: loss, dot, cos, diff or gnorm2."""
-        if name not in SIGNAL_KEYS_KN:
-            raise StoreError(f"unknown measure '{name}'; choose from {', '.join(SIGNAL_KEYS_KN)}")
-        return getattr(self, name)
+        """[R, K, N] array of a per-candidate measure: loss, dot, cos, diff, gnorm2 or margin."""
+        if name not in (*SIGNAL_KEYS_KN, *OPTIONAL_KEYS_KN):
+            raise StoreError(f"unknown measure '{name}'; choose from {', '.join((*SIGNAL_KEYS_KN, *OPTIONAL_KEYS_KN))}")
+        value = getattr(self, name)
+        if value is None:
+            raise StoreError(
+                f"the recorded rounds have no '{name}' array (recorded before fedleak stored it); re-record the run "
+                f"with this fedleak (`fedleak train <config> --out <new dir>`) to use attacks on the {name}"
+            )
+        return value
+
+    def has(self, name: str) -> bool:
+        """Whether the measure was recorded (every measure but the optional ``margin`` always is)."""
+        return name in SIGNAL_KEYS_KN or getattr(self, name, None) is not None
 
 
 def load_signals(run_dir: str | Path, rounds: list[int] | None = None) -> Signals:

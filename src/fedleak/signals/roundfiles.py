@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fedleak.signals.store import (
+    OPTIONAL_KEYS_KN,
     REQUIRED_ROUND_KEYS,
     SIGNAL_KEYS_KN,
     StoreError,
@@ -32,7 +33,7 @@ def _shape_problem(z: dict[str, np.ndarray], rnd: int, K: int, N: int) -> str | 
         return f"lacks arrays {missing} (not written by fedleak?)"
     if "round" in z and (z["round"].shape != () or int(z["round"]) != rnd):
         return f"holds round {z['round'].tolist()}, not {rnd} (copied from another round or run?)"
-    for k in (*SIGNAL_KEYS_KN, "ids"):
+    for k in (*SIGNAL_KEYS_KN, *(o for o in OPTIONAL_KEYS_KN if o in z), "ids"):
         a = z[k]
         if a.shape != (K, N):
             return f"has '{k}' of shape {a.shape}, the run has {K} clients x {N} candidates"
@@ -79,6 +80,7 @@ def _check_candidates(run_dir: Path, files: dict[int, dict[str, np.ndarray]], N:
 def read_rounds(run_dir: Path, rounds: list[int], N: int) -> tuple[dict[str, list[np.ndarray]], list[float]]:
     """Per-array lists over ``rounds`` (K x N signals, per-client vectors) and the learning rates.
 
+    An optional array (``OPTIONAL_KEYS_KN``: margin) is listed only when every one of ``rounds`` has it.
     ``N``: the number of candidates in candidates.npz. Raises StoreError naming every damaged file."""
     files: dict[int, dict[str, np.ndarray]] = {}
     bad: dict[int, str] = {}
@@ -96,13 +98,14 @@ def read_rounds(run_dir: Path, rounds: list[int], N: int) -> tuple[dict[str, lis
     if bad:
         _raise_damaged(run_dir, rounds, bad)
     assert K is not None
+    optional = [k for k in OPTIONAL_KEYS_KN if all(k in z for z in files.values())]
     per: dict[str, list[np.ndarray]] = {}
     lr: list[float] = []
     for r in rounds:
         z = files.pop(r)  # drop each file's arrays once they are in the lists
         z.setdefault("participated", np.ones(K, bool))
         z.setdefault("client_test_acc", np.full(K, np.nan))
-        for k in (*REQUIRED_ROUND_KEYS, "participated", "client_test_acc"):
+        for k in (*REQUIRED_ROUND_KEYS, *optional, "participated", "client_test_acc"):
             per.setdefault(k, []).append(z[k])
         lr.append(float(z["lr"]) if "lr" in z else np.nan)
     return per, lr

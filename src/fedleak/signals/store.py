@@ -11,6 +11,9 @@ Layout (all open formats: numpy ``.npz``/``.npy``, JSON, YAML; readable without 
                                 held-out test), target (int), label [N] (class)
     RUN/signals/round_RRRR.npz  one file per recorded (0-based) round, written atomically:
                                 loss [K,N] CE of candidate n under client k's uploaded model
+                                margin [K,N] logit margin φ = logit_y − logsumexp(other logits) under the
+                                same model, from the same forward (recorded since issue #13; older runs
+                                lack it and load without it)
                                 dot [K,N] <g(x), Δ_k>;  cos [K,N];  diff [K,N] = 2<g,Δ_k> - ||g||²
                                 gnorm2 [K,N] ||g(x)||² (g at the round's global model; identical rows
                                 in the aligned protocol);  ids [K,N] candidate ids actually scored
@@ -20,6 +23,9 @@ Layout (all open formats: numpy ``.npz``/``.npy``, JSON, YAML; readable without 
     RUN/canaries.npz            only with audit.canaries: the sample canaries, and canary_* [K, m] arrays in
                                 every round file (the format is in fedleak/signals/canaries.py)
     RUN/metrics.jsonl           one JSON line per finished round (utility, lr, time)
+    RUN/models/round_RRRR/      only with ``signals.keep_models: true``: the round's global model
+                                (global.safetensors) and every participant's upload (client_KKKK.safetensors),
+                                the layout of ``fedleak export`` (docs/import.md; signals/tensorfile.py)
     RUN/checkpoint.pt           resumable state (tensors only; loaded with weights_only=True)
     RUN/audit/client_canaries.json  audit.canary_clients only: each canary client's index, inserted flag, rounds
                                 taken part in and cosine with θ_final − θ_initial (fedleak.fl.canary_clients)
@@ -52,6 +58,7 @@ from fedleak.errors import StoreError  # noqa: F401  (re-exported: its historica
 
 SIGNAL_KEYS_KN = ("loss", "dot", "cos", "diff", "gnorm2")
 REQUIRED_ROUND_KEYS = (*SIGNAL_KEYS_KN, "ids", "dnorm2")
+OPTIONAL_KEYS_KN = ("margin",)  # [K, N] arrays added later: read when every loaded round has them
 
 
 def retrain_hint(run_dir: Path) -> str:
@@ -139,6 +146,18 @@ def write_split(run_dir: Path, client_indices: list[np.ndarray]) -> None:
 
 def round_path(run_dir: Path, rnd: int) -> Path:
     return Path(run_dir) / "signals" / f"round_{rnd:04d}.npz"
+
+
+MODELS_DIR = "models"  # RUN/models/round_RRRR/{global,client_KKKK}.safetensors (signals.keep_models)
+
+
+def round_folder(rnd: int) -> str:
+    """The per-round folder name of kept models and of the import/export layout."""
+    return f"round_{rnd:04d}"
+
+
+def client_file(k: int, ext: str = "safetensors") -> str:
+    return f"client_{k:04d}.{ext}"
 
 
 def write_round(run_dir: Path, rnd: int, arrays: dict[str, Any]) -> Path:

@@ -19,6 +19,13 @@ from fedleak.attacks.mia.attacks import (
     loss_series,
     resolve_names,
     run_attacks,
+    runnable_names,
+)
+from fedleak.attacks.mia.margin import (  # registers the margin variants into ATTACKS
+    MARGIN_ATTACKS,
+    blackbox_margin,
+    fedmia_i_margin,
+    loss_series_margin,
 )
 from fedleak.attacks.mia.evaluate import can_rotate, evaluate, is_aligned
 from fedleak.attacks.mia.evaluation import Evaluation
@@ -29,6 +36,10 @@ __all__ = [
     "AGGREGATIONS",
     "ATTACKS",
     "AttackResult",
+    "MARGIN_ATTACKS",
+    "blackbox_margin",
+    "fedmia_i_margin",
+    "loss_series_margin",
     "Evaluation",
     "FedMIARounds",
     "aggregate",
@@ -50,4 +61,5 @@ __all__ = [
     "loss_series",
     "resolve_names",
     "run_attacks",
+    "runnable_names",
 ]

@@ -58,6 +58,7 @@ from fedleak.attacks.mia.names import (  # noqa: F401 - AGGREGATIONS, FEDMIA_OPT
     AttackInfo,
     check_fedmia_options,
     resolve_names,
+    runnable_names,
 )
 from fedleak.errors import FedleakError
 from fedleak.signals.loading import Signals
@@ -357,7 +358,7 @@ def run_attacks(
     """
     check_fedmia_options(fedmia_options)
     out: dict[str, np.ndarray] = {}
-    for name in resolve_names(names):
+    for name in runnable_names(signals, names):
         kind = ATTACKS[name].kind
         if kind == "single":
             out[name] = ATTACKS[name](signals, round=round, target=target)

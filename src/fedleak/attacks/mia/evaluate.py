@@ -19,7 +19,7 @@ import numpy as np
 
 from fedleak.attacks.mia.attacks import fedmia_rounds, resolve_target, round_index, run_attacks
 from fedleak.attacks.mia.evaluation import Evaluation, Rotation
-from fedleak.attacks.mia.names import ATTACKS, check_fedmia_options, resolve_names
+from fedleak.attacks.mia.names import ATTACKS, check_fedmia_options, runnable_names
 from fedleak.attacks.mia.result import AttackResult, Intervals, Oracle, PerRound, Rotating, Spread, with_fpr
 from fedleak.errors import FedleakError
 from fedleak.metrics.intervals import delong_interval, tpr_intervals
@@ -88,7 +88,7 @@ def evaluate(
     ``headline_fpr`` (a number in (0, 1)) is added to ``fprs`` when it is not one of them; the oracle round and
     every headline of the result are read at it.
     """
-    names = resolve_names(names)
+    names = runnable_names(signals, names)  # every attack: those on arrays this run recorded
     check_fedmia_options(fedmia_options)
     headline_fpr = check_headline_fpr(headline_fpr)
     fprs = with_fpr(tuple(float(f) for f in fprs), headline_fpr)

@@ -76,6 +76,16 @@ def resolve_names(names: Iterable[str] | str | None) -> list[str]:
     return uniq
 
 
+def runnable_names(signals: Signals, names: Iterable[str] | str | None) -> list[str]:
+    """:func:`resolve_names`, except that *every attack* (None or 'all') leaves out the attacks on an array the run
+    did not record (a run recorded before margins existed); an attack named explicitly stays (and says so)."""
+    sel = resolve_names(names)
+    items = [] if names is None else [names] if isinstance(names, str) else list(names)
+    if names is None or any(p.strip().lower() == "all" for i in items for p in str(i).split(",")):
+        sel = [n for n in sel if signals.has(ATTACKS[n].measure)]
+    return sel
+
+
 FEDMIA_OPTIONS = ("aggregation", "ddof", "eps", "outlier_filter", "robust")
 
 
