@@ -186,6 +186,8 @@ def attack_run(
     names = names + left_out
     out = attack_dir(run_dir, names)
     make_dirs(out)
+    # audit.json first (report/audit_outputs.py): a damaged canary file stops here, before any other output changes
+    _, canary_arrays = write_audit(run_dir, out, sig, ev, fedmia_options)
     if make_figures:
         ev = replace(ev, figures=write_figures(ev, out, read_metrics(run_dir)))
     else:  # never leave figures of an earlier evaluation next to these metrics
@@ -194,7 +196,6 @@ def attack_run(
                 (out / f"{stem}.{ext}").unlink(missing_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(_finite(ev.to_json()), indent=2, default=_json_default))
     atomic_write_text(out / "metrics.csv", metrics_csv(ev))
-    _, canary_arrays = write_audit(run_dir, out, sig, ev, fedmia_options)  # audit.json (report/audit_outputs.py)
     tmp = out / "scores.npz.tmp"
     with open(tmp, "wb") as f:
         np.savez(

@@ -101,3 +101,35 @@ def test_audit_json_sets_the_accountant_beside_the_bounds(tmp_path):
         assert e["level"] == "sample" and set(e) == {"level", "method", "attack", "epsilon", "confidence", "delta",
                                                      "valid_dp_bound", "note", "details"}
         assert math.isfinite(e["epsilon"]) and e["delta"] == 1e-4
+
+
+def test_another_target_gets_no_one_run_entries_but_a_note(audited_run):
+    d, _, _ = audited_run
+    from fedleak.report.outputs import attack_dir
+
+    out, _ = attack_run(d, ["fedmia-ii"], target=1, make_figures=False)
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["target"] == 1 and not [e for e in audit["entries"] if e["method"].startswith("one-run")]
+    assert "client 0's data, not in the attacked target 1's" in audit["notes"][0]
+    assert "canary_ids" not in np.load(out / "scores.npz").files
+    assert attack_dir(d) != out  # the full result (target 0) is untouched
+
+
+def test_damaged_canary_files_are_named(audited_run, tmp_path):
+    import shutil
+
+    from fedleak.signals.store import StoreError, read_npz, round_path
+
+    d, _, _ = audited_run
+    run = tmp_path / "copy"
+    shutil.copytree(d, run)
+    out, _ = attack_run(run, ["fedmia-ii"], make_figures=False)
+    before = {f: (out / f).read_bytes() for f in ("metrics.json", "scores.npz", "audit.json")}
+    z = read_npz(round_path(run, 1), "")
+    np.savez(round_path(run, 1), **{k: v for k, v in z.items() if not k.startswith("canary_")})
+    with pytest.raises(StoreError, match=r"round_0001.npz lacks the canary arrays .*canaries.npz"):
+        attack_run(run, ["fedmia-ii"], make_figures=False)
+    (run / "canaries.npz").write_bytes(b"garbage")
+    with pytest.raises(StoreError, match=r"canaries.npz is not a .npz archive.*candidates' signals are intact"):
+        attack_run(run, ["fedmia-ii"], make_figures=False)
+    assert {f: (out / f).read_bytes() for f in before} == before  # nothing half-rewritten
