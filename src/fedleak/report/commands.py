@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from fedleak.attacks.mia.commands import print_table
-from fedleak.fl.commands import quiet_default, resolve_run
+from fedleak.fl.commands import DEVICE_OPT, quiet_default, resolve_run
 
 QUIET_OPT = typer.Option(False, "--quiet", "-q", help="Print only where the outputs are.")
 
@@ -51,12 +51,13 @@ def run_command(
     set_: List[str] = typer.Option([], "--set", "-s", help="Override a config value, e.g. --set fl.rounds=5 (repeatable)."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with dataset files (overrides data.data_dir)."),
     quiet: bool = QUIET_OPT,
+    device: Optional[str] = DEVICE_OPT,
 ) -> None:
     """Train, attack and report in one go; prints where the report is."""
+    cfg, run_dir = resolve_run(config, out, set_, data_dir, device)  # as `fedleak train`, before torch is imported
     from fedleak.fl import simulation
     from fedleak.report.outputs import attack_run
 
-    cfg, run_dir = resolve_run(config, out, set_, data_dir)  # as `fedleak train`
     q = quiet_default(quiet)
     simulation.train(cfg, run_dir, quiet=q)
     _, ev = attack_run(run_dir)
