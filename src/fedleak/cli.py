@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import re
 import sys
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import click
@@ -68,12 +69,31 @@ def load_command(name: str, entry: Entry) -> click.Command:
     return typer.main.get_command(single)
 
 
+class _LoadedOnUse(Mapping):
+    """``group.commands`` for code that introspects a click group: the table's names, each command imported when
+    it is looked up (and kept)."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[str, click.Command] = {}
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in self.loaded:
+            self.loaded[name] = load_command(name, COMMANDS[name])
+        return self.loaded[name]
+
+    def __iter__(self):
+        return iter(COMMANDS)
+
+    def __len__(self) -> int:
+        return len(COMMANDS)
+
+
 class LazyGroup(TyperGroup):
     """A typer group whose commands come from ``COMMANDS``, each imported on first use."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._loaded: dict[str, click.Command] = {}
+        self.commands = _LoadedOnUse()  # type: ignore[assignment]
         self._listing = False  # printing the group's own help: placeholders from the table, nothing imported
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -83,11 +103,7 @@ class LazyGroup(TyperGroup):
         entry = COMMANDS.get(cmd_name)
         if entry is None:
             return None
-        if self._listing:
-            return click.Command(cmd_name, help=entry.help)
-        if cmd_name not in self._loaded:
-            self._loaded[cmd_name] = load_command(cmd_name, entry)
-        return self._loaded[cmd_name]
+        return click.Command(cmd_name, help=entry.help) if self._listing else self.commands[cmd_name]
 
     def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         self._listing = True
@@ -95,17 +111,6 @@ class LazyGroup(TyperGroup):
             super().format_help(ctx, formatter)
         finally:
             self._listing = False
-
-    def resolve_command(self, ctx: click.Context, args: list[str]):
-        try:
-            return super().resolve_command(ctx, args)
-        except click.UsageError as e:  # TyperGroup suggests from self.commands, which is empty here
-            import difflib
-
-            matches = difflib.get_close_matches(args[0], list(COMMANDS)) if args else []
-            if matches and "Did you mean" not in e.message:
-                e.message = f"{e.message.rstrip('.')}. Did you mean {', '.join(repr(m) for m in matches)}?"
-            raise
 
 
 app = typer.Typer(
