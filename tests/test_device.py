@@ -147,3 +147,33 @@ def test_engine_outputs_stay_on_the_cpu_and_draws_use_cpu_generators(tmp_path, m
     assert moms and all(m.device.type == "cpu" for m in moms)
     agg = kernel.aggregate({0: up, 1: gp}, np.array([1.0, 1.0]))
     assert all(v.device.type == "cpu" for v in agg.values())
+
+
+def test_invert_device_cpu_is_the_default_path_and_an_absent_gpu_is_refused_up_front(tmp_path, capsys,
+                                                                                    monkeypatch) -> None:
+    from fedleak.attacks.inversion.optimize import dlg_config
+    from fedleak.attacks.inversion.presets import InvertSpec
+    from fedleak.attacks.inversion.runner import run_inversion
+    from fedleak.cli import main
+    from fedleak.data.base import Dataset, Split
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(4, 1, 16, 16, generator=g), torch.arange(4) % 4
+    ds = Dataset("toy", Split(x, y), Split(x.clone(), y.clone()), 4, (0.5,), (0.25,))
+    spec = InvertSpec(model="lenet_dlg", model_options={"init": "uniform"}, normalization="none", images=2,
+                      attack=dlg_config().model_copy(update={"iterations": 2, "lbfgs_inner": 3}))
+    a = run_inversion(spec, dataset=ds)
+    b = run_inversion(spec, dataset=ds, device="cpu")
+    assert torch.equal(a["pixels"]["reconstruction"], b["pixels"]["reconstruction"])
+    with pytest.raises(ConfigError, match="is not a device"):
+        run_inversion(spec, dataset=ds, device="gpu")
+
+    absent = f"cuda:{torch.cuda.device_count()}"
+    monkeypatch.setattr("sys.argv", ["fedleak", "invert", "--preset", "dlg", "--out", str(tmp_path / "o"),
+                                     "--device", absent, "-q"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    from conftest import assert_one_error_line
+
+    assert_one_error_line(e.value.code, capsys.readouterr().err, "--device", f"'{absent}' is not available")
+    assert not (tmp_path / "o").exists()
