@@ -22,8 +22,6 @@ from typer.testing import CliRunner
 from conftest import SRC, assert_one_error_line
 from fedleak import cli
 
-pytestmark = pytest.mark.slow
-
 #: Run ``fedleak`` argument lists in one fresh interpreter; report each exit code, stderr, and whether torch was
 #: imported by then (the argument lists run in order, so torch seen after list i was imported by lists <= i).
 PROBE = r"""
@@ -57,12 +55,14 @@ def _probe(*argvs: list[str]) -> list[dict]:
     return json.loads(res.stdout)
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_help_of_the_cli_and_of_every_command_imports_no_torch() -> None:
     runs = _probe(["--help"], *[[name, "--help"] for name in cli.COMMANDS])
     assert [r["code"] for r in runs] == [0] * len(runs), runs
     assert not any(r["torch"] for r in runs), [r["argv"] for r in runs if r["torch"]]
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_importtime_of_help_lists_no_torch_module() -> None:
     """``python -X importtime -m fedleak.cli --help``: the interpreter's own list of every module imported."""
     res = subprocess.run([sys.executable, "-X", "importtime", "-m", "fedleak.cli", "--help"], capture_output=True,
@@ -83,6 +83,7 @@ def bad_configs(tmp_path: Path) -> dict[str, Path]:
     return {"typo": typo, "good": good, "out": tmp_path / "run"}
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_config_errors_are_one_line_before_torch_is_imported(bad_configs) -> None:
     out = str(bad_configs["out"])
     runs = _probe(
@@ -99,6 +100,7 @@ def test_config_errors_are_one_line_before_torch_is_imported(bad_configs) -> Non
     assert not bad_configs["out"].exists()  # nothing was started
 
 
+@pytest.mark.slow  # fresh interpreters
 def test_an_absent_gpu_is_a_one_line_error(tmp_path: Path) -> None:
     import torch
 
