@@ -40,6 +40,7 @@ from fedleak.attacks.inversion.costs import total_variation  # noqa: E402
 from fedleak.defenses.gradient import jacobian_rows, representation_fn  # noqa: E402
 from fedleak.models import build_model  # noqa: E402
 from fedleak.attacks.inversion.optimize import ig_config  # noqa: E402
+from fedleak.device import setup_device, synchronize  # noqa: E402
 
 
 DEVICE = torch.device("cpu")
@@ -48,7 +49,7 @@ DEVICE = torch.device("cpu")
 def _sync() -> None:
     """Wait for queued GPU work, so that wall-clock timings cover it (no-op on the CPU)."""
     if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
+        synchronize(DEVICE)
 
 
 def _clock() -> float:
@@ -217,9 +218,10 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     global DEVICE
-    DEVICE = torch.device(a.device)
-    if DEVICE.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible to torch; run on a GPU machine or use --device cpu")
+    try:
+        DEVICE = setup_device(a.device)  # fedleak's device check; TF32 off (docs/gpu.md)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     shape = (3, 32, 32)
     if a.quick:
         a.ig_models, a.blocks, a.loop_features = "lenet_soteria", 2, 8

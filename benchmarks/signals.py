@@ -26,6 +26,7 @@ import time
 import torch
 from torch.nn import functional as F
 
+from fedleak.device import setup_device, synchronize
 from fedleak.models import build_model
 from fedleak.models.functional import per_sample_grad_fn
 from fedleak.signals.compute import (
@@ -44,7 +45,7 @@ DEVICE = torch.device("cpu")
 
 def sync() -> None:
     if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
+        synchronize(DEVICE)
 
 
 def make_setup(n: int, k: int, seed: int = 0):
@@ -156,9 +157,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronise the GPU)")
     args = ap.parse_args()
     global DEVICE
-    DEVICE = torch.device(args.device)
-    if DEVICE.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible to torch; use --device cpu")
+    try:
+        DEVICE = setup_device(args.device)  # fedleak's device check; TF32 off (docs/gpu.md)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     torch.set_num_threads(args.threads)
     load0 = os.getloadavg()[0]
     model, glob, deltas, x, y = make_setup(args.n, args.k)

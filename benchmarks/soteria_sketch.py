@@ -45,6 +45,7 @@ from fedleak.defenses.gradient.soteria import auto_chunk_size  # noqa: E402
 from fedleak.metrics.image import mse, psnr, to_pixels  # noqa: E402
 from fedleak.models import build_model  # noqa: E402
 from fedleak.models.jacobian_sketch import sketch_chunk_size, sketch_squared_norms  # noqa: E402
+from fedleak.device import setup_device, synchronize  # noqa: E402
 
 DEVICE = torch.device("cpu")
 MEAN, STD = (0.5,), (0.25,)  # the input normalisation of benchmarks/inversion.py
@@ -52,7 +53,7 @@ MEAN, STD = (0.5,), (0.25,)  # the input normalisation of benchmarks/inversion.p
 
 def _clock() -> float:
     if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
+        synchronize(DEVICE)
     return time.perf_counter()
 
 
@@ -262,9 +263,10 @@ def main() -> None:
     a = parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    DEVICE = torch.device(a.device)
-    if DEVICE.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible to torch; use --device cpu")
+    try:
+        DEVICE = setup_device(a.device)  # fedleak's device check; TF32 off (docs/gpu.md)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     models = [m for m in a.models.split(",") if m]
     pixels, labels, source = load_images(a.images, a.data_dir, a.seed)
     print(f"images: {source}; device {DEVICE}, {torch.get_num_threads()} threads, torch {torch.__version__}, "

@@ -60,16 +60,12 @@ import torch
 
 from fedleak.config import FLConfig, load_config
 from fedleak.defenses.base import Defense
+from fedleak.device import Stopwatch, setup_device, to_device
 from fedleak.fl.local import ParamDict, get_params, local_update
 from fedleak.fl.vectorized import local_updates_vectorized
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICE = torch.device("cpu")
-
-
-def sync() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def on_device(s: "Setting") -> "Setting":
@@ -137,7 +133,7 @@ def run_loop(s: Setting, g0: ParamDict) -> list[ParamDict]:
 
 
 def run_vectorized(s: Setting, g0: ParamDict) -> list[ParamDict]:
-    return local_updates_vectorized(s.model, g0, s.xs, s.ys, _gens(len(s.xs)), fl=s.fl, lr=s.lr,
+    return local_updates_vectorized(s.model, to_device(g0, DEVICE), s.xs, s.ys, _gens(len(s.xs)), fl=s.fl, lr=s.lr,
                                     num_classes=s.num_classes, normalize=s.normalize)[0]
 
 
@@ -145,16 +141,14 @@ def best_of(fn: Callable[[], object], repeat: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeat):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
+        with Stopwatch(DEVICE) as sw:
+            fn()
+        times.append(sw.seconds)
     return min(times)
 
 
 def max_difference(a: list[ParamDict], b: list[ParamDict]) -> float:
-    return max(float((p[n] - q[n]).abs().max()) for p, q in zip(a, b) for n in p)
+    return max(float((p[n].cpu() - q[n].cpu()).abs().max()) for p, q in zip(a, b) for n in p)
 
 
 def bench(settings: list[Setting], threads: list[int], repeat: int) -> list[tuple[str, int, float, float]]:
@@ -189,8 +183,10 @@ def flower_vs_train(rounds: int) -> list[tuple[str, float, float]]:
         with tempfile.TemporaryDirectory() as tmp:
             run = Path(tmp) / "run"
             t0 = time.perf_counter()
+            on = ["--device", str(DEVICE)] if command == "train" else []  # flower-sim: the CPU
             subprocess.run([sys.executable, "-m", "fedleak.cli", command, "digits-quick", "--out", str(run), "-q",
-                            "--set", f"fl.rounds={rounds}", *extra], check=True, env=env, cwd=REPO, stdout=sys.stderr)
+                            "--set", f"fl.rounds={rounds}", *extra, *on], check=True, env=env, cwd=REPO,
+                           stdout=sys.stderr)
             wall = time.perf_counter() - t0
             rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
             per_round = [r["time"] for r in rows if "time" in r]
@@ -207,12 +203,13 @@ def main() -> None:
     ap.add_argument("--mnist-epochs", type=int, default=1)
     ap.add_argument("--flower", action="store_true", help="also time flower-sim vs train end to end (the hook)")
     ap.add_argument("--flower-rounds", type=int, default=3)
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronise the GPU)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (TF32 off; timings synchronise the GPU)")
     a = ap.parse_args()
     global DEVICE
-    DEVICE = torch.device(a.device)
-    if DEVICE.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda: no CUDA device is visible to torch; use --device cpu")
+    try:
+        DEVICE = setup_device(a.device)
+    except ValueError as e:  # fedleak's ConfigError: one line naming the option
+        sys.exit(f"error: {e}")
     makers = {
         "digits-quick": digits_quick,
         "mnist-mlp": lambda: mnist_shaped("mlp", a.mnist_batch, a.mnist_epochs),

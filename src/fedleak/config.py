@@ -237,8 +237,8 @@ class ExperimentConfig(_Strict):
     name: str = "experiment"
     seed: SInt = Field(0, ge=0, le=MAX_SEED)
     device: str = Field(
-        "cpu", description="'cpu' or 'cuda[:N]' (checked against the GPUs present); not used by the engine yet: "
-        "training and signals run on the CPU whatever it says."
+        "cpu", description="'cpu' or 'cuda[:N]' (checked against the GPUs present): where training, evaluation and "
+        "the signals run (random draws stay on the CPU; TF32 is off). A run may resume on another device."
     )
     data: DataConfig = Field(default_factory=DataConfig)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
@@ -255,17 +255,11 @@ class ExperimentConfig(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        import re
+        from fedleak.device import device_problem
 
-        m = re.fullmatch(r"cpu|cuda(?::(\d+))?", v)
-        if m is None:
-            raise ValueError(f"{v!r} is not a device; use 'cpu' or 'cuda' / 'cuda:N'")
-        if v.startswith("cuda"):
-            import torch
-
-            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            if int(m.group(1) or 0) >= n:
-                raise ValueError(f"{v!r} is not available (this machine has {n} CUDA device(s)); use 'cpu'")
+        why = device_problem(v)
+        if why is not None:
+            raise ValueError(why)
         return v
 
     @model_validator(mode="after")

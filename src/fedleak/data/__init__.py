@@ -32,28 +32,36 @@ split. Also ``none`` (0/1), ``dataset``, and every key of the one table
 inversion originals' ``*-ig``). Details: ``fedleak.data.registry``.
 """
 
-from fedleak.data.base import DataError, Dataset, Split
-from fedleak.data.partition import dirichlet_partition, iid_partition
-from fedleak.data.paths import ENV_VAR, resolve_data_dir
-from fedleak.data.registry import (
-    NORMALIZATION_CHOICES,
-    NORMALIZATIONS,
-    available_datasets,
-    describe_datasets,
-    load_dataset,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "ENV_VAR",
-    "NORMALIZATIONS",
-    "NORMALIZATION_CHOICES",
-    "DataError",
-    "Dataset",
-    "Split",
-    "available_datasets",
-    "describe_datasets",
-    "dirichlet_partition",
-    "iid_partition",
-    "load_dataset",
-    "resolve_data_dir",
-]
+# Exported names -> their module, imported on first access (PEP 562): ``import fedleak.data.commands`` (the
+# ``fedleak datasets`` command, ``fedleak --help``) must not import torch through this package.
+_EXPORTS = {
+    "DataError": "fedleak.data.base",
+    "Dataset": "fedleak.data.base",
+    "Split": "fedleak.data.base",
+    "dirichlet_partition": "fedleak.data.partition",
+    "iid_partition": "fedleak.data.partition",
+    "ENV_VAR": "fedleak.data.paths",
+    "resolve_data_dir": "fedleak.data.paths",
+    "NORMALIZATION_CHOICES": "fedleak.data.registry",
+    "NORMALIZATIONS": "fedleak.data.registry",
+    "available_datasets": "fedleak.data.registry",
+    "describe_datasets": "fedleak.data.registry",
+    "load_dataset": "fedleak.data.registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -12,12 +12,15 @@ from fedleak.config import ExperimentConfig, load_config
 
 
 def resolve_run(
-    config: str, out: Optional[Path], overrides: List[str], data_dir: Optional[str]
+    config: str, out: Optional[Path], overrides: List[str], data_dir: Optional[str], device: Optional[str] = None
 ) -> tuple[ExperimentConfig, Path]:
-    """Load a config (path or preset name) with overrides; pick the run directory."""
+    """Load a config (path or preset name) with overrides; pick the run directory. Imports no torch (unless
+    ``device`` names a GPU, whose presence is checked), so a bad config fails fast."""
     ov = list(overrides or [])
     if data_dir:
         ov.append(f"data.data_dir={data_dir}")
+    if device:
+        ov.append(f"device={device}")
     cfg = load_config(config, ov)
     run_dir = out if out is not None else Path(cfg.output.dir) / cfg.name
     return cfg, Path(run_dir)
@@ -32,6 +35,10 @@ OUT_OPT = typer.Option(None, "--out", "-o", help="Run directory (default: <outpu
 SET_OPT = typer.Option([], "--set", "-s", help="Override a config value, e.g. --set fl.rounds=5 (repeatable).")
 DATA_DIR_OPT = typer.Option(None, "--data-dir", help="Folder with dataset files (overrides data.data_dir).")
 QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress output.")
+DEVICE_OPT = typer.Option(
+    None, "--device", help="Where training and the signals run: cpu, cuda or cuda:N (overrides the config's "
+    "device; TF32 off, random draws on the CPU, so results match the CPU to float rounding)."
+)
 
 
 def train_command(
@@ -40,12 +47,13 @@ def train_command(
     set_: List[str] = SET_OPT,
     data_dir: Optional[str] = DATA_DIR_OPT,
     quiet: bool = QUIET_OPT,
+    device: Optional[str] = DEVICE_OPT,
 ) -> None:
     """Train a federation and record per-sample signals into a run directory (resumes an interrupted run)."""
+    cfg, run_dir = resolve_run(config, out, set_, data_dir, device)  # before torch is imported: fails fast
     from fedleak.attacks.client_audit import write_client_audit
     from fedleak.fl.simulation import train
 
-    cfg, run_dir = resolve_run(config, out, set_, data_dir)
     train(cfg, run_dir, quiet=quiet_default(quiet))
     audit = write_client_audit(cfg, run_dir)  # audit.canary_clients: the client-level one-shot ε
     if audit is not None:

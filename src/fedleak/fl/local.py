@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from fedleak.config import ConfigError, FLConfig
 from fedleak.defenses.base import Defense
+from fedleak.device import module_device, to_device
 from fedleak.models.functional import soft_cross_entropy
 
 ParamDict = dict[str, torch.Tensor]
@@ -48,7 +49,8 @@ def load_params(model: torch.nn.Module, params: ParamDict) -> None:
 
 
 def get_params(model: torch.nn.Module) -> ParamDict:
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+    """A CPU copy of the model's parameters (uploads, aggregation, checkpoints stay on the CPU)."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()}
 
 
 def local_update(
@@ -72,7 +74,10 @@ def local_update(
     The model is put in train() mode (the original never called it, spec W12).
     A non-finite batch loss or final parameter raises :class:`TrainingDiverged` naming ``where``
     (e.g. "round 3, client 1") instead of uploading garbage.
+    Runs on the model's device; batches are drawn and transformed on the CPU (``gen`` is a CPU generator) and
+    moved there; the returned params and optimizer state are on the CPU.
     """
+    dev = module_device(model)
     load_params(model, global_params)
     model.train()
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], fl, lr)
@@ -84,7 +89,7 @@ def local_update(
     for _ in range(fl.local_epochs):
         for idx in defense.local_batches(n, fl.batch_size, gen):
             xb, yb = defense.transform_batch(x[idx], y[idx], num_classes, gen)
-            loss = defense.training_step(model, normalize(xb), yb, soft_cross_entropy, opt)
+            loss = defense.training_step(model, normalize(xb.to(dev)), yb.to(dev), soft_cross_entropy, opt)
             if len(idx) == 0:  # an empty (Poisson-sampled) batch: the step ran, it has no loss to average
                 continue
             losses.append(loss)
@@ -94,7 +99,7 @@ def local_update(
     bad = [n for n, p in params.items() if not bool(torch.isfinite(p).all())]
     if bad:
         raise _diverged(where, f"the local model's {bad[0]} became inf/nan", lr)
-    state = None if fl.fresh_optimizer else opt.state_dict()
+    state = None if fl.fresh_optimizer else to_device(opt.state_dict(), "cpu")
     return params, float(np.mean(losses)) if losses else float("nan"), state
 
 
@@ -102,14 +107,17 @@ def local_update(
 def evaluate(
     model: torch.nn.Module, params: ParamDict | None, x: torch.Tensor, y: torch.Tensor, batch_size: int
 ) -> tuple[float, float]:
-    """(accuracy, mean CE loss) of ``params`` (or the model's own) on normalised inputs, eval() mode."""
+    """(accuracy, mean CE loss) of ``params`` (or the model's own) on normalised inputs, eval() mode, on the
+    model's device (``x``, ``y`` moved there batch by batch)."""
     if params is not None:
         load_params(model, params)
     model.eval()
+    dev = module_device(model)
     correct, total_loss = 0, 0.0
     for s in range(0, len(y), batch_size):
-        out = model(x[s : s + batch_size])
-        total_loss += float(F.cross_entropy(out, y[s : s + batch_size], reduction="sum"))
-        correct += int((out.argmax(1) == y[s : s + batch_size]).sum())
+        xb, yb = x[s : s + batch_size].to(dev), y[s : s + batch_size].to(dev)
+        out = model(xb)
+        total_loss += float(F.cross_entropy(out, yb, reduction="sum"))
+        correct += int((out.argmax(1) == yb).sum())
     n = max(len(y), 1)
     return correct / n, total_loss / n

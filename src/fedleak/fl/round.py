@@ -16,6 +16,7 @@ import torch
 from fedleak.config import FLConfig
 from fedleak.defenses.base import Defense, UpdateContext
 from fedleak.fl.canaries import client_pool, rows
+from fedleak.device import module_device, to_device
 from fedleak.fl.federation import Federation
 from fedleak.fl.local import ParamDict, local_update
 from fedleak.fl.vectorized import local_updates_vectorized
@@ -123,12 +124,14 @@ def clients_update_vectorized(
     defense may select data and transform the update, not change local training."""
     cfg, data = fed.cfg, fed.data
     parts = [_client_data(fed, k, rnd, k in defended) for k in ks]
+    dev = module_device(fed.model)  # trains there; the batch plan's draws stay on the CPU generators
     locals_, losses, states = local_updates_vectorized(
-        fed.model, global_params, [x for _, x, _ in parts], [y for _, _, y in parts],
+        fed.model, to_device(global_params, dev), [x.to(dev) for _, x, _ in parts], [y.to(dev) for _, _, y in parts],
         [torch_gen(cfg.seed, Purpose.LOCAL, rnd, k) for k in ks],
         fl=cfg.fl, lr=lr, num_classes=data.num_classes, normalize=data.normalize,
-        opt_states=[opt_states.get(k) for k in ks], wheres=[_where(rnd, k) for k in ks],
+        opt_states=[to_device(opt_states.get(k), dev) for k in ks], wheres=[_where(rnd, k) for k in ks],
     )
+    locals_, states = to_device(locals_, "cpu"), to_device(states, "cpu")
     out = {}
     for i, (k, (defense, x, y)) in enumerate(zip(ks, parts)):
         sent = upload(fed.model, global_params, locals_[i], x, y, normalize=data.normalize, defense=defense,

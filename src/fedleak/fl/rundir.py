@@ -48,8 +48,9 @@ def _versions() -> dict[str, str]:
 def check_same_config(run_dir: Path, cfg: ExperimentConfig) -> None:
     old = parse_config(read_run_config(run_dir), str(run_dir / "config.yaml"))  # damaged/edited: StoreError
     a, b = old.model_dump(mode="json"), cfg.model_dump(mode="json")
-    for d in (a, b):  # where outputs go, thread counts and the engine (to rounding) do not change results
+    for d in (a, b):  # where outputs go, thread counts, the engine and the device (to rounding) do not change results
         d.pop("output", None)
+        d.pop("device", None)
         d["fl"].pop("threads", None)
         d["fl"].pop("vectorize", None)
     if a != b:

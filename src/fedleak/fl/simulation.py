@@ -19,6 +19,7 @@ import torch
 from fedleak.config import ConfigError, ExperimentConfig
 from fedleak.fl.canary_clients import CanaryPlan, canary_uploads, plan_canary_clients, with_canaries, write_evidence
 from fedleak.fl.canaries import utility_test_rows
+from fedleak.device import module_device, setup_device
 from fedleak.fl.checkpoint import load_checkpoint, save_checkpoint, save_final_model
 from fedleak.fl.federation import Federation, build_federation, train_eval_subset
 from fedleak.fl.local import ParamDict, evaluate, get_params
@@ -27,7 +28,7 @@ from fedleak.fl.record import record_round
 from fedleak.fl.round import aggregate, client_update, clients_update_vectorized
 from fedleak.fl.rundir import check_same_config, complete_run_dir, init_run_dir, refuse_orphaned_results
 from fedleak.fl.schedule import lr_at
-from fedleak.fl.vectorized import resolve_vectorize, supports_vectorized
+from fedleak.fl.vectorized import _local_training_hooks, resolve_vectorize, supports_vectorized
 from fedleak.runlock import run_lock
 from fedleak.seeding import Purpose, np_rng, participants
 from fedleak.signals import store
@@ -122,7 +123,8 @@ def choose_engine(fed: Federation) -> tuple[bool, str]:
             raise ConfigError(f"fl.vectorize=on cannot be used: {why}; set fl.vectorize=auto (falls back to "
                               "training the clients one by one) or off")
     n = len(participants(cfg, 0))
-    use, why = resolve_vectorize(fl.vectorize, fed.model, fed.defense, fed.data.input_shape, fl.batch_size, n)
+    use, why = resolve_vectorize(fl.vectorize, fed.model, fed.defense, fed.data.input_shape, fl.batch_size, n,
+                                 module_device(fed.model))
     if use:
         why = f"fl.vectorize={fl.vectorize}: training the {n} clients of each round as one stacked computation"
     return use, why
@@ -153,11 +155,23 @@ def _prepare(
     else:
         refuse_orphaned_results(run_dir)
     fed = build_federation(cfg, run_dir if resuming else None)
+    place_model(fed)
     engine = choose_engine(fed)
     canaries = plan_canary_clients(cfg, fed.defense)
     recorded = cfg.signals.recorded_rounds(cfg.fl.rounds)
     (complete_run_dir if resuming else init_run_dir)(run_dir, cfg, fed, recorded)
     return fed, recorded, engine, canaries
+
+
+def place_model(fed: Federation) -> None:
+    """Move the federation's model to ``cfg.device`` (TF32 off; :func:`fedleak.device.setup_device`). The model is
+    built and initialised on the CPU first, so its initial parameters do not depend on the device. A defense whose
+    local training step draws noise inside the step (DP-SGD) runs on the CPU only: a :class:`ConfigError`."""
+    device = setup_device(fed.cfg.device, "device")
+    if device.type != "cpu" and "training_step" in _local_training_hooks(fed.defense):
+        raise ConfigError(f"defense '{fed.defense.name}' replaces the local training step and runs on the CPU only; "
+                          "use --device cpu (or device: cpu)")
+    fed.model.to(device)
 
 
 def _train_locked(cfg: ExperimentConfig, run_dir: Path, quiet: bool, stop_after: int | None) -> Path:

@@ -42,6 +42,11 @@ def flower_sim_command(
             raise typer.Exit(2) from None
         raise
     cfg, run_dir = resolve_run(config, out, set_, data_dir)
+    if cfg.device != "cpu":  # never ignored silently
+        from fedleak.errors import ConfigError
+
+        raise ConfigError(f"device: flower-sim trains its ClientApps on the CPU, not {cfg.device!r}; use "
+                          "--set device=cpu (or `fedleak train --device` for the in-process engine)")
     run_flower_simulation(cfg, run_dir, num_cpus=num_cpus, quiet=quiet_default(quiet))
     typer.echo(f"run directory: {run_dir}")
 

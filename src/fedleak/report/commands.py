@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from fedleak.attacks.mia.commands import DEFAULT_HEADLINE, headline_option, print_audit, print_table
-from fedleak.fl.commands import quiet_default, resolve_run
+from fedleak.fl.commands import DEVICE_OPT, quiet_default, resolve_run
 
 QUIET_OPT = typer.Option(False, "--quiet", "-q", help="Print only where the outputs are.")
 
@@ -55,13 +55,14 @@ def run_command(
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Folder with dataset files (overrides data.data_dir)."),
     headline_fpr: float = headline_option(DEFAULT_HEADLINE),
     quiet: bool = QUIET_OPT,
+    device: Optional[str] = DEVICE_OPT,
 ) -> None:
     """Train, attack and report in one go; prints where the report is."""
+    cfg, run_dir = resolve_run(config, out, set_, data_dir, device)  # as `fedleak train`, before torch is imported
     from fedleak.attacks.client_audit import write_client_audit
     from fedleak.fl import simulation
     from fedleak.report.outputs import attack_run
 
-    cfg, run_dir = resolve_run(config, out, set_, data_dir)  # as `fedleak train`
     q = quiet_default(quiet)
     simulation.train(cfg, run_dir, quiet=q)
     write_client_audit(cfg, run_dir)  # audit.canary_clients: audit/clients.json, before the report reads it

@@ -102,22 +102,24 @@ def flat_params(model: nn.Module) -> torch.Tensor:
 def _split_params(
     model: nn.Module, params: Mapping[str, torch.Tensor] | None
 ) -> tuple[list[str], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(trainable names, trainable tensors, everything else given) — detached."""
+    """(trainable names, trainable tensors, everything else given) — detached, on the model's device."""
     names = trainable_names(model)
     given = dict(model.named_parameters()) if params is None else dict(params)
     missing = [n for n in names if n not in given]
     if missing:
         raise KeyError(f"global_params lacks trainable parameters: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    train = {n: given[n].detach() for n in names}
-    rest = {n: v.detach() for n, v in given.items() if n not in train}
+    dev = _device_of(model, given)
+    train = {n: given[n].detach().to(dev) for n in names}
+    rest = {n: v.detach().to(dev) for n, v in given.items() if n not in train}
     return names, train, rest
 
 
 def _device_of(model: nn.Module, params: Mapping[str, torch.Tensor]) -> torch.device:
-    for v in params.values():
-        return v.device
+    """Where a computation runs: the model's device (``params`` and inputs are moved there), else the params'."""
     for p in model.parameters():
         return p.device
+    for v in params.values():
+        return v.device
     return torch.device("cpu")
 
 
@@ -165,6 +167,7 @@ def per_sample_loss_margin(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     p = dict(model.named_parameters()) if params is None else {k: v.detach() for k, v in params.items()}
     dev = _device_of(model, p)
+    p = {k: v.to(dev) for k, v in p.items()}
     losses, margins = [], []
     with _EvalMode(model):
         for s in range(0, len(x), batch_size):

@@ -4,56 +4,50 @@ Layers: :mod:`.victim` (what the server sees), :mod:`.optimize` / :mod:`.adaptiv
 :class:`ServerView`), :mod:`fedleak.metrics.image` (evaluation, the only place that sees the ground truth).
 """
 
-from fedleak.attacks.inversion.adaptive import FeatureReadout, adaptive_config, read_out_features
-from fedleak.attacks.inversion.costs import GradientMatcher, layer_weights, reference_cost, total_variation
-from fedleak.attacks.inversion.labels import class_scores, infer_labels
-from fedleak.attacks.inversion.optimize import (
-    FeatureTarget,
-    GradientInversion,
-    InversionConfig,
-    Reconstruction,
-    dlg_config,
-    idlg_config,
-    ig_config,
-    invert,
-    milestones,
-)
-from fedleak.attacks.inversion.victim import (
-    GroundTruth,
-    LocalHyper,
-    ServerView,
-    SideInfo,
-    batch_gradient,
-    client_update,
-    local_update,
-    soft_cross_entropy,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "FeatureReadout",
-    "FeatureTarget",
-    "GradientInversion",
-    "GradientMatcher",
-    "GroundTruth",
-    "InversionConfig",
-    "LocalHyper",
-    "Reconstruction",
-    "ServerView",
-    "SideInfo",
-    "adaptive_config",
-    "batch_gradient",
-    "class_scores",
-    "client_update",
-    "dlg_config",
-    "idlg_config",
-    "ig_config",
-    "infer_labels",
-    "invert",
-    "layer_weights",
-    "local_update",
-    "milestones",
-    "read_out_features",
-    "reference_cost",
-    "soft_cross_entropy",
-    "total_variation",
-]
+# Exported names -> their module, imported on first access (PEP 562): ``import fedleak.attacks.inversion.commands``
+# (``fedleak invert --help``, ``fedleak --help``) must not import torch through this package.
+_EXPORTS = {
+    "FeatureReadout": "fedleak.attacks.inversion.adaptive",
+    "adaptive_config": "fedleak.attacks.inversion.adaptive",
+    "read_out_features": "fedleak.attacks.inversion.adaptive",
+    "GradientMatcher": "fedleak.attacks.inversion.costs",
+    "layer_weights": "fedleak.attacks.inversion.costs",
+    "reference_cost": "fedleak.attacks.inversion.costs",
+    "total_variation": "fedleak.attacks.inversion.costs",
+    "class_scores": "fedleak.attacks.inversion.labels",
+    "infer_labels": "fedleak.attacks.inversion.labels",
+    "FeatureTarget": "fedleak.attacks.inversion.optimize",
+    "GradientInversion": "fedleak.attacks.inversion.optimize",
+    "InversionConfig": "fedleak.attacks.inversion.optimize",
+    "Reconstruction": "fedleak.attacks.inversion.optimize",
+    "dlg_config": "fedleak.attacks.inversion.optimize",
+    "idlg_config": "fedleak.attacks.inversion.optimize",
+    "ig_config": "fedleak.attacks.inversion.optimize",
+    "invert": "fedleak.attacks.inversion.optimize",
+    "milestones": "fedleak.attacks.inversion.optimize",
+    "GroundTruth": "fedleak.attacks.inversion.victim",
+    "LocalHyper": "fedleak.attacks.inversion.victim",
+    "ServerView": "fedleak.attacks.inversion.victim",
+    "SideInfo": "fedleak.attacks.inversion.victim",
+    "batch_gradient": "fedleak.attacks.inversion.victim",
+    "client_update": "fedleak.attacks.inversion.victim",
+    "local_update": "fedleak.attacks.inversion.victim",
+    "soft_cross_entropy": "fedleak.attacks.inversion.victim",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

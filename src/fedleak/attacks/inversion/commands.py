@@ -138,13 +138,16 @@ def invert_command(
     local_lr: Optional[float] = typer.Option(None, "--local-lr", help="FedAvg local learning rate."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the attack and the defence noise."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+    device: str = typer.Option("cpu", "--device", help="Where the attack runs: cpu, cuda or cuda:N (TF32 off; the "
+                               "client update, its defence and the random draws stay on the CPU)."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Override any setting, e.g. --set attack.tv=1e-3."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Reconstruct client images from their (defended) gradient and measure MSE/PSNR/SSIM."""
-    from fedleak.attacks.inversion.runner import prepare_out_dir, run_inversion
+    from fedleak.device import check_device
     from fedleak.errors import FedleakError
 
+    check_device(device)  # before any work (imports torch only for a GPU)
     quiet = quiet or bool(os.environ.get("FEDLEAK_QUIET"))
     if labels is not None and labels not in ("known", "unknown"):
         raise FedleakError("--labels must be known or unknown")
@@ -172,10 +175,12 @@ def invert_command(
         seed=seed,
         threads=threads,
     )
+    from fedleak.attacks.inversion.runner import prepare_out_dir, run_inversion
+
     prepare_out_dir(out)  # a file in the way or a read-only folder fails here, not after the attack
     try:
         if quiet:
-            result = run_inversion(spec, out_dir=out)
+            result = run_inversion(spec, out_dir=out, device=device)
         else:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -183,7 +188,7 @@ def invert_command(
                           TimeRemainingColumn(), transient=False) as bar:
                 task = bar.add_task(f"{spec.name} / {spec.defense}", total=None)
                 result = run_inversion(
-                    spec, out_dir=out,
+                    spec, out_dir=out, device=device,
                     on_start=lambda total: bar.update(task, total=total),
                     progress=lambda k: bar.advance(task, k),
                 )

@@ -227,13 +227,14 @@ class GradientInversion:
         self, trial: int, progress: Callable[[int], None] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None, float, list[tuple[int, float]], int]:
         c = self.cfg
-        gen = trial_generator(c.seed, trial)
-        x = self._init(gen).requires_grad_(True)
+        gen = trial_generator(c.seed, trial)  # a CPU generator: the draws are moved to where the attack runs
+        x = self._init(gen).to(self.lo.device).requires_grad_(True)
         self._project(x)
         y_logits = None
         variables = [x]
         if self.labels is None:
-            y_logits = torch.randn(self.side.num_images, self.side.num_classes, generator=gen).requires_grad_(True)
+            y_logits = torch.randn(self.side.num_images, self.side.num_classes, generator=gen)
+            y_logits = y_logits.to(self.lo.device).requires_grad_(True)
             variables.append(y_logits)
         opt = self._optimizer(variables)
         sched = self._scheduler(opt)

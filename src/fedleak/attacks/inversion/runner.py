@@ -9,7 +9,9 @@ compose comparison grids).
 
 from __future__ import annotations
 
+import copy
 import csv
+import dataclasses
 import json
 import math
 import tempfile
@@ -29,6 +31,7 @@ from fedleak.attacks.inversion.presets import InvertSpec
 from fedleak.attacks.inversion.victim import LocalHyper, ServerView, client_update
 from fedleak.defenses import build_transform
 from fedleak.defenses.gradient import last_linear, representation_fn
+from fedleak.device import setup_device, to_device
 from fedleak.metrics.image import aggregate, image_metrics, label_accuracy, logit_mse, to_pixels
 from fedleak.signals.store import StoreError, make_dirs, write_failed
 
@@ -131,14 +134,18 @@ def run_inversion(
     out_dir: str | Path | None = None,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Attack every requested image (``batch_size`` per update) and evaluate; write outputs to ``out_dir``.
 
     ``on_start(total_iterations)`` is called once before the attack, ``progress(k)`` after every ``k`` optimiser
-    iterations (the CLI hangs a progress bar on them).
+    iterations (the CLI hangs a progress bar on them). ``device``: where the attack (the server side) runs; the
+    client's update, its defence noise and the evaluation stay on the CPU, and so do the attack's random draws
+    (moved to the device), so a seed gives the same starting points on any device.
     """
     if out_dir is not None:
         prepare_out_dir(out_dir)  # before any data is loaded or any iteration runs
+    dev = setup_device(device)
     t_start = time.perf_counter()
     old_threads = torch.get_num_threads()
     if spec.threads:
@@ -150,13 +157,14 @@ def run_inversion(
         if on_start is not None:
             on_start(len(batches) * spec.attack.restarts * spec.attack.iterations)
         parallel = (spec.parallel > 1 and spec.batch_size == 1 and spec.local_steps == 0
-                    and spec.attack.optimizer in ("adam", "sgd") and spec.attack.early_stop is None)
+                    and spec.attack.optimizer in ("adam", "sgd") and spec.attack.early_stop is None
+                    and dev.type == "cpu")  # the stacked attack is CPU-only; elsewhere one update at a time
         step = spec.parallel if parallel else 1
         res = _Results()
         for g in range(0, len(batches), step):
             t0 = time.perf_counter()
             victims = [_victim(ses, b, batches[b]) for b in range(g, min(g + step, len(batches)))]  # client side
-            recs = _attack(ses.model, victims, progress)  # server side: views only
+            recs = _attack(ses.model, victims, progress, dev)  # server side: views only
             seconds_each = (time.perf_counter() - t0) / len(victims)
             for v, rec in zip(victims, recs):  # evaluation: sees the ground truth
                 _evaluate(ses, v, rec, seconds_each, indices, res)
@@ -210,13 +218,29 @@ def _victim(ses: _Session, b: int, pos: list[int]) -> _Victim:
     return _Victim(b, pos, xpix, y, view, truth, cfg, feature_target)
 
 
-def _attack(model, victims: list[_Victim], progress: Callable[[int], None] | None) -> list[Any]:
+def _attack(model, victims: list[_Victim], progress: Callable[[int], None] | None, dev: torch.device) -> list[Any]:
+    if dev.type != "cpu":  # a copy of the model and the views on the device; reconstructions come back to the CPU
+        model = copy.deepcopy(model).to(dev)
+        victims = [dataclasses.replace(v, view=_view_on(v.view, dev), feature_target=_target_on(v.feature_target, dev))
+                   for v in victims]
+        recs = _attack(model, victims, progress, torch.device("cpu"))
+        return [dataclasses.replace(r, x=r.x.cpu(), labels=r.labels.cpu()) for r in recs]
     if len(victims) > 1:
         fts = [v.feature_target for v in victims]
         return ParallelInversion(model, [v.view for v in victims], victims[0].cfg, seeds=[v.cfg.seed for v in victims],
                                  feature_targets=fts if fts[0] is not None else None).run(progress)
     v = victims[0]
     return [invert(model, v.view, v.cfg, progress=progress, feature_target=v.feature_target)]
+
+
+def _view_on(view: ServerView, dev: torch.device) -> ServerView:
+    side = dataclasses.replace(view.side, labels=to_device(view.side.labels, dev))
+    return dataclasses.replace(view, params=to_device(view.params, dev), buffers=to_device(view.buffers, dev),
+                               update=to_device(view.update, dev), side=side)
+
+
+def _target_on(ft: Any, dev: torch.device) -> Any:
+    return None if ft is None else dataclasses.replace(ft, r=ft.r.to(dev), known=ft.known.to(dev))
 
 
 def _evaluate(ses: _Session, v: _Victim, rec, seconds_each: float, indices: list[int], res: _Results) -> None:
