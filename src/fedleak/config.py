@@ -159,6 +159,14 @@ class FLConfig(_Strict):
         "the loop, saying why once; 'off': always the loop. Agrees with the loop to float32 rounding, not bit for bit.",
     )
 
+    bn: Literal["fedavg", "local"] = Field(
+        "fedavg",
+        description="BatchNorm layers (models with running statistics): 'fedavg' uploads their affine parameters "
+        "and running statistics and the server averages them by client example count (num_batches_tracked: the "
+        "maximum); 'local' is FedBN: each client keeps its BatchNorm parameters and statistics to itself, the "
+        "server averages the rest. No effect on models without BatchNorm.",
+    )
+
     @field_validator("vectorize", mode="before")
     @classmethod
     def _yaml_on_off(cls, v: Any) -> Any:
@@ -443,9 +451,11 @@ def resolve_config_path(path: str | Path) -> Path:
 
 
 def dump_config(cfg: ExperimentConfig) -> str:
-    """The config as YAML; an ``audit:`` section left at its defaults is omitted, so a run without an audit has the
+    """The config as YAML; an ``audit:`` section left at its defaults (and ``fl.bn`` at ``fedavg``) is omitted, so a run without an audit has the
     same ``config.yaml`` (and config hash) as before the section existed."""
     data = cfg.model_dump(mode="json")
     if cfg.audit == AuditConfig():
         del data["audit"]
+    if cfg.fl.bn == "fedavg":  # likewise fl.bn at its default (runs from before BatchNorm keep their hash)
+        del data["fl"]["bn"]
     return yaml.safe_dump(data, sort_keys=False)
