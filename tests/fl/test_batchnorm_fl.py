@@ -169,7 +169,7 @@ def test_signals_use_the_uploaded_running_statistics_in_eval_mode(tmp_path):
         net.load_state_dict({n: v.double() if v.is_floating_point() else v for n, v in up.items()})
         with torch.no_grad():
             ref = F.cross_entropy(net.eval()(x), y, reduction="none")
-        assert_within(sig.loss[0, k], ref, rounding_tol(longest_sum(fed.model, x[:1]), 1.0 + ref), f"loss {k}")
+        assert_within(sig.loss[0, k], ref, rounding_tol(longest_sum(fed.model, x[:1].float()), 1.0 + ref), f"loss {k}")
         # with the *global* running statistics instead, the losses differ: the uploaded ones were used
         net.load_state_dict({n: (g0[n] if "running" in n else up[n]).double() if up[n].is_floating_point() else up[n]
                              for n in up})
