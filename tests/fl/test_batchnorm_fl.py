@@ -189,3 +189,12 @@ def test_dpsgd_with_batchnorm_refused():
     cfg = bn_config(defense={"name": "dpsgd"})
     with pytest.raises(ConfigError, match="BatchNorm"):
         build_federation(cfg)
+
+
+def test_flower_audit_refuses_models_with_buffers(tmp_path):
+    from fedleak.flower.audit import FlowerAudit
+
+    with pytest.raises(ConfigError, match="buffers") as e:
+        FlowerAudit(bn_config(), tmp_path / "fl")
+    assert "fedleak train" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "fl" / "config.yaml").exists()  # refused before the run directory was written
