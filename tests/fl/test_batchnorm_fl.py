@@ -198,3 +198,16 @@ def test_flower_audit_refuses_models_with_buffers(tmp_path):
         FlowerAudit(bn_config(), tmp_path / "fl")
     assert "fedleak train" in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "fl" / "config.yaml").exists()  # refused before the run directory was written
+
+
+def test_checkpoint_with_foreign_client_bn_state_is_a_one_line_error(tmp_path):
+    from fedleak.signals.store import StoreError
+
+    cfg = bn_config(fl__bn="local", fl__rounds=3)
+    run = train(cfg, tmp_path / "r", quiet=True, stop_after=1)
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)
+    ck["local_bn"][0]["norms.0.running_mean"] = torch.zeros(3)  # another model's shape
+    torch.save(ck, run / "checkpoint.pt")
+    with pytest.raises(StoreError, match="local_bn") as e:
+        train(cfg, run, quiet=True)
+    assert "checkpoint.pt" in str(e.value) and "\n" not in str(e.value)
