@@ -211,3 +211,12 @@ def test_checkpoint_with_foreign_client_bn_state_is_a_one_line_error(tmp_path):
     with pytest.raises(StoreError, match="local_bn") as e:
         train(cfg, run, quiet=True)
     assert "checkpoint.pt" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_stacked_engine_refuses_bn_and_auto_falls_back_saying_why():
+    from fedleak.fl.simulation import choose_engine
+
+    with pytest.raises(ConfigError, match="BatchNorm2d"):
+        choose_engine(build_federation(bn_config(fl__vectorize="on")))
+    use, why = choose_engine(build_federation(bn_config(fl__vectorize="auto")))
+    assert not use and "one by one" in why and "BatchNorm2d" in why
