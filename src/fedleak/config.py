@@ -163,6 +163,14 @@ class FLConfig(_Strict):
         "the loop, saying why once; 'off': always the loop. Agrees with the loop to float32 rounding, not bit for bit.",
     )
 
+    bn: Literal["fedavg", "local"] = Field(
+        "fedavg",
+        description="BatchNorm layers (models with running statistics): 'fedavg' uploads their affine parameters "
+        "and running statistics and the server averages them by client example count (num_batches_tracked: the "
+        "maximum); 'local' is FedBN: each client keeps its BatchNorm parameters and statistics to itself, the "
+        "server averages the rest. No effect on models without BatchNorm.",
+    )
+
     @field_validator("vectorize", mode="before")
     @classmethod
     def _yaml_on_off(cls, v: Any) -> Any:
@@ -447,9 +455,9 @@ def resolve_config_path(path: str | Path) -> Path:
 
 
 def dump_config(cfg: ExperimentConfig) -> str:
-    """The config as YAML; an ``audit:`` section left at its defaults, an empty ``data.options`` and
-    ``signals.keep_models: false`` are omitted, so a run without them has the same ``config.yaml`` (and config
-    hash) as before they existed."""
+    """The config as YAML; an ``audit:`` section left at its defaults, an empty ``data.options``,
+    ``signals.keep_models: false`` and ``fl.bn: fedavg`` are omitted, so a run without them has the same
+    ``config.yaml`` (and config hash) as before they existed."""
     data = cfg.model_dump(mode="json")
     if cfg.audit == AuditConfig():
         del data["audit"]
@@ -457,4 +465,6 @@ def dump_config(cfg: ExperimentConfig) -> str:
         del data["data"]["options"]
     if not cfg.signals.keep_models:  # likewise signals.keep_models at its default
         del data["signals"]["keep_models"]
+    if cfg.fl.bn == "fedavg":  # likewise fl.bn at its default (runs from before BatchNorm keep their hash)
+        del data["fl"]["bn"]
     return yaml.safe_dump(data, sort_keys=False)

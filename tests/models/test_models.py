@@ -13,7 +13,8 @@ from torch.nn import functional as F
 from conftest import assert_within, longest_sum, rounding_tol
 from fedleak.models import available_models, build_model
 
-ALL = ["alexnet_cifar", "convnet64", "lenet_dlg", "lenet_soteria", "mlp", "resnet18_gn"]
+BN_FREE = ["alexnet_cifar", "convnet64", "lenet_dlg", "lenet_soteria", "mlp", "resnet18_gn"]
+ALL = sorted(BN_FREE + ["resnet18_bn", "resnet20_bn"])
 
 
 def n_params(m: nn.Module) -> int:
@@ -110,7 +111,7 @@ def test_output_shape_and_batch_independence(name, shape):
     assert_within(out[1:2], single, tol, name)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", BN_FREE)
 def test_no_batchnorm_no_inplace_train_equals_eval(name):
     torch.manual_seed(1)
     m = build_model(name, 5, (3, 32, 32))

@@ -1,6 +1,8 @@
 """``RUN/checkpoint.pt`` and ``RUN/final_model.pt``: tensors only, written atomically, read without unpickling.
 
-A checkpoint holds ``{"round": int, "global": {name: tensor}, "opt_states": {client: optimizer state}}``.
+A checkpoint holds ``{"round": int, "global": {name: tensor}, "opt_states": {client: optimizer state}}``; the
+global state has every parameter and every buffer (BatchNorm running statistics). Under ``fl.bn: local`` it also
+holds ``"local_bn": {client: {name: tensor}}``, each client's private BatchNorm state (FedBN).
 It is read with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers;
 a damaged or malicious file becomes fedleak's own one-line StoreError (never torch's advice to load it with
 ``weights_only=False``, which would run whatever code the file carries).
@@ -30,9 +32,15 @@ def _torch_bytes(obj: Any) -> bytes:
     return buf.getvalue()
 
 
-def save_checkpoint(run_dir: Path, rnd: int, global_params: ParamDict, opt_states: dict[int, Any]) -> None:
+def save_checkpoint(
+    run_dir: Path, rnd: int, global_params: ParamDict, opt_states: dict[int, Any],
+    local_bn: dict[int, ParamDict] | None = None,
+) -> None:
     """Write the state after round ``rnd`` (atomic; a full disk raises StoreError and keeps the previous one)."""
-    data = _torch_bytes({"round": rnd, "global": global_params, "opt_states": opt_states})
+    ck: dict[str, Any] = {"round": rnd, "global": global_params, "opt_states": opt_states}
+    if local_bn:
+        ck["local_bn"] = local_bn
+    data = _torch_bytes(ck)
     atomic_write_bytes(Path(run_dir) / CHECKPOINT, data)
 
 
@@ -48,13 +56,26 @@ def _damaged(path: Path, why: str) -> StoreError:
 
 
 def _check_params(path: Path, params: Any, model: torch.nn.Module) -> None:
-    want = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    want = {n: tuple(p.shape) for n, p in [*model.named_parameters(), *model.named_buffers()]}
     if not isinstance(params, dict) or not all(isinstance(v, torch.Tensor) for v in params.values()):
         raise _damaged(path, "not a fedleak checkpoint (no tensor dict under 'global')")
     got = {n: tuple(v.shape) for n, v in params.items()}
     if got.keys() != want.keys() or any(got[n] != want[n] for n in want):
         bad = sorted(n for n in want.keys() | got.keys() if got.get(n) != want.get(n))[:3]
         raise _damaged(path, f"a checkpoint of another model (parameters {bad} differ from the configured model)")
+
+
+def _check_local_bn(path: Path, local_bn: Any, model: torch.nn.Module) -> dict[int, ParamDict]:
+    """The clients' private BatchNorm states: ``{client: {name: tensor}}``, names and shapes of ``model``'s."""
+    shapes = {n: tuple(v.shape) for n, v in [*model.named_parameters(), *model.named_buffers()]}
+    ok = isinstance(local_bn, dict) and all(
+        isinstance(k, int) and isinstance(st, dict)
+        and all(isinstance(v, torch.Tensor) and shapes.get(n) == tuple(v.shape) for n, v in st.items())
+        for k, st in local_bn.items()
+    )
+    if not ok:
+        raise _damaged(path, "not a fedleak checkpoint of this model (its 'local_bn' client states do not fit)")
+    return local_bn
 
 
 def _read(path: Path) -> Any:
@@ -77,8 +98,9 @@ def _read(path: Path) -> Any:
 
 def load_checkpoint(
     run_dir: Path, model: torch.nn.Module, rounds: int
-) -> tuple[int, ParamDict, dict[int, Any]] | None:
-    """(last finished round, global parameters, optimizer states), or None when there is no checkpoint.
+) -> tuple[int, ParamDict, dict[int, Any], dict[int, ParamDict]] | None:
+    """(last finished round, global state, optimizer states, the clients' private BatchNorm states), or None when
+    there is no checkpoint.
 
     Checks that the file is a fedleak checkpoint of ``model`` for a round below ``rounds``."""
     path = Path(run_dir) / CHECKPOINT
@@ -92,4 +114,5 @@ def load_checkpoint(
     if not 0 <= ck["round"] < rounds:
         raise _damaged(path, f"a checkpoint of round {ck['round']}, outside this run's {rounds} rounds")
     _check_params(path, ck.get("global"), model)
-    return ck["round"], ck["global"], ck.get("opt_states", {})
+    local_bn = _check_local_bn(path, ck.get("local_bn", {}), model)
+    return ck["round"], ck["global"], ck.get("opt_states", {}), local_bn

@@ -18,6 +18,7 @@ from fedleak.data.base import Dataset
 from fedleak.defenses import Defense, build_defense
 from fedleak.fl.canaries import build_canaries
 from fedleak.fl.rundir import saved_candidates, saved_split
+from fedleak.models.functional import batchnorm_state_names
 from fedleak.seeding import Purpose, init_seed, np_rng
 from fedleak.signals.canaries import CanarySet
 from fedleak.signals.candidates import build_candidates
@@ -70,11 +71,24 @@ def build_federation(cfg: ExperimentConfig, run_dir: Path | None = None) -> Fede
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
     defense = build_defense(cfg.defense, cfg)
+    _refuse_batchnorm_training_step(model, defense, cfg)
     weights = np.array([len(c) for c in clients], dtype=np.float64)
     defense.client_weights = weights
     fed = Federation(cfg, data, clients, ids, owner, model, defense, weights)
     fed.canaries = build_canaries(fed)
     return fed
+
+
+def _refuse_batchnorm_training_step(model: torch.nn.Module, defense: Defense, cfg: ExperimentConfig) -> None:
+    """A defense that replaces the local step (DP-SGD: per-sample gradients) cannot train BatchNorm layers, whose
+    batch statistics couple the samples of a batch."""
+    if type(defense).training_step is Defense.training_step or not batchnorm_state_names(model):
+        return
+    raise ConfigError(
+        f"defense {cfg.defense.name!r} replaces local training with per-sample gradients, which model "
+        f"{cfg.model.name!r}'s BatchNorm layers couple across the batch; use a model without BatchNorm "
+        "(e.g. resnet18_gn, or convnet64 with model.options.norm=group)"
+    )
 
 
 def train_eval_subset(fed: Federation, cap: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:

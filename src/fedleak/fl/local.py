@@ -43,14 +43,20 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 
 def load_params(model: torch.nn.Module, params: ParamDict) -> None:
+    """Copy ``params`` into the model: every parameter and every buffer (BatchNorm running statistics) by name."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(params[name])
+        for name, b in model.named_buffers():
+            b.copy_(params[name])
 
 
 def get_params(model: torch.nn.Module) -> ParamDict:
-    """A CPU copy of the model's parameters (uploads, aggregation, checkpoints stay on the CPU)."""
-    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()}
+    """The model's state as the engine ships it, as CPU copies (uploads, aggregation, checkpoints stay on the CPU):
+    parameters (``named_parameters()`` order), then buffers."""
+    state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()}
+    state.update({n: b.detach().to("cpu", copy=True) for n, b in model.named_buffers()})
+    return state
 
 
 def local_update(
@@ -71,7 +77,8 @@ def local_update(
     """Train ``model`` from ``global_params`` on the client's pixel-space data (x in [0,1]).
 
     Returns (local params, mean training loss, optimizer state to carry when fresh_optimizer=False).
-    The model is put in train() mode (the original never called it, spec W12).
+    The model is put in train() mode (the original never called it, spec W12): BatchNorm layers normalise with
+    the batch statistics and update their running statistics, which come back with the parameters.
     A non-finite batch loss or final parameter raises :class:`TrainingDiverged` naming ``where``
     (e.g. "round 3, client 1") instead of uploading garbage.
     Runs on the model's device; batches are drawn and transformed on the CPU (``gen`` is a CPU generator) and

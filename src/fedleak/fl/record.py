@@ -2,7 +2,9 @@
 
 Loss and logit margin use each client's *uploaded* model (one forward for both); gradient signals use per-sample
 gradients at the round's global model, computed once for all clients (``gradient_signals``), against each uploaded
-update.
+update. Every signal is taken in eval mode: a BatchNorm model normalises with the running statistics the server
+holds (the global ones for the gradients, client k's uploaded ones for its loss; under ``fl.bn: local`` the
+server's own, since the clients' never leave them).
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ def record_round(
     compat_rng: np.random.Generator,
 ) -> list[float]:
     cfg = fed.cfg
+    # what the server holds of client k: its upload, completed by the global state for entries the client keeps
+    # private (FedBN's BatchNorm layers); a model with BatchNorm is evaluated with the running statistics held
+    uploaded = {k: {**global_params, **u} for k, u in uploaded.items()}
     K, N = cfg.partition.num_clients, len(fed.cand_ids)
     sc = cfg.signals
     names = [n for n, p in fed.model.named_parameters() if p.requires_grad]

@@ -20,7 +20,7 @@ from fedleak.device import module_device, to_device
 from fedleak.fl.federation import Federation
 from fedleak.fl.local import ParamDict, local_update
 from fedleak.fl.vectorized import local_updates_vectorized
-from fedleak.models.functional import soft_cross_entropy
+from fedleak.models.functional import batchnorm_state_names, soft_cross_entropy
 from fedleak.seeding import Purpose, np_rng, torch_gen
 
 
@@ -39,18 +39,23 @@ def local_round(
     defense_gen: torch.Generator,
     opt_state: dict[str, Any] | None = None,
     where: str = "",
-) -> tuple[ParamDict, float, dict[str, Any] | None]:
+    private: frozenset[str] = frozenset(),
+) -> tuple[ParamDict, float, dict[str, Any] | None, ParamDict]:
     """One client's round on its pixel-space data ``x``: local training from ``global_params`` under ``defense``
     (``gen`` drives batching and data-level transforms), then the defense's ``transform_update`` on
     ``Δ = θ_global − θ_local`` (``defense_gen``; with an :class:`UpdateContext` holding the client's data of the
-    round, normalised, and the global parameters, when the defense needs one). Returns (the uploaded params ``θ_global − Δ'``, the mean training
-    loss, the optimizer state to carry)."""
+    round, normalised, and the global parameters, when the defense needs one). ``private``: state entries that never
+    leave the client (FedBN's BatchNorm layers, ``fl.bn: local``). Returns (the upload: params ``θ_global − Δ'`` and
+    the trained buffers, private entries left out; the mean training loss; the optimizer state to carry; the
+    client's trained private entries)."""
     local, loss, state = local_update(
         model, global_params, x, y, fl=fl, lr=lr, num_classes=num_classes, normalize=normalize,
         defense=defense, gen=gen, opt_state=opt_state, where=where,
     )
-    return upload(model, global_params, local, x, y, normalize=normalize, defense=defense,
-                  defense_gen=defense_gen), loss, state
+    kept = {n: local[n] for n in private}
+    shared = {n: v for n, v in local.items() if n not in private}
+    sent = upload(model, global_params, shared, x, y, normalize=normalize, defense=defense, defense_gen=defense_gen)
+    return sent, loss, state, kept
 
 
 def upload(
@@ -65,22 +70,41 @@ def upload(
     defense_gen: torch.Generator,
 ) -> ParamDict:
     """What a client that trained ``local`` on pixel-space ``x, y`` uploads: ``θ_global − Δ'`` with
-    ``Δ' = defense.transform_update(θ_global − θ_local)`` (see :func:`local_round`)."""
-    delta = {n: global_params[n] - local[n] for n in local}
+    ``Δ' = defense.transform_update(θ_global − θ_local)`` over the parameters in ``local`` (see :func:`local_round`),
+    then ``local``'s buffers (BatchNorm running statistics) as trained. The defense's context model is in eval mode
+    at ``global_params`` (BatchNorm with the running statistics it holds)."""
+    buffers = {n for n, _ in model.named_buffers()}
+    delta = {n: global_params[n] - local[n] for n in local if n not in buffers}
     ctx = None
     if defense.needs_context:  # e.g. Soteria: the client's data of the round at the global parameters
+        model.eval()
         ctx = UpdateContext(model=model, x=normalize(x), y=y, params=global_params, loss_fn=soft_cross_entropy,
                             kind="update")
     delta = defense.transform_update(delta, defense_gen, ctx)
-    return {n: global_params[n] - delta[n] for n in delta}
+    sent = {n: global_params[n] - delta[n] for n in delta}
+    sent.update({n: local[n] for n in local if n in buffers})
+    return sent
 
 
 def aggregate(uploaded: dict[int, ParamDict], weights: np.ndarray) -> ParamDict:
-    """FedAvg: Σ_k w_k θ_k / Σ_k w_k over the clients that uploaded, keyed by client id (spec W10 fixed)."""
+    """FedAvg: Σ_k w_k θ_k / Σ_k w_k over the clients that uploaded, keyed by client id (spec W10 fixed).
+
+    Every floating-point entry (parameters, BatchNorm running mean/variance) is the example-weighted mean; an
+    integer entry (BatchNorm's ``num_batches_tracked``) is the maximum over the uploads."""
     ks = sorted(uploaded)
     total = float(sum(weights[k] for k in ks))
-    names = uploaded[ks[0]].keys()
-    return {n: sum((weights[k] / total) * uploaded[k][n] for k in ks) for n in names}
+    out: ParamDict = {}
+    for n in uploaded[ks[0]].keys():
+        if uploaded[ks[0]][n].is_floating_point():
+            out[n] = sum((weights[k] / total) * uploaded[k][n] for k in ks)
+        else:
+            out[n] = torch.stack([uploaded[k][n] for k in ks]).amax(0)
+    return out
+
+
+def private_names(fed: Federation) -> frozenset[str]:
+    """The state entries clients keep to themselves: their BatchNorm layers under ``fl.bn: local`` (FedBN)."""
+    return batchnorm_state_names(fed.model) if fed.cfg.fl.bn == "local" else frozenset()
 
 
 def client_update(
@@ -91,22 +115,33 @@ def client_update(
     global_params: ParamDict,
     opt_state: dict[str, Any] | None = None,
     defended: bool | None = None,
+    bn_states: dict[int, ParamDict] | None = None,
 ) -> tuple[ParamDict, float, dict[str, Any] | None]:
     """Client ``k``'s work in round ``rnd``: what it uploads, its mean training loss, its optimizer state.
 
     Every random draw comes from the (seed, rnd, k, purpose) streams, so any process holding the same
     ``Federation`` (e.g. a Flower ClientApp, ``fedleak.flower``) computes the identical upload.
+    Under ``fl.bn: local`` the client starts from the global model with its own BatchNorm state (``bn_states[k]``,
+    the initial one before its first round), uploads everything else, and ``bn_states[k]`` is replaced by its
+    newly trained BatchNorm state (``bn_states``, the clients' private store, is required then).
     """
     cfg, data = fed.cfg, fed.data
     if defended is None:
         defended = cfg.defense.clients is None or k in cfg.defense.clients
+    private = private_names(fed)
+    if private and bn_states is None:
+        raise ValueError("fl.bn=local: client_update needs the clients' BatchNorm store (bn_states)")
+    start = {**global_params, **bn_states.get(k, {})} if private and bn_states is not None else global_params
     defense, x, y = _client_data(fed, k, rnd, defended)
-    return local_round(
-        fed.model, global_params, x, y,
+    sent, loss, state, kept = local_round(
+        fed.model, start, x, y,
         fl=cfg.fl, lr=lr, num_classes=data.num_classes, normalize=data.normalize, defense=defense,
         gen=torch_gen(cfg.seed, Purpose.LOCAL, rnd, k), defense_gen=torch_gen(cfg.seed, Purpose.DEFENSE, rnd, k),
-        opt_state=opt_state, where=_where(rnd, k),
+        opt_state=opt_state, where=_where(rnd, k), private=private,
     )
+    if private and bn_states is not None:
+        bn_states[k] = kept
+    return sent, loss, state
 
 
 def clients_update_vectorized(
@@ -154,4 +189,4 @@ def _client_data(fed: Federation, k: int, rnd: int, defended: bool) -> tuple[Def
     return defense, fed.data.train.x[it], fed.data.train.y[it]
 
 
-__all__ = ["aggregate", "client_update", "clients_update_vectorized", "local_round", "upload"]
+__all__ = ["aggregate", "client_update", "clients_update_vectorized", "local_round", "private_names", "upload"]

@@ -59,10 +59,12 @@ class _Rounds:
             self.train_eval = train_eval_subset(self.fed)
 
     def run(
-        self, rnd: int, global_params: ParamDict, opt_states: dict[int, Any], *, signals: bool, evaluate_global: bool
+        self, rnd: int, global_params: ParamDict, opt_states: dict[int, Any], *, signals: bool, evaluate_global: bool,
+        bn_states: dict[int, ParamDict] | None = None,
     ) -> tuple[ParamDict, dict[str, Any]]:
-        """Round ``rnd`` from ``global_params`` (``opt_states`` updated in place): the new global model and the
-        round's metrics record (signals written when ``signals``; utility only when ``evaluate_global``)."""
+        """Round ``rnd`` from ``global_params`` (``opt_states`` and, under ``fl.bn: local``, the clients' private
+        BatchNorm states ``bn_states`` updated in place): the new global model and the round's metrics record
+        (signals written when ``signals``; utility only when ``evaluate_global``)."""
         fed, cfg, fl = self.fed, self.fed.cfg, self.fed.cfg.fl
         t0 = time.time()
         lr = lr_at(fl.schedule, fl.lr, rnd, fl.rounds)
@@ -72,7 +74,8 @@ class _Rounds:
         if self.vectorized:
             done = clients_update_vectorized(fed, ks, rnd, lr, global_params, opt_states, self.defended)
         else:
-            done = {k: client_update(fed, k, rnd, lr, global_params, opt_states.get(k), defended=k in self.defended)
+            done = {k: client_update(fed, k, rnd, lr, global_params, opt_states.get(k), defended=k in self.defended,
+                                     bn_states=bn_states)
                     for k in ks}
         for k, (uploaded[k], client_loss[k], opt_state_k) in done.items():
             if opt_state_k is not None:
@@ -85,9 +88,10 @@ class _Rounds:
             )
         if self.canaries is not None:  # after the signals: canaries join the aggregation only
             sent = canary_uploads(self.canaries, rnd, global_params, fed.defense)
-            global_params = aggregate(*with_canaries(uploaded, fed.weights, sent))
+            new = aggregate(*with_canaries(uploaded, fed.weights, sent))
         else:
-            global_params = aggregate(uploaded, fed.weights)
+            new = aggregate(uploaded, fed.weights)
+        global_params = {**global_params, **new}  # entries kept private (fl.bn: local) stay as they were
         if evaluate_global:
             test_acc, test_loss = evaluate(fed.model, global_params, self.test_x, self.test_y, fl.eval_batch_size)
             record.update(test_acc=test_acc, test_loss=test_loss, client_train_loss=client_loss)
@@ -108,8 +112,10 @@ class _Rounds:
                   f"(replaying rounds 0-{max(redo)})", file=sys.stderr, flush=True)
         params: ParamDict = dict(initial)
         opt_states: dict[int, Any] = {}
+        bn_states: dict[int, ParamDict] = {}
         for rnd in range(max(redo) + 1):
-            params, _ = self.run(rnd, params, opt_states, signals=rnd in redo, evaluate_global=False)
+            params, _ = self.run(rnd, params, opt_states, signals=rnd in redo, evaluate_global=False,
+                                 bn_states=bn_states)
 
 
 def choose_engine(fed: Federation) -> tuple[bool, str]:
@@ -158,6 +164,9 @@ def _prepare(
     place_model(fed)
     engine = choose_engine(fed)
     canaries = plan_canary_clients(cfg, fed.defense)
+    if canaries is not None and any(True for _ in fed.model.buffers()):
+        raise ConfigError(f"audit.canary_clients: model '{cfg.model.name}' has buffers (BatchNorm), which canary "
+                          "clients do not support yet; use a model without BatchNorm or set audit.canary_clients=0")
     recorded = cfg.signals.recorded_rounds(cfg.fl.rounds)
     (complete_run_dir if resuming else init_run_dir)(run_dir, cfg, fed, recorded)
     return fed, recorded, engine, canaries
@@ -182,7 +191,7 @@ def _train_locked(cfg: ExperimentConfig, run_dir: Path, quiet: bool, stop_after:
         print(f"[fedleak] {cfg.name}: {why}", file=sys.stderr, flush=True)
     initial = get_params(fed.model)
     ck = load_checkpoint(run_dir, fed.model, cfg.fl.rounds)
-    start, global_params, opt_states = (0, initial, {}) if ck is None else (ck[0] + 1, ck[1], ck[2])
+    start, global_params, opt_states, bn_states = (0, initial, {}, {}) if ck is None else (ck[0] + 1, *ck[1:])
     _truncate_metrics(run_dir, start)
     rounds = _Rounds(fed, run_dir, recorded, vectorized, canaries)
     redo = [r for r in recorded if r < start and not store.round_path(run_dir, r).is_file()]
@@ -194,11 +203,11 @@ def _train_locked(cfg: ExperimentConfig, run_dir: Path, quiet: bool, stop_after:
         with RoundProgress(total=cfg.fl.rounds, start=start, quiet=quiet, name=cfg.name) as progress:
             for rnd in range(start, end):
                 global_params, record = rounds.run(
-                    rnd, global_params, opt_states, signals=rnd in recorded, evaluate_global=True
+                    rnd, global_params, opt_states, signals=rnd in recorded, evaluate_global=True, bn_states=bn_states
                 )
                 store.append_metrics(run_dir, record)
                 if (rnd + 1) % cfg.output.checkpoint_every == 0 or rnd == end - 1:
-                    save_checkpoint(run_dir, rnd, global_params, opt_states)
+                    save_checkpoint(run_dir, rnd, global_params, opt_states, bn_states)
                     saved = rnd + 1
                 progress.update(rnd, record)
         if end == cfg.fl.rounds:

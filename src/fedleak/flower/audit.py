@@ -39,7 +39,19 @@ PARTITION_KEY = "partition-id"
 
 logger = logging.getLogger("fedleak.flower")
 
-__all__ = ["FlowerAudit", "PARTITION_KEY", "aggregate_only", "custom_federation", "params_from_arrays"]
+__all__ = [
+    "FlowerAudit", "PARTITION_KEY", "aggregate_only", "custom_federation", "params_from_arrays", "refuse_buffers",
+]
+
+
+def refuse_buffers(model: torch.nn.Module, name: str) -> None:
+    """The Flower apps ship parameters only: a model with buffers (BatchNorm running statistics) is refused."""
+    buffers = [n for n, _ in model.named_buffers()]
+    if buffers:
+        raise ConfigError(
+            f"model {name!r} has buffers ({buffers[0]}: BatchNorm running statistics), which the Flower apps do not "
+            "carry; train it with `fedleak train` (in-process engine), or use a model without BatchNorm"
+        )
 
 
 def refuse_canary_clients(cfg: ExperimentConfig) -> None:
@@ -178,6 +190,7 @@ class FlowerAudit:
                 "use another --out or delete that directory"
             )
         fed = build_federation(cfg) if federation is None else federation
+        refuse_buffers(fed.model, cfg.model.name)
         fed.cfg = cfg
         self.fed, self.cfg = fed, cfg
         self.recorded = cfg.signals.recorded_rounds(cfg.fl.rounds)

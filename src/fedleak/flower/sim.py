@@ -33,7 +33,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedleak.config import ConfigError, ExperimentConfig, dump_config
 from fedleak.fl.schedule import lr_at
-from fedleak.flower.audit import PARTITION_KEY, FlowerAudit, params_from_arrays
+from fedleak.flower.audit import PARTITION_KEY, FlowerAudit, params_from_arrays, refuse_buffers
 from fedleak.flower.strategy import AuditStrategy
 
 __all__ = [
@@ -52,7 +52,9 @@ def _federation(cfg: ExperimentConfig):
     key = dump_config(cfg)
     if key not in _FEDERATIONS:
         _FEDERATIONS.clear()
-        _FEDERATIONS[key] = build_federation(cfg)
+        fed = build_federation(cfg)
+        refuse_buffers(fed.model, cfg.model.name)
+        _FEDERATIONS[key] = fed
     return _FEDERATIONS[key]
 
 

@@ -1,16 +1,20 @@
 """Model registry: ``build_model(name, num_classes, input_shape, **options) -> nn.Module``.
 
-Every model is BatchNorm-free and uses out-of-place activations, so ``torch.func`` per-sample gradients work and
-``train()``/``eval()`` give identical outputs (none uses dropout).
+Every model uses out-of-place activations and no dropout. All but the ``*_bn`` models and ``convnet64`` with
+``norm="batch"`` are BatchNorm-free, so ``train()``/``eval()`` give identical outputs; the BatchNorm models carry
+running statistics as buffers and are used in eval mode for signals (docs/byo.md, "BatchNorm models").
 
 =================  ===============================================================  ====================
 name               architecture                                                     options
 =================  ===============================================================  ====================
 ``alexnet_cifar``  FedMIA AlexNet CIFAR variant, global max pool, ``fc``            --
 ``resnet18_gn``    ResNet18, GroupNorm(32), no stem max-pool, ``linear``            ``groups=32``
+``resnet18_bn``    ResNet18, BatchNorm, no stem max-pool, ``linear``                --
+``resnet20_bn``    He et al. CIFAR ResNet-20 (16/32/64, option-A shortcuts), BN     --
 ``lenet_dlg``      DLG 3-conv sigmoid LeNet, ``fc``                                 ``init="uniform"``
 ``lenet_soteria``  Soteria 4-conv sigmoid LeNet, ``fc``                             ``init="default"``
-``convnet64``      Inverting Gradients ConvNet width 64, ``linear``                 ``norm="instance"``,
+``convnet64``      Inverting Gradients ConvNet width 64, ``linear``;                ``norm="instance"``,
+                   ``norm``: instance | group | batch | none
                                                                                     ``width=64``
 ``mlp``            flatten -> hidden ReLU layers -> ``fc``                          ``hidden=[256,128]``
 =================  ===============================================================  ====================
@@ -39,12 +43,13 @@ from fedleak.models.lenet import LeNetDLG, LeNetSoteria
 from fedleak.models.mlp import MLP
 from fedleak.registry import Registry, article
 from fedleak.models.resnet import ResNet18GN
+from fedleak.models.resnet_bn import ResNet18BN, ResNet20BN
 
 Builder = Callable[..., nn.Module]  # builder(num_classes, input_shape, **options) -> nn.Module
 #: The model zoo: adding a model is one file with the nn.Module and one ``@MODELS.register("name")`` builder here.
 MODELS: Registry[Builder] = Registry("model")
 
-__all__ = ["MODELS", "build_model", "available_models", "AlexNetCifar", "ResNet18GN", "LeNetDLG", "LeNetSoteria", "ConvNet", "MLP"]
+__all__ = ["MODELS", "build_model", "available_models", "AlexNetCifar", "ResNet18GN", "ResNet18BN", "ResNet20BN", "LeNetDLG", "LeNetSoteria", "ConvNet", "MLP"]
 
 
 @MODELS.register("alexnet_cifar")
@@ -57,6 +62,16 @@ def _resnet18_gn(num_classes: int, input_shape: tuple[int, int, int], groups: in
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or 64 % groups:
         raise ValueError(f"resnet18_gn: groups must divide 64 (1, 2, 4, 8, 16, 32 or 64), got {groups!r}")
     return ResNet18GN(num_classes, in_channels=input_shape[0], groups=groups)
+
+
+@MODELS.register("resnet18_bn")
+def _resnet18_bn(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    return ResNet18BN(num_classes, in_channels=input_shape[0])
+
+
+@MODELS.register("resnet20_bn")
+def _resnet20_bn(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    return ResNet20BN(num_classes, in_channels=input_shape[0])
 
 
 @MODELS.register("lenet_dlg")
@@ -92,7 +107,7 @@ MAX_PARAMETERS = 2**28
 #: Input sides the size search tries up to.
 MAX_PROBE_SIDE = 1024
 #: The image side each architecture was designed for (suggested when the data is too small for it).
-DESIGN_SIDE = {"alexnet_cifar": 32, "resnet18_gn": 32, "lenet_dlg": 32, "lenet_soteria": 32, "convnet64": 32}
+DESIGN_SIDE = {"alexnet_cifar": 32, "resnet18_gn": 32, "resnet18_bn": 32, "resnet20_bn": 32, "lenet_dlg": 32, "lenet_soteria": 32, "convnet64": 32}
 
 
 def available_models() -> list[str]:
@@ -176,7 +191,7 @@ def _dry_run(build: Callable[..., nn.Module], shape: tuple[int, int, int], num_c
     """(error or None, trainable parameter count) of the model built on the meta device and fed one sample."""
     try:
         with torch.device("meta"), torch.no_grad():
-            model = build(shape)  # a FactoryError propagates: no input size can fix it
+            model = build(shape).eval()  # a FactoryError propagates; BatchNorm: eval, so one sample suffices
             n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
             try:
                 out = model(torch.zeros((1, *shape)))

@@ -3,11 +3,12 @@
 8 conv3x3(pad 1) layers with channels 3->64->128->128->256->256->256, MaxPool2d(3), 256->256->256, MaxPool2d(3),
 flatten (2304 = 256*3*3 at 32x32) -> ``linear`` = Linear(2304, C).
 
-The original has BatchNorm after every conv. fedleak models carry no BatchNorm (per-sample gradients must not
-couple samples, and train/eval must agree), so each BN is replaced by a per-channel normalisation with the same
-number of affine parameters: ``norm="instance"`` (default) is GroupNorm(C, C), which is exactly what train-mode BN
-computes for a batch of one image (the inversion setting); ``norm="group"`` is GroupNorm(32, C); ``norm="none"``
-drops it. With a norm, the parameter count matches the original: 2,904,970 for C=10 on 3x32x32.
+The original has BatchNorm after every conv: ``norm="batch"`` is that (``BatchNorm2d``, running statistics as
+buffers; the Soteria GS script runs it in eval mode right after initialisation, i.e. with running mean 0 and
+variance 1). The other norms need no buffers and couple no samples: ``norm="instance"`` (default) is
+GroupNorm(C, C), which is exactly what train-mode BN computes for a batch of one image; ``norm="group"`` is
+GroupNorm(32, C); ``norm="none"`` drops it. With a norm, the parameter count matches the original: 2,904,970 for
+C=10 on 3x32x32.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch.nn import functional as F
 
 from fedleak.models._common import conv_out
 
-_NORMS = ("instance", "group", "none")
+_NORMS = ("instance", "group", "batch", "none")
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -26,6 +27,8 @@ def _norm(kind: str, channels: int) -> nn.Module:
         return nn.GroupNorm(channels, channels)
     if kind == "group":
         return nn.GroupNorm(min(32, channels), channels)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
     return nn.Identity()
 
 

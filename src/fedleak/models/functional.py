@@ -3,6 +3,7 @@
 * :func:`soft_cross_entropy` — the training loss for hard ``[B]`` or soft ``[B, C]`` labels;
 * :func:`per_sample_grad_fn` — per-sample parameter gradients with ``torch.func.vmap(grad)`` (signals, DP-SGD,
   the DP gradient transform);
+* :func:`batchnorm_state_names` — the parameters and buffers of a model's BatchNorm layers (FedBN keeps them local);
 * :func:`module_by_name` — a layer looked up by its ``named_modules()`` name (Soteria, layer-wise defenses);
 * :func:`largest_k_mask` / :func:`smallest_k_mask` — the top-k selections of the sparsification and pruning
   defenses.
@@ -47,6 +48,19 @@ def per_sample_grad_fn(
     return torch.func.vmap(g, in_dims=(None, 0, 0), randomness=randomness)
 
 
+def batchnorm_state_names(model: nn.Module) -> frozenset[str]:
+    """Names (as in ``named_parameters()`` / ``named_buffers()``) of every parameter and buffer that belongs to a
+    BatchNorm layer (``BatchNorm1d/2d/3d``, ``SyncBatchNorm``, lazy variants): affine weight and bias, running mean
+    and variance, ``num_batches_tracked``."""
+    names: set[str] = set()
+    for prefix, mod in model.named_modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            pre = f"{prefix}." if prefix else ""
+            names.update(pre + n for n, _ in mod.named_parameters(recurse=False))
+            names.update(pre + n for n, _ in mod.named_buffers(recurse=False))
+    return frozenset(names)
+
+
 def module_by_name(model: nn.Module, name: str) -> nn.Module:
     """The submodule called ``name`` in ``model.named_modules()``; a ValueError lists the nn.Linear names."""
     modules = dict(model.named_modules())
@@ -75,5 +89,5 @@ def smallest_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
 
 
 __all__ = [
-    "LossFn", "largest_k_mask", "module_by_name", "per_sample_grad_fn", "smallest_k_mask", "soft_cross_entropy",
+    "LossFn", "batchnorm_state_names", "largest_k_mask", "module_by_name", "per_sample_grad_fn", "smallest_k_mask", "soft_cross_entropy",
 ]

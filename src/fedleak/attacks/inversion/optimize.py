@@ -50,6 +50,10 @@ class InversionConfig(BaseModel):
     schedule: Literal["step", "cosine", "none"] = "step"
     signed: bool = True
     boxed: bool = True
+    clip_start: bool = Field(
+        True, description="boxed: clip the random starting image into the pixel box before the first step "
+        "(fedleak's default); false starts from the unclipped draw, as the IG/Soteria originals do.",
+    )
     tv: float = Field(1e-4, ge=0)
     tv_kind: Literal["aniso", "iso"] = "aniso"
     init: Literal["randn", "rand", "zeros"] = "randn"
@@ -159,6 +163,7 @@ class GradientInversion:
                 p.requires_grad_(True)
             for k, b in self.net.named_buffers():
                 b.copy_(view.buffers[k])
+        self.net.train(self.side.bn_mode == "train")  # replay the client's BatchNorm mode (SideInfo.bn_mode)
         self._net_params = dict(self.net.named_parameters())
         self.labels, self.label_source = self._labels()
         dev = next(iter(self.params.values())).device  # the pixel box lives where the attack runs
@@ -178,7 +183,7 @@ class GradientInversion:
         if self.side.local is None:
             loss = soft_cross_entropy(self.net(x), y)
             return list(torch.autograd.grad(loss, [self._net_params[n] for n in names], create_graph=True))
-        upd = local_update(self.model, self.params, self.buffers, x, y, self.side.local, soft_cross_entropy, True)
+        upd = local_update(self.net, self.params, self.buffers, x, y, self.side.local, soft_cross_entropy, True)
         return [upd[n] for n in names]
 
     def _targets(self, y_logits: torch.Tensor | None) -> torch.Tensor:
@@ -229,7 +234,8 @@ class GradientInversion:
         c = self.cfg
         gen = trial_generator(c.seed, trial)  # a CPU generator: the draws are moved to where the attack runs
         x = self._init(gen).to(self.lo.device).requires_grad_(True)
-        self._project(x)
+        if c.clip_start:
+            self._project(x)
         y_logits = None
         variables = [x]
         if self.labels is None:

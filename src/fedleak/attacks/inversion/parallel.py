@@ -163,7 +163,7 @@ class ParallelInversion:
                 ys.append(torch.randn(1, self.side.num_classes, generator=gen))
         x = torch.cat(xs).requires_grad_(True)
         with torch.no_grad():
-            if c.boxed:
+            if c.boxed and c.clip_start:
                 x.copy_(torch.maximum(torch.minimum(x, self.hi), self.lo))
         y_logits = torch.cat(ys).requires_grad_(True) if ys else None
         variables = [x] + ([y_logits] if y_logits is not None else [])

@@ -14,16 +14,18 @@ preset                    reproduces
                           stop at 1e-6 (the original's default dataset, LFW, is replaced by CIFAR-100)
 ``soteria-dlg``           Soteria's DLG notebook: 4-conv sigmoid LeNet, U(−0.5, 0.5), seed 50, CIFAR-10 image 25,
                           [0,1] inputs, Soteria at 1 % with the notebook's ``‖J_i‖/r_i`` score, DLG 300 steps
-``soteria-gs``            Soteria's GS script: ConvNet-64, CIFAR-10 (IG constants), labels known, Adam lr 0.1,
+``soteria-gs``            Soteria's GS script: ConvNet-64 with BatchNorm in eval mode right after initialisation
+                          (running mean 0, variance 1), CIFAR-10 (IG constants), labels known, Adam lr 0.1,
                           signed, boxed, TV 1e-4, 24,000 iterations with step decay, 1 restart; Soteria (legacy
                           ``‖J_i‖/(r_i+0.1)``) at the rate given on the command line (README: 60)
 ``ig-cifar``              IG's notebook "Recovery from Gradient Information": ConvNet-64, CIFAR-10, labels
                           known, cosine cost, Adam 0.1, signed, boxed, TV 1e-6, 4,000 iterations
 ========================  ===================================================================================
 
-Differences that cannot be avoided are documented in ``docs/inversion.md`` (fedleak's ConvNet-64 replaces
+Differences that cannot be avoided are documented in ``docs/inversion.md`` (``ig-cifar``'s ConvNet-64 replaces
 BatchNorm by a per-image normalisation with the same parameters; the GS script's ``auto.jpg`` is not bundled,
-so test images are used; the step-decay milestones are the integers 3N//8, 5N//8, 7N//8).
+so test images are used; the step-decay milestones are the integers 3N//8, 5N//8, 7N//8; fedleak clips the random
+start into the pixel box, ``attack.clip_start: false`` does not).
 """
 
 from __future__ import annotations
@@ -86,6 +88,10 @@ class InvertSpec(BaseModel):
     local_steps: SInt = Field(0, ge=0, le=MAX_ITERATIONS, description="0: FedSGD gradient; k >= 1: FedAvg update after k local steps.")
     local_lr: float = Field(1e-4, gt=0)
     local_batch_size: SInt | None = Field(None, ge=1, le=MAX_BATCH)
+    bn_mode: Literal["train", "eval"] = Field(
+        "eval", description="BatchNorm models: the victim computes its gradient with the running statistics of the "
+        "sent model state (eval; the Soteria GS script's setting) or with its batch's statistics (train); declared "
+        "in the side information, replayed by the attacker. No effect on models without BatchNorm.")
     defense: Literal[
         "none", "soteria", "prune", "prune-global", "dp-gaussian", "dp-laplace", "perturb", "quant", "sparse"
     ] = "none"

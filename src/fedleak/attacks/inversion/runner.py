@@ -158,7 +158,8 @@ def run_inversion(
             on_start(len(batches) * spec.attack.restarts * spec.attack.iterations)
         parallel = (spec.parallel > 1 and spec.batch_size == 1 and spec.local_steps == 0
                     and spec.attack.optimizer in ("adam", "sgd") and spec.attack.early_stop is None
-                    and dev.type == "cpu")  # the stacked attack is CPU-only; elsewhere one update at a time
+                    and dev.type == "cpu"  # the stacked attack is CPU-only; elsewhere one update at a time
+                    and spec.bn_mode == "eval")  # vmapped one-image passes: no batch statistics
         step = spec.parallel if parallel else 1
         res = _Results()
         for g in range(0, len(batches), step):
@@ -205,7 +206,8 @@ def _victim(ses: _Session, b: int, pos: list[int]) -> _Victim:
     spec, model, layer = ses.spec, ses.model, ses.layer
     xpix, y = ses.pixels[pos], ses.labels[pos]
     view, truth = client_update(model, ses.normalize(xpix), y, transform=ses.transform, local=ses.local,
-                                labels_known=spec.labels_known, mean=ses.mean, std=ses.std, generator=ses.gen)
+                                labels_known=spec.labels_known, mean=ses.mean, std=ses.std, generator=ses.gen,
+                                bn_mode=spec.bn_mode)
     cfg = spec.attack.model_copy(update={"seed": spec.seed * 100_003 + b})
     feature_target = None
     if spec.adaptive in ("drop", "readout"):

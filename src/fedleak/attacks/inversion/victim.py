@@ -7,8 +7,14 @@ Three roles, kept apart by types (inversion.md §6.2, item 1):
   transform *before* anything is shared.
 * :class:`ServerView` is everything an attack may use: the model state sent to the client, the shared update
   and the explicitly declared :class:`SideInfo` (number of images, labels if declared known, local
-  hyper-parameters, the input normalisation of the model pipeline).
+  hyper-parameters, the input normalisation of the model pipeline, the BatchNorm mode of the client's pass).
 * :class:`GroundTruth` (images, labels) and the defence's client-side ``info`` go to the evaluation only.
+
+BatchNorm (``SideInfo.bn_mode``): ``"eval"`` (default) computes the client's gradient with the running statistics
+of the model state sent (a fixed per-sample function; the Soteria GS script's setting), ``"train"`` with the
+statistics of the client's batch, as local training does. The attacker replays the declared mode. A defense's
+client-side computation (Soteria's scores) always runs in eval mode. Buffers are never written: every pass gets
+copies, so the state in the :class:`ServerView` stays the state that was sent.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ class SideInfo:
     local: LocalHyper | None = None  # None: FedSGD gradient; else FedAvg update with these hyper-parameters
     mean: tuple[float, ...] = (0.0,)  # the model pipeline's input normalisation (pixel -> model input)
     std: tuple[float, ...] = (1.0,)
+    bn_mode: Literal["train", "eval"] = "eval"  # BatchNorm statistics of the client's pass: batch or running
 
     def pixel_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel ``[C]`` bounds of the [0, 1] pixel box in model-input space."""
@@ -118,7 +125,7 @@ def batch_gradient(
     ``params`` must require grad for the names asked for (the attacker passes leaf copies that do).
     """
     names = list(params) if names is None else names
-    logits = functional_call(model, {**buffers, **params}, (x,))
+    logits = functional_call(model, {**_copies(buffers), **params}, (x,))
     loss = loss_fn(logits, y)
     grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
     return dict(zip(names, grads))
@@ -142,7 +149,7 @@ def local_update(
     start = {k: v.detach() for k, v in params.items()}
     p = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     for idx in local.batches(x.shape[0]):
-        logits = functional_call(model, {**buffers, **p}, (x[idx],))
+        logits = functional_call(model, {**_copies(buffers), **p}, (x[idx],))
         loss = loss_fn(logits, y[idx])
         grads = torch.autograd.grad(loss, list(p.values()), create_graph=create_graph)
         if create_graph:
@@ -164,12 +171,29 @@ def client_update(
     std: tuple[float, ...] = (1.0,),
     loss_fn: LossFn = soft_cross_entropy,
     generator: torch.Generator | None = None,
+    bn_mode: Literal["train", "eval"] = "eval",
 ) -> tuple[ServerView, GroundTruth]:
-    """One client round on the private batch ``x`` (model-input space) with labels ``y``.
+    """One client round on the private batch ``x`` (model-input space) with labels ``y``; ``bn_mode``: the
+    BatchNorm statistics of the client's pass (declared in the side information).
 
     Returns the :class:`ServerView` (defended update + declared side information) and the
     :class:`GroundTruth` (with the defence's client-side info, e.g. Soteria's mask, for logging).
     """
+    if bn_mode not in ("train", "eval"):
+        raise ValueError(f"bn_mode must be 'train' or 'eval', got {bn_mode!r}")
+    was_training = model.training
+    try:
+        model.train(bn_mode == "train")
+        return _client_round(model, x, y, transform, local, labels_known, mean, std, loss_fn, generator, bn_mode)
+    finally:
+        model.train(was_training)
+
+
+def _client_round(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, transform: GradientTransform | None, local: LocalHyper | None,
+    labels_known: bool, mean: tuple[float, ...], std: tuple[float, ...], loss_fn: LossFn,
+    generator: torch.Generator | None, bn_mode: Literal["train", "eval"],
+) -> tuple[ServerView, GroundTruth]:
     params, buffers = model_state(model)
     if local is None:
         req = {k: v.requires_grad_(True) for k, v in model_state(model)[0].items()}
@@ -179,6 +203,7 @@ def client_update(
         update = local_update(model, params, buffers, x, y, local, loss_fn)
         kind = "update"
     info: dict[str, Any] = {}
+    model.eval()  # the defense (Soteria's per-sample scores) and everything below: running statistics
     if transform is not None:
         ctx = GradientContext(model=model, x=x.detach(), y=y, params=params, loss_fn=loss_fn, kind=kind)
         update, info = transform(update, ctx, generator)
@@ -191,10 +216,17 @@ def client_update(
         local=local,
         mean=tuple(mean),
         std=tuple(std),
+        bn_mode=bn_mode,
     )
     return ServerView(params=params, buffers=buffers, update=update, side=side), GroundTruth(
         x=x.detach().clone(), y=y.detach().clone(), transform_info=info
     )
+
+
+def _copies(buffers: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fresh copies of the buffers for one pass: a train-mode BatchNorm updates the running statistics it is given
+    in place, and the state the server sent must not change."""
+    return {k: v.clone() for k, v in buffers.items()}
 
 
 def _num_classes(model: nn.Module, params, buffers, x: torch.Tensor) -> int:
