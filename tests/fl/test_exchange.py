@@ -189,3 +189,23 @@ def test_export_needs_kept_models(tmp_path):
     with pytest.raises(StoreError, match="models is missing.*signals.keep_models=true"):
         export_run(run, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_batchnorm_run_round_trips_with_its_running_statistics(tmp_path):
+    """A BatchNorm model's uploads carry running statistics; export writes them and import needs and uses them
+    (the clients' losses are taken with the statistics each client uploaded), so the round files match bit for bit."""
+    from fedleak.fl.simulation import train
+
+    cfg = tiny_config(signals__keep_models=True, model__name="convnet64", fl__rounds=2,
+                      model__options={"norm": "batch", "width": 4}, data__synthetic__size=12)
+    run = train(cfg, tmp_path / "run", quiet=True)
+    layout = tmp_path / "layout"
+    export_run(run, layout)
+    tensors, _ = read_tensors(layout / "round_0001" / "client_0000.safetensors")
+    assert "norms.0.running_mean" in tensors and "norms.0.num_batches_tracked" in tensors
+    _same_round_files(run, import_federation(layout, tmp_path / "imported"))
+    p = layout / "round_0001" / "client_0001.safetensors"  # without its statistics the upload is refused
+    t, meta = read_tensors(p)
+    p.write_bytes(encode_tensors({n: v for n, v in t.items() if "running_var" not in n}, meta))
+    with pytest.raises(StoreError, match="client_0001.safetensors lacks"):
+        import_federation(layout, tmp_path / "imported2")

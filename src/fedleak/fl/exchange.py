@@ -9,7 +9,8 @@
     SRC/round_RRRR/client_KKKK.<ext>     what client KKKK returned: its model, or with upload "delta" the
                                          change θ_client − θ_global
 
-Every tensor file holds one tensor per ``named_parameters()`` name of the model the config builds, with that
+Every tensor file holds one tensor per ``named_parameters()`` and ``named_buffers()`` name (BatchNorm running
+statistics) of the model the config builds, with that
 parameter's shape and dtype. This module checks the manifest (:func:`read_manifest`) and each file
 (:func:`check_file`, :func:`load_params`); every problem is one :class:`~fedleak.errors.StoreError` /
 :class:`~fedleak.errors.ConfigError` line naming the file (and the key) and saying what to do.
@@ -136,7 +137,7 @@ def _compare(path: Path, have: Spec, want: Spec) -> None:
     missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     if missing or extra:
         what = f"lacks {missing[:3]}" if missing else f"has tensors the model does not: {extra[:3]}"
-        raise StoreError(f"{path} {what}; its tensors must be the model's named_parameters() — {NOTHING}")
+        raise StoreError(f"{path} {what}; its tensors must be the model's parameters and buffers (get_params) — {NOTHING}")
     for n, (shape, dt) in want.items():
         if have[n] != (shape, dt):
             raise StoreError(f"{path} has '{n}' of shape {list(have[n][0])} {have[n][1]}, the model's is "

@@ -33,7 +33,7 @@ from fedleak.fl.exchange import (
     tensor_path,
 )
 from fedleak.fl.federation import Federation
-from fedleak.fl.local import evaluate
+from fedleak.fl.local import evaluate, get_params
 from fedleak.fl.record import record_round
 from fedleak.fl.round import aggregate
 from fedleak.fl.rundir import _write_meta
@@ -150,7 +150,7 @@ def import_federation(src: str | Path, out: str | Path, quiet: bool = True) -> P
     if cfg.fl.threads:
         torch.set_num_threads(cfg.fl.threads)
     fed = _federation(cfg, m, src / MANIFEST)
-    want = {n: (tuple(p.shape), p.dtype) for n, p in fed.model.named_parameters()}
+    want = {n: (tuple(p.shape), p.dtype) for n, p in get_params(fed.model).items()}  # parameters, then buffers
     _check_files(src, m, want)
     with run_lock(out, "fedleak import"):
         _prepare_out(out)
