@@ -1,15 +1,15 @@
-"""Reading and writing ``.safetensors`` files (the open format of Hugging Face's ``safetensors``), without pickle and
-without the ``safetensors`` package.
+"""The tests' independent reference for ``.safetensors`` files: a hand-written reader/writer, without pickle and
+without the ``safetensors`` package (it was fedleak's own codec before ``fedleak.signals.tensorfile`` became a thin
+layer over the library; tests/signals/test_tensorfile.py checks the two against each other both ways).
 
 The format: 8 bytes, the header length ``H`` (unsigned little-endian); ``H`` bytes of UTF-8 JSON, an object mapping
 each tensor name to ``{"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}`` (byte offsets into the data
 that follows the header) plus an optional ``"__metadata__"`` object of string -> string; then the data: every
-tensor's bytes, little-endian, row-major, the tensors back to back with no gap. Files written here are readable by
-``safetensors.torch.load_file`` and files it writes are readable here.
+tensor's bytes, little-endian, row-major, the tensors back to back with no gap. This writer puts the tensors in
+name order (the library orders them by dtype alignment, then name), so files differ in layout but not in content.
 
 :func:`read_tensors` checks everything before it builds a tensor (header length, JSON, dtype names, shapes,
-offsets that tile the data exactly, the file's length) and raises :class:`TensorFileError` saying what is wrong;
-the caller names the file. Nothing here unpickles.
+offsets that tile the data exactly, the file's length) and raises :class:`TensorFileError` saying what is wrong.
 """
 
 from __future__ import annotations
