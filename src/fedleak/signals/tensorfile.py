@@ -74,8 +74,18 @@ def _described_length(raw: bytes) -> int | None:
         return None
 
 
+def _bad_metadata(raw: bytes) -> bool:
+    """Whether a header that parses as JSON has a ``__metadata__`` that is not a mapping of strings."""
+    try:
+        meta = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]].decode("utf-8")).get("__metadata__", {})
+    except (ValueError, TypeError, AttributeError, struct.error):
+        return False
+    return not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values())
+
+
 def _reason(err: SafetensorError, head: bytes, size: int) -> str:
-    """One line saying what the library found wrong, in fedleak's words (``head``: the file's first bytes)."""
+    """One line saying what the library found wrong, in fedleak's words (``head``: the file's first bytes). The
+    library's messages are its ``Display`` texts since safetensors 0.6 (the lower bound in pyproject.toml)."""
     msg = str(err)
     detail = msg.split(": ", 1)[-1]
     if "header too small" in msg:
@@ -89,15 +99,15 @@ def _reason(err: SafetensorError, head: bytes, size: int) -> str:
         return f"has trailing bytes after its tensors ({size} bytes, its header describes {want})"
     if "unknown variant" in msg:
         return f"has a tensor of unknown dtype ({detail.split(',')[0]})"
-    if "expected usize" in msg:
+    if "expected usize" in msg or "overflow computing" in msg:
         return f"has a malformed shape or data_offsets ({detail})"
-    if "__metadata__" in msg or "expected a string" in msg or "expected a map" in msg:
+    if _bad_metadata(head):
         return f"has __metadata__ that is not a mapping of strings ({detail})"
     if "invalid shape, data type, or offset" in msg:
         return "has a tensor whose byte count does not match its shape and dtype"
     if "invalid offset" in msg:
         return f"has tensors whose data overlap or leave gaps ({detail})"
-    if "invalid JSON" in msg or "invalid UTF-8" in msg:
+    if any(w in msg for w in ("invalid JSON", "invalid UTF-8", "invalid start character", "JSON error")):
         return f"has a damaged header (not a JSON object: {detail}): truncated or not a safetensors file"
     return f"is not a valid safetensors file ({detail})"
 
