@@ -186,3 +186,16 @@ def test_not_a_file(tmp_path):
 def test_refuses_to_write_dtypes_it_does_not_read():
     with pytest.raises(TensorFileError, match="complex64"):
         encode_tensors({"z": torch.zeros(2, dtype=torch.complex64)})
+
+
+def test_files_are_the_same_bytes_every_time_and_as_before():
+    """The library keeps metadata in a hash map (its order changes between calls and processes); fedleak's layer
+    puts it back in the caller's order, so a model file's bytes depend only on its tensors and metadata — and for
+    tensors of one alignment class (every float32 model), they are the hand-written writer's bytes exactly."""
+    g = torch.Generator().manual_seed(3)
+    model = {"conv.weight": torch.randn(4, 1, 3, 3, generator=g), "conv.bias": torch.randn(4, generator=g),
+             "fc.weight": torch.randn(10, 36, generator=g), "fc.bias": torch.randn(10, generator=g)}
+    meta = {"round": "4", "client": "17", "examples": "600", "zeta": "z", "alpha": "ü \"q\""}
+    files = {encode_tensors(model, meta) for _ in range(20)}
+    assert len(files) == 1
+    assert files.pop() == ref.encode_tensors(model, meta)

@@ -56,9 +56,23 @@ def encode_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | 
         flat[str(name)] = t.detach().to("cpu").clone(memory_format=torch.contiguous_format)
     meta = {str(k): str(v) for k, v in metadata.items()} if metadata else None
     try:
-        return _st_save(flat, metadata=meta)
+        raw = _st_save(flat, metadata=meta)
     except SafetensorError as e:  # pragma: no cover - the inputs above are what the library accepts
         raise TensorFileError(f"cannot be written ({e})") from None
+    return _metadata_in_order(raw, meta) if meta and len(meta) > 1 else raw
+
+
+def _metadata_in_order(raw: bytes, meta: dict[str, str]) -> bytes:
+    """``raw`` with its ``__metadata__`` in the caller's order. The library keeps metadata in a hash map, so its
+    order (and the file's bytes) would change from process to process; a run's files are the same for the same
+    seed. Only the header's JSON is rewritten (same keys and values, padded to 8 bytes again); the data is the
+    library's, and its offsets are relative to the data, so they stay valid."""
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n].decode("utf-8"))
+    header = {"__metadata__": meta, **{k: v for k, v in header.items() if k != "__metadata__"}}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + raw[8 + n:]
 
 
 def _described_length(raw: bytes) -> int | None:
