@@ -20,7 +20,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 #: bottom-up; a module may import its own layer and the layers below it, never one above.
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
-    ("registry", "runlock", "device"),
+    ("registry", "runlock", "device", "lazy"),
     ("config", "config_messages", "seeding"),
     ("models",),
     ("data",),

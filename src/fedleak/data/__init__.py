@@ -32,8 +32,7 @@ split. Also ``none`` (0/1), ``dataset``, and every key of the one table
 inversion originals' ``*-ig``). Details: ``fedleak.data.registry``.
 """
 
-import importlib
-from typing import Any
+from fedleak.lazy import lazy_exports
 
 # Exported names -> their module, imported on first access (PEP 562): ``import fedleak.data.commands`` (the
 # ``fedleak datasets`` command, ``fedleak --help``) must not import torch through this package.
@@ -55,13 +54,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -10,8 +10,7 @@ See docs/flower.md. Names are imported lazily so that ``import fedleak.flower`` 
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from fedleak.lazy import lazy_exports
 
 _LAZY = {
     "FlowerAudit": "fedleak.flower.audit",
@@ -30,7 +29,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'fedleak.flower' has no attribute '{name}'")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -4,8 +4,7 @@ Layers: :mod:`.victim` (what the server sees), :mod:`.optimize` / :mod:`.adaptiv
 :class:`ServerView`), :mod:`fedleak.metrics.image` (evaluation, the only place that sees the ground truth).
 """
 
-import importlib
-from typing import Any
+from fedleak.lazy import lazy_exports
 
 # Exported names -> their module, imported on first access (PEP 562): ``import fedleak.attacks.inversion.commands``
 # (``fedleak invert --help``, ``fedleak --help``) must not import torch through this package.
@@ -41,13 +40,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

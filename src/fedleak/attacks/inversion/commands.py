@@ -175,27 +175,32 @@ def invert_command(
         seed=seed,
         threads=threads,
     )
+    result = _invert(spec, out, device, quiet)
+    if not quiet:
+        _print_summary(result, out)
+
+
+def _invert(spec: Any, out: Path, device: str | None, quiet: bool) -> dict[str, Any]:
+    """Check ``out``, then run the attack (with a progress bar unless ``quiet``); bad values are one-line errors."""
     from fedleak.attacks.inversion.runner import prepare_out_dir, run_inversion
+    from fedleak.errors import FedleakError
 
     prepare_out_dir(out)  # a file in the way or a read-only folder fails here, not after the attack
     try:
         if quiet:
-            result = run_inversion(spec, out_dir=out, device=device)
-        else:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            return run_inversion(spec, out_dir=out, device=device)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            with Progress(TextColumn("[bold]invert[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeRemainingColumn(), transient=False) as bar:
-                task = bar.add_task(f"{spec.name} / {spec.defense}", total=None)
-                result = run_inversion(
-                    spec, out_dir=out, device=device,
-                    on_start=lambda total: bar.update(task, total=total),
-                    progress=lambda k: bar.advance(task, k),
-                )
+        with Progress(TextColumn("[bold]invert[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), transient=False) as bar:
+            task = bar.add_task(f"{spec.name} / {spec.defense}", total=None)
+            return run_inversion(
+                spec, out_dir=out, device=device,
+                on_start=lambda total: bar.update(task, total=total),
+                progress=lambda k: bar.advance(task, k),
+            )
     except (ValueError, KeyError) as e:
         raise FedleakError(str(e)) from None
-    if not quiet:
-        _print_summary(result, out)
 
 
 def summary_lines(result: dict[str, Any], out: Path) -> tuple[str, str]:
