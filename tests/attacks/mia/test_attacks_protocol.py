@@ -90,3 +90,24 @@ def test_generator_side_files_and_options(tmp_path):
         generate_toy_run(tmp_path / "bad", rotating=True, protocol="official-compat")
     with pytest.raises(FedleakError, match="unknown toy option"):
         generate_toy_run(tmp_path / "bad2", shfit=0.3)
+
+
+def test_rotation_skips_a_client_that_sat_out_every_recorded_round(tmp_path):
+    """Partial participation: a client absent from every recorded round was never observed, so rotation evaluates
+    the others (it used to fail with 'target client k took part in none of the recorded rounds')."""
+    from fedleak.attacks.mia.evaluate import evaluate, rotation_targets
+    from fedleak.signals.loading import load_signals
+
+    for seed in range(50):  # a seeded toy run in which some client misses all 2 recorded rounds
+        d = generate_toy_run(tmp_path / f"r{seed}", rounds=2, every=1, per_client=40, n_other=10, n_test=60,
+                             n_test_cand=20, num_clients=6, rotating=True, participation=0.34, seed=seed)
+        sig = load_signals(d)
+        absent = [k for k in range(6) if not np.asarray(sig.participated)[:, k].any()]
+        if absent and 0 not in absent:
+            break
+    else:
+        pytest.skip("no seed with an absent non-target client")  # pragma: no cover - seeds are fixed
+    targets = rotation_targets(sig)
+    assert targets == [k for k in range(6) if k not in absent]  # brute force over the participation matrix
+    ev = evaluate(sig, rotate=True)
+    assert ev.rotation.done and list(ev.rotation.targets) == targets

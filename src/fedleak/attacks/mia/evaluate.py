@@ -44,16 +44,19 @@ def is_aligned(signals: Signals) -> bool:
 
 
 def rotation_targets(signals: Signals) -> list[int]:
-    """Clients that can be evaluated as the target (all of them when every client owns candidates)."""
+    """Clients that can be evaluated as the target: they own candidates and took part in at least one recorded
+    round (with partial participation a client may sit out every recorded round: nothing of it was observed)."""
     owners = set(np.unique(signals.owner).tolist())
-    return [k for k in range(signals.num_clients) if k in owners]
+    seen = np.asarray(signals.participated).any(axis=0)
+    return [k for k in range(signals.num_clients) if k in owners and bool(seen[k])]
 
 
 def can_rotate(signals: Signals) -> tuple[bool, str]:
-    targets = rotation_targets(signals)
-    if len(targets) < signals.num_clients:
+    owners = set(np.unique(signals.owner).tolist())
+    covered = [k for k in range(signals.num_clients) if k in owners]
+    if len(covered) < signals.num_clients:
         return False, (
-            f"candidates cover {len(targets)} of {signals.num_clients} clients; train with "
+            f"candidates cover {len(covered)} of {signals.num_clients} clients; train with "
             "candidates.rotating_target=true to evaluate every client as the target"
         )
     if not is_aligned(signals):
