@@ -54,7 +54,7 @@ class RunResult:
     attack_dir: Path | None = None
     report_html: Path | None = None
     report_md: Path | None = None
-    attack_result: Any = None  # the typed attack result, where the attack layer returns one
+    attack_result: Any = None  # the typed attack result (fedleak.attacks.mia.evaluation.Evaluation)
     notes: tuple[str, ...] = field(default=())  # what could not be recorded about Python objects
 
     @property
@@ -251,8 +251,8 @@ def report(run_dir: str | Path) -> RunResult:
 
     html, md = make_report(Path(run_dir), quiet=True)
     cfg = _saved_config(run_dir)
-    return RunResult(Path(run_dir), cfg, load_attack_metrics(run_dir), attack_dir(run_dir), html, md,
-                     notes=notes(cfg))
+    ev = load_attack_metrics(run_dir)
+    return RunResult(Path(run_dir), cfg, ev.to_json(), attack_dir(run_dir), html, md, ev, notes=notes(cfg))
 
 
 def run(cfg: Any = None, run_dir: str | Path | None = None, *, model: Any = None, data: Any = None,
@@ -272,10 +272,10 @@ def load(run_dir: str | Path) -> RunResult:
 
     d = Path(run_dir)
     cfg = _saved_config(d)
-    metrics = load_attack_metrics(d) if (attack_dir(d) / "metrics.json").is_file() else None
+    ev = load_attack_metrics(d) if (attack_dir(d) / "metrics.json").is_file() else None
     html, md = d / "report.html", d / "report.md"
-    return RunResult(d, cfg, metrics, attack_dir(d) if metrics else None, html if html.is_file() else None,
-                     md if md.is_file() else None, notes=notes(cfg))
+    return RunResult(d, cfg, None if ev is None else ev.to_json(), attack_dir(d) if ev else None,
+                     html if html.is_file() else None, md if md.is_file() else None, ev, notes=notes(cfg))
 
 
 def _saved_config(run_dir: str | Path) -> ExperimentConfig:

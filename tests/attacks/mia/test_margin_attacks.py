@@ -113,6 +113,7 @@ def test_cli_on_old_run(tmp_path):
     assert p.returncode == 0, p.stderr
     m = json.loads((run / "attack" / "metrics.json").read_text())
     assert m["attacks_not_recorded"] == list(MARGIN) and set(m["attacks"]) == set(ATTACKS) - set(MARGIN)
+    from fedleak.attacks.mia.evaluation import Evaluation
     from fedleak.report.outputs import is_full
 
-    assert is_full(m)
+    assert is_full(Evaluation.from_json(m))
