@@ -150,7 +150,9 @@ def local_update(
     loss_fn: LossFn = soft_cross_entropy,
     create_graph: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """FedAvg client update ``θ_0 − θ_K`` after ``local.steps`` plain SGD steps, functionally.
+    """FedAvg client update ``θ_0 − θ_K`` after ``local.steps`` plain SGD steps, functionally: the attacker's
+    replay of the victim's steps (the victim itself computes its update with the round kernel,
+    :func:`kernel_update`; the two agree at the true data to float32 rounding).
 
     With ``create_graph=True`` the result is differentiable with respect to ``x`` (and soft ``y``): the attacker
     unrolls the same steps on its dummy data (``torch.func.functional_call``; no model mutation).
