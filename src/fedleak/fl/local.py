@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from fedleak.config import ConfigError, FLConfig
 from fedleak.defenses.base import Defense
 from fedleak.device import module_device, to_device
-from fedleak.models.functional import soft_cross_entropy
+from fedleak.models.functional import LossFn, soft_cross_entropy
 
 ParamDict = dict[str, torch.Tensor]
 
@@ -73,12 +74,19 @@ def local_update(
     gen: torch.Generator,
     opt_state: dict[str, Any] | None = None,
     where: str = "",
+    batches: Sequence[torch.Tensor] | None = None,
+    train_mode: bool = True,
+    loss_fn: LossFn = soft_cross_entropy,
 ) -> tuple[ParamDict, float, dict[str, Any] | None]:
     """Train ``model`` from ``global_params`` on the client's pixel-space data (x in [0,1]).
 
     Returns (local params, mean training loss, optimizer state to carry when fresh_optimizer=False).
     The model is put in train() mode (the original never called it, spec W12): BatchNorm layers normalise with
     the batch statistics and update their running statistics, which come back with the parameters.
+    ``batches``: an explicit schedule of index batches, run once in order, instead of ``fl.local_epochs`` epochs
+    of ``defense.local_batches`` drawn from ``gen`` (the inversion victim's deterministic cyclic batches).
+    ``train_mode=False`` runs the steps in eval() mode (BatchNorm normalises with, and never writes, the running
+    statistics it is given; the inversion victim's ``bn_mode: eval``). ``loss_fn``: the training loss.
     A non-finite batch loss or final parameter raises :class:`TrainingDiverged` naming ``where``
     (e.g. "round 3, client 1") instead of uploading garbage.
     Runs on the model's device; batches are drawn and transformed on the CPU (``gen`` is a CPU generator) and
@@ -86,28 +94,39 @@ def local_update(
     """
     dev = module_device(model)
     load_params(model, global_params)
-    model.train()
+    model.train(train_mode)
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], fl, lr)
     if opt_state is not None and not fl.fresh_optimizer:
         opt.load_state_dict(opt_state)
         set_lr(opt, lr)
     n = len(y)
     losses: list[float] = []
-    for _ in range(fl.local_epochs):
-        for idx in defense.local_batches(n, fl.batch_size, gen):
-            xb, yb = defense.transform_batch(x[idx], y[idx], num_classes, gen)
-            loss = defense.training_step(model, normalize(xb.to(dev)), yb.to(dev), soft_cross_entropy, opt)
-            if len(idx) == 0:  # an empty (Poisson-sampled) batch: the step ran, it has no loss to average
-                continue
-            losses.append(loss)
-            if not math.isfinite(losses[-1]):
-                raise _diverged(where, f"the local training loss became {losses[-1]} at step {len(losses)}", lr)
+    for idx in _schedule(defense, n, fl, gen, batches):
+        xb, yb = defense.transform_batch(x[idx], y[idx], num_classes, gen)
+        loss = defense.training_step(model, normalize(xb.to(dev)), yb.to(dev), loss_fn, opt)
+        if len(idx) == 0:  # an empty (Poisson-sampled) batch: the step ran, it has no loss to average
+            continue
+        losses.append(loss)
+        if not math.isfinite(losses[-1]):
+            raise _diverged(where, f"the local training loss became {losses[-1]} at step {len(losses)}", lr)
     params = get_params(model)
     bad = [n for n, p in params.items() if not bool(torch.isfinite(p).all())]
     if bad:
         raise _diverged(where, f"the local model's {bad[0]} became inf/nan", lr)
     state = None if fl.fresh_optimizer else to_device(opt.state_dict(), "cpu")
     return params, float(np.mean(losses)) if losses else float("nan"), state
+
+
+def _schedule(
+    defense: Defense, n: int, fl: FLConfig, gen: torch.Generator, batches: Sequence[torch.Tensor] | None
+) -> Iterator[torch.Tensor]:
+    """The local steps' index batches: ``batches`` as given, else ``fl.local_epochs`` epochs of the defense's
+    batches, each epoch's drawn from ``gen`` lazily (when its first batch is needed), as the loop always did."""
+    if batches is not None:
+        yield from batches
+        return
+    for _ in range(fl.local_epochs):
+        yield from defense.local_batches(n, fl.batch_size, gen)
 
 
 @torch.no_grad()

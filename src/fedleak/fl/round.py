@@ -8,6 +8,7 @@ in-process engine and a Flower ClientApp compute the identical upload.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -20,7 +21,7 @@ from fedleak.device import module_device, to_device
 from fedleak.fl.federation import Federation
 from fedleak.fl.local import ParamDict, local_update
 from fedleak.fl.vectorized import local_updates_vectorized
-from fedleak.models.functional import batchnorm_state_names, soft_cross_entropy
+from fedleak.models.functional import LossFn, batchnorm_state_names, soft_cross_entropy
 from fedleak.seeding import Purpose, np_rng, torch_gen
 
 
@@ -40,6 +41,9 @@ def local_round(
     opt_state: dict[str, Any] | None = None,
     where: str = "",
     private: frozenset[str] = frozenset(),
+    batches: Sequence[torch.Tensor] | None = None,
+    train_mode: bool = True,
+    loss_fn: LossFn = soft_cross_entropy,
 ) -> tuple[ParamDict, float, dict[str, Any] | None, ParamDict]:
     """One client's round on its pixel-space data ``x``: local training from ``global_params`` under ``defense``
     (``gen`` drives batching and data-level transforms), then the defense's ``transform_update`` on
@@ -47,10 +51,12 @@ def local_round(
     round, normalised, and the global parameters, when the defense needs one). ``private``: state entries that never
     leave the client (FedBN's BatchNorm layers, ``fl.bn: local``). Returns (the upload: params ``θ_global − Δ'`` and
     the trained buffers, private entries left out; the mean training loss; the optimizer state to carry; the
-    client's trained private entries)."""
+    client's trained private entries). ``batches``, ``train_mode``, ``loss_fn``: an explicit batch schedule, eval-
+    mode steps and another training loss (the inversion victim's; see :func:`~fedleak.fl.local.local_update`)."""
     local, loss, state = local_update(
         model, global_params, x, y, fl=fl, lr=lr, num_classes=num_classes, normalize=normalize,
-        defense=defense, gen=gen, opt_state=opt_state, where=where,
+        defense=defense, gen=gen, opt_state=opt_state, where=where, batches=batches, train_mode=train_mode,
+        loss_fn=loss_fn,
     )
     kept = {n: local[n] for n in private}
     shared = {n: v for n, v in local.items() if n not in private}

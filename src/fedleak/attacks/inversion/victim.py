@@ -3,8 +3,10 @@
 Three roles, kept apart by types (inversion.md §6.2, item 1):
 
 * :func:`client_update` runs on the client: it computes the FedSGD gradient of a batch, or the FedAvg update
-  ``θ_start − θ_end`` after several local SGD steps (:func:`local_update`), and applies the client's defence
-  transform *before* anything is shared.
+  ``θ_start − θ_end`` after several local SGD steps (the federated-round kernel,
+  :func:`fedleak.fl.round.local_round`, on the :meth:`LocalHyper.batches` schedule), and applies the client's
+  defence transform *before* anything is shared. :func:`local_update` is the attacker's functional replay of the
+  same steps (differentiable with ``create_graph=True``).
 * :class:`ServerView` is everything an attack may use: the model state sent to the client, the shared update
   and the explicitly declared :class:`SideInfo` (number of images, labels if declared known, local
   hyper-parameters, the input normalisation of the model pipeline, the BatchNorm mode of the client's pass).
@@ -13,8 +15,11 @@ Three roles, kept apart by types (inversion.md §6.2, item 1):
 BatchNorm (``SideInfo.bn_mode``): ``"eval"`` (default) computes the client's gradient with the running statistics
 of the model state sent (a fixed per-sample function; the Soteria GS script's setting), ``"train"`` with the
 statistics of the client's batch, as local training does. The attacker replays the declared mode. A defense's
-client-side computation (Soteria's scores) always runs in eval mode. Buffers are never written: every pass gets
-copies, so the state in the :class:`ServerView` stays the state that was sent.
+client-side computation (Soteria's scores) always runs in eval mode. The state in the :class:`ServerView` stays the
+state that was sent: the attacker's passes get copies of the buffers; the client's multi-step training in ``train``
+mode updates the running statistics of its model as local training does, but they are not part of the shared
+update (parameters only) and the client's model is given back the sent state afterwards (as before: the old
+functional update never wrote them either).
 """
 
 from __future__ import annotations
@@ -27,7 +32,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from fedleak.config import FLConfig
+from fedleak.defenses.base import Defense
 from fedleak.defenses.gradient import GradientContext, GradientTransform
+from fedleak.fl.local import load_params
+from fedleak.fl.round import local_round
 from fedleak.models.functional import LossFn, soft_cross_entropy
 
 
@@ -141,7 +150,9 @@ def local_update(
     loss_fn: LossFn = soft_cross_entropy,
     create_graph: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """FedAvg client update ``θ_0 − θ_K`` after ``local.steps`` plain SGD steps, functionally.
+    """FedAvg client update ``θ_0 − θ_K`` after ``local.steps`` plain SGD steps, functionally: the attacker's
+    replay of the victim's steps (the victim itself computes its update with the round kernel,
+    :func:`kernel_update`; the two agree at the true data to float32 rounding).
 
     With ``create_graph=True`` the result is differentiable with respect to ``x`` (and soft ``y``): the attacker
     unrolls the same steps on its dummy data (``torch.func.functional_call``; no model mutation).
@@ -200,7 +211,7 @@ def _client_round(
         update = {k: g.detach() for k, g in batch_gradient(model, req, buffers, x, y, loss_fn).items()}
         kind = "gradient"
     else:
-        update = local_update(model, params, buffers, x, y, local, loss_fn)
+        update = kernel_update(model, params, buffers, x, y, local, loss_fn, bn_mode)
         kind = "update"
     info: dict[str, Any] = {}
     model.eval()  # the defense (Soteria's per-sample scores) and everything below: running statistics
@@ -221,6 +232,46 @@ def _client_round(
     return ServerView(params=params, buffers=buffers, update=update, side=side), GroundTruth(
         x=x.detach().clone(), y=y.detach().clone(), transform_info=info
     )
+
+
+#: plain SGD, as LocalHyper declares it: no momentum, no weight decay, a fresh optimizer (one pass of the schedule)
+_PLAIN_SGD = FLConfig(optimizer="sgd", momentum=0.0, weight_decay=0.0, local_epochs=1, fresh_optimizer=True)
+
+
+def kernel_update(
+    model: nn.Module,
+    params: Mapping[str, torch.Tensor],
+    buffers: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    local: LocalHyper,
+    loss_fn: LossFn = soft_cross_entropy,
+    bn_mode: Literal["train", "eval"] = "eval",
+) -> dict[str, torch.Tensor]:
+    """The client's real FedAvg update ``θ_0 − θ_K`` (parameters only), computed by the federated-round kernel
+    (:func:`fedleak.fl.round.local_round`): ``local.steps`` plain-SGD steps of size ``local.lr`` on the
+    :meth:`LocalHyper.batches` schedule of the model-input-space ``x`` (no normalisation), BatchNorm in ``bn_mode``,
+    the no-op kernel defense (the victim's gradient defense is applied to the result by the caller).
+
+    The kernel trains ``model`` itself; afterwards the model is given back ``params`` and ``buffers`` (the sent
+    state), so ``train``-mode running statistics of the local steps are dropped, as the functional update did.
+    """
+    state = {k: v.detach().to("cpu", copy=True) for k, v in {**params, **buffers}.items()}
+    unused = torch.Generator().manual_seed(0)  # the explicit schedule and the no-op defense draw nothing
+    try:
+        sent, _, _, _ = local_round(
+            model, state, x.detach(), y.detach(), fl=_PLAIN_SGD, lr=local.lr,
+            num_classes=_num_classes(model, params, _copies(buffers), x), normalize=_identity, defense=Defense(),
+            gen=unused, defense_gen=unused, where="the inversion victim's local steps",
+            batches=local.batches(int(x.shape[0])), train_mode=bn_mode == "train", loss_fn=loss_fn,
+        )
+    finally:
+        load_params(model, state)
+    return {k: (state[k] - sent[k]).to(params[k].device) for k in params}
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def _copies(buffers: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
