@@ -141,3 +141,13 @@ class DiagModel(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x.flatten(1) * self.a)
+
+
+def naive_k(member: np.ndarray, scores: np.ndarray, target: float) -> int:
+    """Most members flagged by any threshold 'score >= v' that flags at most target * n_neg non-members."""
+    pos, neg = scores[member], scores[~member]
+    best = 0
+    for v in np.unique(scores):
+        if np.sum(neg >= v) <= target * neg.size + 1e-9:
+            best = max(best, int(np.sum(pos >= v)))
+    return best

@@ -10,23 +10,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from conftest import assert_one_error_line
+from conftest import assert_one_error_line, naive_k
 from fedleak.attacks.mia import run_attacks
 from fedleak.cli import main
 from fedleak.fl.toy import generate_toy_run
 from fedleak.signals.loading import load_signals
 
 TOY = dict(per_client=100, n_other=60, n_test=300, n_test_cand=150, rounds=4, shift=0.3, num_clients=4)
-
-
-def naive_k(member: np.ndarray, scores: np.ndarray, target: float) -> int:
-    """Most members flagged by any threshold 'score >= v' that flags at most target * n_neg non-members."""
-    pos, neg = scores[member], scores[~member]
-    best = 0
-    for v in np.unique(scores):
-        if np.sum(neg >= v) <= target * neg.size + 1e-9:
-            best = max(best, int(np.sum(pos >= v)))
-    return best
 
 
 def cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:

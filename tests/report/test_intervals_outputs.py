@@ -13,22 +13,13 @@ from typer.testing import CliRunner
 
 from fedleak.attacks.mia.evaluate import interval_entries
 from fedleak.attacks.mia.evaluation import Evaluation
+from conftest import naive_k
 from fedleak.cli import app
 from fedleak.fl.toy import generate_toy_run
 from fedleak.metrics.roc import DEFAULT_FPRS, HEADLINE_KEY, fpr_key
 
 runner = CliRunner()
 SMALL = dict(per_client=60, n_other=40, n_test=200, n_test_cand=80, rounds=4, shift=0.4, num_clients=3)
-
-
-def naive_k(member: np.ndarray, scores: np.ndarray, target: float) -> int:
-    """Most members flagged by any threshold 'score >= v' that flags at most target * n_neg non-members."""
-    pos, neg = scores[member], scores[~member]
-    best = 0
-    for v in np.unique(scores):
-        if np.sum(neg >= v) <= target * neg.size + 1e-9:
-            best = max(best, int(np.sum(pos >= v)))
-    return best
 
 
 def naive_delong(member: np.ndarray, scores: np.ndarray) -> tuple[float, float]:

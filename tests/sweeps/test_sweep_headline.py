@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import naive_k
 from fedleak.attacks.mia import run_attacks
 from fedleak.config import ConfigError
 from fedleak.signals.loading import load_signals
@@ -24,12 +25,6 @@ TINY = {
     "signals": {"every": 1},
 }
 NAMES = ["fedmia-ii", "blackbox-loss"]
-
-
-def naive_k(member: np.ndarray, scores: np.ndarray, target: float) -> int:
-    pos, neg = scores[member], scores[~member]
-    return max([int(np.sum(pos >= v)) for v in np.unique(scores) if np.sum(neg >= v) <= target * neg.size + 1e-9]
-               + [0])
 
 
 def _sweep(tmp_path, attacks: dict) -> object:
