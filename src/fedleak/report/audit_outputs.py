@@ -73,6 +73,16 @@ def write_audit(
     run_dir: Path, out: Path, sig: Signals, ev: Evaluation, fedmia_options: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Compute and write ``out/audit.json``; returns it and the canary arrays to add to ``scores.npz``."""
+    doc, arrays = audit_document(run_dir, sig, ev, fedmia_options)
+    atomic_write_text(out / AUDIT_FILE, json.dumps(_json(doc), indent=2))
+    return doc, arrays
+
+
+def audit_document(
+    run_dir: Path, sig: Signals, ev: Evaluation, fedmia_options: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The ``audit.json`` mapping of an evaluated run (``ev``: its scores at the default target and round) and the
+    canary arrays for ``scores.npz``; nothing is written."""
     cfg = read_run_config(run_dir)
     audit_cfg = cfg.get("audit") or {}
     acc = accountant_entry(run_dir, cfg)
@@ -96,7 +106,6 @@ def write_audit(
                "target": c.target, "k_choices": k_choices(c.m)}
     doc = {"level": "sample", "confidence": confidence, "delta": delta, "delta_source": source, "target": target,
            "accountant": acc, "canaries": can, "notes": notes, "entries": entries}
-    atomic_write_text(out / AUDIT_FILE, json.dumps(_json(doc), indent=2))
     arrays: dict[str, np.ndarray] = {}
     if c_scores and canaries is not None:
         c = canaries[0]

@@ -21,31 +21,18 @@ import numpy as np
 EPS_FIELDS = ["eps_hat_one_run", "eps_hat_one_run_attack", "eps_hat_roc"]
 
 
-def audit_epsilons(run_dir: str | Path, settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The run's ε̂ columns (module docstring)."""
-    from fedleak.attacks.mia.attacks import resolve_names, resolve_target, round_index, run_attacks
-    from fedleak.attacks.mia.audit import ONE_RUN_BEST, ROC_SPLIT, resolve_delta, sample_audit
-    from fedleak.signals.canaries import load_canary_signals
-    from fedleak.signals.loading import load_signals
-    from fedleak.signals.runconfig import read_run_config
-    from fedleak.signals.store import read_metrics
+def audit_epsilons(run_dir: str | Path, settings: dict[str, Any] | None = None,
+                   evaluated: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """The run's ε̂ columns (module docstring), from the entries ``fedleak attack`` writes to audit.json
+    (:func:`fedleak.report.audit_outputs.audit_document`). ``evaluated``: the run's ``(signals, evaluation)`` from
+    :func:`fedleak.sweeps.evaluate.evaluate_run`, so the sweep loads the signals and scores the attacks once."""
+    from fedleak.attacks.mia.audit import ONE_RUN_BEST, ROC_SPLIT
+    from fedleak.report.audit_outputs import audit_document
+    from fedleak.sweeps.evaluate import evaluate_run
 
-    s = dict(settings or {})
-    opts = dict(s.get("options") or {})
-    run_dir = Path(run_dir)
-    sig = load_signals(run_dir)
-    names = resolve_names(s.get("names", "all"))
-    t = resolve_target(sig, None)
-    rnd = int(sig.rounds[round_index(sig, None, t)])
-    scores = run_attacks(sig, names, round=rnd, target=t, **opts)
-    cfg = read_run_config(run_dir)
-    audit = cfg.get("audit") or {}
-    privacy = next((r["privacy"] for r in reversed(read_metrics(run_dir)) if isinstance(r.get("privacy"), dict)), None)
-    delta, _ = resolve_delta(audit.get("delta"), privacy)
-    entries, _ = sample_audit(sig, sig.members(t), scores, round=rnd, target=t,
-                              confidence=float(audit.get("confidence", 0.95)), delta=delta,
-                              seed=int(cfg.get("seed", 0)), canaries=load_canary_signals(run_dir, sig),
-                              kind=audit.get("kind"), **opts)
+    sig, ev = evaluated or evaluate_run(run_dir, settings)
+    doc, _ = audit_document(Path(run_dir), sig, ev, dict((settings or {}).get("options") or {}))
+    entries = doc["entries"]
     best = next((e for e in entries if e["method"] == ONE_RUN_BEST), None)
     roc = [e["epsilon"] for e in entries if e["method"] == ROC_SPLIT]
     return {"eps_hat_one_run": None if best is None else best["epsilon"],

@@ -66,18 +66,14 @@ def check_attack_names(names: Any) -> list[str]:
     return resolve_names(names)
 
 
-def attack_metrics(run_dir: str | Path, settings: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """{attack: {label, <headline TPR>, <other TPR>, auc, rotated, <headline>_members}} for a finished run.
-
-    With a rotating target (every client evaluated as the target, ``settings['rotate']`` true or null when the
-    candidates allow it), the values are the means over targets; otherwise those of the configured target.
-    """
+def evaluate_run(run_dir: str | Path, settings: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """``(signals, evaluation)`` of a finished run with the sweep's attack settings (no per-round curves)."""
     from fedleak.attacks.mia import evaluate
 
     s = dict(settings or {})
     head = Headline.of(s)
     sig = load_signals(run_dir)
-    ev = evaluate(
+    return sig, evaluate(
         sig,
         s.get("names", "all"),
         rotate=s.get("rotate"),
@@ -87,6 +83,18 @@ def attack_metrics(run_dir: str | Path, settings: dict[str, Any] | None = None) 
         headline_fpr=head.fpr,
         **dict(s.get("options") or {}),
     )
+
+
+def attack_metrics(run_dir: str | Path, settings: dict[str, Any] | None = None,
+                   evaluated: tuple[Any, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """{attack: {label, <headline TPR>, <other TPR>, auc, rotated, <headline>_members}} for a finished run.
+
+    With a rotating target (every client evaluated as the target, ``settings['rotate']`` true or null when the
+    candidates allow it), the values are the means over targets; otherwise those of the configured target.
+    ``evaluated``: the run's :func:`evaluate_run` when the caller has it already.
+    """
+    head = Headline.of(settings)
+    sig, ev = evaluated or evaluate_run(run_dir, settings)
     out: dict[str, dict[str, Any]] = {}
     members = [int(sig.members(t).sum()) for t in ev.rotation.targets]
     for name, a in ev.attacks.items():

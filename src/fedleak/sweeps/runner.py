@@ -93,7 +93,7 @@ def _execute_locked(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         from fedleak.config import parse_config
         from fedleak.fl.simulation import train
         from fedleak.sweeps.audit import audit_epsilons
-        from fedleak.sweeps.evaluate import Headline, attack_metrics, utility
+        from fedleak.sweeps.evaluate import Headline, attack_metrics, evaluate_run, utility
 
         cfg = parse_config(spec["config"], f"(sweep run {spec['run_id']})")
         if cfg.fl.threads:
@@ -101,13 +101,14 @@ def _execute_locked(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
         train(cfg, run_dir, quiet=True)
         write_client_audit(cfg, run_dir)  # audit.canary_clients: audit/clients.json
+        evaluated = evaluate_run(run_dir, spec.get("attacks"))  # signals loaded and attacks scored once
         result = {
             **_meta(spec),
             "status": "finished",
             "utility": utility(run_dir),
             "headline_fpr": Headline.of(spec.get("attacks")).fpr,
-            "attacks": attack_metrics(run_dir, spec.get("attacks")),
-            "audit": audit_epsilons(run_dir, spec.get("attacks")),  # ε̂ columns (sweeps/audit.py)
+            "attacks": attack_metrics(run_dir, spec.get("attacks"), evaluated),
+            "audit": audit_epsilons(run_dir, spec.get("attacks"), evaluated),  # ε̂ columns (sweeps/audit.py)
             "time_s": time.time() - t0,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
