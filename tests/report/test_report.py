@@ -13,6 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from conftest import tiny_config
 from fedleak.attacks.mia.names import ATTACKS
 from fedleak.attacks.mia import run_attacks
 from fedleak.fl.toy import generate_toy_run
@@ -193,18 +194,10 @@ def test_run_trains_attacks_and_reports(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_run_end_to_end_with_the_real_engine(tmp_path):
-    cfg = {
-        "name": "tiny-e2e",
-        "seed": 1,
-        "data": {"name": "synthetic", "synthetic": {"n_train": 120, "n_test": 40, "num_classes": 4, "channels": 1, "size": 8}},
-        "partition": {"num_clients": 3},
-        "candidates": {"n_test": 20, "n_other": 10},
-        "model": {"name": "mlp", "options": {"hidden": [16]}},
-        "fl": {"rounds": 3, "batch_size": 8, "lr": 0.1},
-        "signals": {"every": 1},
-    }
+    from fedleak.config import dump_config
+
     p = tmp_path / "tiny.yaml"
-    p.write_text(yaml.safe_dump(cfg))
+    p.write_text(dump_config(tiny_config(name="tiny-e2e", seed=1)))
     res = runner.invoke(app, ["run", str(p), "--out", str(tmp_path / "run"), "-q"])
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "run" / "attack" / "metrics.json").read_text())
