@@ -12,6 +12,7 @@ from conftest import assert_within, longest_sum, rounding_tol, tiny_config
 from rdp_reference import epsilon
 from fedleak.defenses.dpsgd import DPSGD, clip_and_noise, per_sample_grads
 from fedleak.models.functional import soft_cross_entropy
+from fedleak.signals.compute import flat_params
 
 
 def _model(seed=0, d=12, h=7, c=4):
@@ -54,12 +55,12 @@ def test_training_step_is_the_mean_of_clipped_gradients():
     G = _naive(m, x, y).numpy()
     C = float(np.median(np.linalg.norm(G, axis=1)))  # about half the samples get clipped
     expect = (G * np.minimum(1.0, C / np.linalg.norm(G, axis=1))[:, None]).mean(0)
-    before = torch.cat([p.detach().reshape(-1) for p in m.parameters()]).double().numpy()
+    before = flat_params(m).double().numpy()
     d = DPSGD({"noise_multiplier": 0.0, "max_grad_norm": C})
     d.transform_batch(x, y, 4, torch.Generator())
     opt = torch.optim.SGD(m.parameters(), lr=1.0)
     d.training_step(m, x, y, soft_cross_entropy, opt)
-    after = torch.cat([p.detach().reshape(-1) for p in m.parameters()]).double().numpy()
+    after = flat_params(m).double().numpy()
     # float32 per-sample gradients and norms (longest_sum / P terms) at the gradient scale, plus the rounding of
     # the float32 parameter update at the parameters' scale
     tol = rounding_tol(longest_sum(m, x) + G.shape[1], np.abs(G).max()) + rounding_tol(1, np.abs(before).max())
@@ -190,10 +191,10 @@ def test_poisson_step_divides_the_clipped_sum_by_the_expected_batch_size():
     idx = torch.arange(7)  # a drawn batch of 7 != 10
     G = _naive(m, x[idx], y[idx]).numpy()
     expect = (G * np.minimum(1.0, 0.5 / np.linalg.norm(G, axis=1))[:, None]).sum(0) / 10.0
-    before = torch.cat([p.detach().reshape(-1) for p in m.parameters()]).double().numpy()
+    before = flat_params(m).double().numpy()
     d.transform_batch(x[idx], y[idx], 4, torch.Generator())
     d.training_step(m, x[idx], y[idx], soft_cross_entropy, torch.optim.SGD(m.parameters(), lr=1.0))
-    after = torch.cat([p.detach().reshape(-1) for p in m.parameters()]).double().numpy()
+    after = flat_params(m).double().numpy()
     tol = rounding_tol(longest_sum(m, x) + G.shape[1], np.abs(G).max()) + rounding_tol(1, np.abs(before).max())
     assert_within(before - after, expect, tol, "Poisson SGD step")
 
@@ -206,10 +207,10 @@ def test_an_empty_poisson_batch_is_a_noise_only_step():
     next(iter(d.local_batches(50, 5, torch.Generator().manual_seed(0))))  # q·n = 5
     x, y = torch.zeros(0, 100), torch.zeros(0, dtype=torch.long)
     d.transform_batch(x, y, 100, torch.Generator().manual_seed(3))
-    before = torch.cat([p.detach().reshape(-1) for p in m.parameters()]).clone()
+    before = flat_params(m).clone()
     loss = d.training_step(m, x, y, soft_cross_entropy, torch.optim.SGD(m.parameters(), lr=1.0))
     assert math.isnan(loss)  # nothing to average; the local loop leaves it out
-    step = (before - torch.cat([p.detach().reshape(-1) for p in m.parameters()])).numpy()
+    step = (before - flat_params(m)).numpy()
     assert step.std() == pytest.approx(2.0 * 0.5 / 5, rel=0.03) and abs(step.mean()) < 0.05 * step.std()
 
 
