@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -27,6 +28,21 @@ ENV = dict(os.environ, FEDLEAK_QUIET="1", PYTHONUNBUFFERED="1", PYTHONPATH=SRC)
 def _train_cli(cfg_path: Path, out: Path, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "fedleak.cli", "train", str(cfg_path), "--out", str(out), "-q"],
                             env=ENV, **kw)
+
+
+@contextlib.contextmanager
+def _held_by_another_process(run: Path, command: str):
+    """A real second process that takes the run lock as ``command`` and holds it until the block ends, then exits
+    without releasing it (the flock goes with the process; the lock file stays)."""
+    code = ("import sys; from fedleak.runlock import acquire_lock; "
+            "assert acquire_lock(sys.argv[1], sys.argv[2]) is None; print('held', flush=True); sys.stdin.readline()")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run), command], env=ENV, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.communicate("\n", timeout=60)
 
 
 def _wait_for(cond, timeout: float = 120.0) -> None:
@@ -79,19 +95,11 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
 
 def test_a_live_holder_in_another_process_is_respected_and_released(tmp_path):
     run = tmp_path / "run"
-    code = ("import sys, time; from fedleak.runlock import acquire_lock; "
-            "assert acquire_lock(sys.argv[1], 'fedleak flower-sim') is None; print('held', flush=True); "
-            "sys.stdin.readline()")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(run)], env=ENV, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with _held_by_another_process(run, "fedleak flower-sim") as holder:
         with pytest.raises(RunLockError, match=rf"by process {holder.pid} on .*`fedleak flower-sim`"):
             train(tiny_config(fl__rounds=1), run, quiet=True)
         assert acquire_lock(run) is not None
         assert not (run / "config.yaml").exists()  # nothing was written
-    finally:
-        holder.communicate("\n", timeout=60)
     assert lock_holder(run)["pid"] == holder.pid  # it exited without releasing: the file stays, the flock is gone
     train(tiny_config(fl__rounds=1), run, quiet=True)
     assert [m["round"] for m in read_metrics(run)] == [0] and not (run / LOCK).exists()
@@ -157,14 +165,7 @@ def test_flower_sim_checks_out_before_starting_flower_and_ray(tmp_path):
         run_flower_simulation(tiny_config(fl__rounds=1), trained, quiet=True)
 
     run = tmp_path / "run"
-    code = ("import sys; from fedleak.runlock import acquire_lock; assert acquire_lock(sys.argv[1], 'fedleak train') "
-            "is None; print('held', flush=True); sys.stdin.readline()")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(run)], env=ENV, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with _held_by_another_process(run, "fedleak train") as holder:
         with pytest.raises(RunLockError, match=f"by process {holder.pid} "):
             run_flower_simulation(tiny_config(fl__rounds=1), run, quiet=True)
-    finally:
-        holder.communicate("\n", timeout=60)
     assert not ray.is_initialized()  # refused before Ray was started
