@@ -223,12 +223,12 @@ def train(cfg: Any = None, run_dir: str | Path | None = None, *, model: Any = No
           quiet: bool = True) -> RunResult:
     """``fedleak train``: train the federation and record the signals into ``run_dir`` (default
     ``<output.dir>/<name>``); an existing run directory with the same config is resumed."""
-    from fedleak.fl.simulation import train as train_run
+    from fedleak.attacks.client_audit import train_audited
 
     cfg = _config(cfg, model, data, config, set)
     for note in notes(cfg):
         warnings.warn(note, stacklevel=2)
-    out = train_run(cfg, _run_dir(cfg, run_dir), quiet=quiet)
+    out, _ = train_audited(cfg, _run_dir(cfg, run_dir), quiet=quiet)  # + audit.canary_clients' clients.json
     return RunResult(Path(out), cfg, notes=notes(cfg))
 
 

@@ -112,4 +112,15 @@ def write_client_audit(cfg: ExperimentConfig, run_dir: str | Path) -> Path | Non
     return path
 
 
-__all__ = ["CLIENTS_JSON", "METHOD", "audit_delta", "client_audit_entry", "write_client_audit"]
+def train_audited(cfg: ExperimentConfig, run_dir: str | Path, quiet: bool = True) -> tuple[Path, Path | None]:
+    """Train (or resume) the run, then write its client-level canary audit: ``(run dir, clients.json or None)``.
+
+    The one sequence behind ``fedleak train``, ``fedleak run``, the sweep runner and ``fedleak.api.train``: the
+    engine cannot compute the estimate itself (the estimator sits a layer above it)."""
+    from fedleak.fl.simulation import train
+
+    out = Path(train(cfg, run_dir, quiet=quiet))
+    return out, write_client_audit(cfg, out)
+
+
+__all__ = ["CLIENTS_JSON", "METHOD", "audit_delta", "client_audit_entry", "train_audited", "write_client_audit"]

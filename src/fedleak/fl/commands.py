@@ -51,11 +51,9 @@ def train_command(
 ) -> None:
     """Train a federation and record per-sample signals into a run directory (resumes an interrupted run)."""
     cfg, run_dir = resolve_run(config, out, set_, data_dir, device)  # before torch is imported: fails fast
-    from fedleak.attacks.client_audit import write_client_audit
-    from fedleak.fl.simulation import train
+    from fedleak.attacks.client_audit import train_audited
 
-    train(cfg, run_dir, quiet=quiet_default(quiet))
-    audit = write_client_audit(cfg, run_dir)  # audit.canary_clients: the client-level one-shot ε
+    _, audit = train_audited(cfg, run_dir, quiet=quiet_default(quiet))  # + audit.canary_clients' one-shot ε
     if audit is not None:
         typer.echo(f"client-level canary audit: {audit}")
     typer.echo(f"run directory: {run_dir}")

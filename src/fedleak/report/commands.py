@@ -59,13 +59,11 @@ def run_command(
 ) -> None:
     """Train, attack and report in one go; prints where the report is."""
     cfg, run_dir = resolve_run(config, out, set_, data_dir, device)  # as `fedleak train`, before torch is imported
-    from fedleak.attacks.client_audit import write_client_audit
-    from fedleak.fl import simulation
+    from fedleak.attacks.client_audit import train_audited
     from fedleak.report.outputs import attack_run
 
     q = quiet_default(quiet)
-    simulation.train(cfg, run_dir, quiet=q)
-    write_client_audit(cfg, run_dir)  # audit.canary_clients: audit/clients.json, before the report reads it
+    train_audited(cfg, run_dir, quiet=q)  # audit.canary_clients: audit/clients.json, before the report reads it
     adir, ev = attack_run(run_dir, headline_fpr=headline_fpr)
     if not q:
         print_table(ev)

@@ -89,9 +89,8 @@ def _execute_locked(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     try:
         import torch
 
-        from fedleak.attacks.client_audit import write_client_audit
+        from fedleak.attacks.client_audit import train_audited
         from fedleak.config import parse_config
-        from fedleak.fl.simulation import train
         from fedleak.sweeps.audit import audit_epsilons
         from fedleak.sweeps.evaluate import Headline, attack_metrics, evaluate_run, utility
 
@@ -99,8 +98,7 @@ def _execute_locked(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         if cfg.fl.threads:
             torch.set_num_threads(cfg.fl.threads)
         run_dir.mkdir(parents=True, exist_ok=True)
-        train(cfg, run_dir, quiet=True)
-        write_client_audit(cfg, run_dir)  # audit.canary_clients: audit/clients.json
+        train_audited(cfg, run_dir, quiet=True)  # audit.canary_clients: audit/clients.json
         evaluated = evaluate_run(run_dir, spec.get("attacks"))  # signals loaded and attacks scored once
         result = {
             **_meta(spec),
