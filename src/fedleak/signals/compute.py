@@ -339,7 +339,7 @@ class _Accumulator:
             ghost = (
                 isinstance(mod, (nn.Linear, nn.Conv2d))
                 and mod.weight.requires_grad
-                and _use_ghost(self.K, _positions(mod, inp, gout))
+                and _use_ghost(self.K, _positions(mod, inp, gout), tuple(mod.weight.shape))
             )
             if ghost:
                 d_l, n_l = _ghost_weight(mod, inp, gout, self._stacked_weight(pre, mod), self.K)

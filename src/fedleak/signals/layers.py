@@ -150,13 +150,20 @@ def _layer_grads(model, plan, params, rest, xb, yb):
 # GEMM, K for the GEMM against Δ, plus three memory passes over [c, P_t] (write, read for the dots, read for the
 # norm) that are worth about _GHOST_MARGIN MACs on CPU. Without materialising ("ghost"): the dots are the layer
 # applied with Δ_k's weights, <gW_i, ΔW_k> = Σ_t <gout_i,t, ΔW_k · in_i,t> (K·T MACs per entry, one dense conv or
-# GEMM), and ||gW_i||² = Σ_{t,t'} <gout_i,t, gout_i,t'> <in_i,t, in_i,t'> (two T×T Gram matrices). Ghost is used
-# when K·T < T + K + _GHOST_MARGIN: the small-spatial layers, which hold most of the parameters of CIFAR nets.
+# GEMM), and ||gW_i||² = Σ_{t,t'} <gout_i,t, gout_i,t'> <in_i,t, in_i,t'> (two T×T Gram matrices: T²·(I + O) MACs
+# per sample for an O×I weight, i.e. T²·(I + O)/(I·O) per entry, and c·T² float64s of memory). Ghost is used when
+# K·T + T²·(I + O)/(I·O) < T + K + _GHOST_MARGIN: the small-spatial layers, which hold most of the parameters of
+# CIFAR nets (there the Gram term is < 0.1). Without the Gram term a single update (K = 1) chose ghost for every
+# layer, and a LeNet's first conv (T = 196, 12×25 weights) cost 16x its materialised gradient and c·0.6 MB.
 _GHOST_MARGIN = 120.0
 
 
-def _use_ghost(K: int, T: int) -> bool:
-    return K * T < T + K + _GHOST_MARGIN
+def _use_ghost(K: int, T: int, weight_shape: tuple[int, ...]) -> bool:
+    O = weight_shape[0]
+    I = 1
+    for d in weight_shape[1:]:
+        I *= d
+    return K * T + T * T * (I + O) / (I * O) < T + K + _GHOST_MARGIN
 
 
 def _ghost_weight(
