@@ -47,6 +47,7 @@ from fedleak.config import FLConfig
 from fedleak.defenses.base import Defense
 from fedleak.defenses.data import Compose
 from fedleak.fl.local import ParamDict, _diverged
+from fedleak.fl.vectorized_chain import ChainNet, Op, linear_chain
 from fedleak.fl.vectorized_optim import StackedOptimizer, make_stacked_optimizer
 
 _RANDOM_MODULES = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
@@ -182,33 +183,58 @@ def _client_rows(perms: list[torch.Tensor], n_steps: int, width: int, offset: in
 class _StackedModel:
     """The model applied with K stacked parameter sets (vmap over functional_call), gradients by autograd."""
 
-    def __init__(self, model: nn.Module, names: list[str]) -> None:
-        self.names = names
+    def __init__(self, model: nn.Module, names: list[str], stacked: list[torch.Tensor]) -> None:
+        self.names, self.stacked = names, stacked
         self._vf = vmap(lambda p, x: functional_call(model, p, (x,)))
         self._leaves: dict[int, list[torch.Tensor]] = {}
 
     def forget_leaves(self) -> None:
         self._leaves.clear()
 
-    def leaves(self, stacked: list[torch.Tensor], m: int) -> list[torch.Tensor]:
+    def leaves(self, m: int) -> list[torch.Tensor]:
         """Leaf tensors sharing storage with the first m rows of ``stacked`` (cached: the optimizer updates
         ``stacked`` in place without autograd, so the same leaves see the new values)."""
         if m not in self._leaves:
-            self._leaves[m] = [s[:m].detach().requires_grad_() for s in stacked]
+            self._leaves[m] = [s[:m].detach().requires_grad_() for s in self.stacked]
         return self._leaves[m]
 
     def losses_and_grads(
-        self, leaves: list[torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, weights: torch.Tensor | None
+        self, m: int, xb: torch.Tensor, yb: torch.Tensor, weights: torch.Tensor | None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Per-client mean cross-entropy [m] and its gradients w.r.t. ``leaves``.
+        """Per-client mean cross-entropy [m] and its gradients w.r.t. the first m clients' parameters.
 
         ``weights`` [m, W] (None: all rows real) is 1/count on real rows and 0 on padding."""
+        leaves = self.leaves(m)
         with torch.enable_grad():
             logits = self._vf(dict(zip(self.names, leaves)), xb)  # [m, W, C]
             ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(yb.shape)
             loss = ce.mean(1) if weights is None else (ce * weights).sum(1)
             grads = torch.autograd.grad(loss.sum(), leaves)
         return loss.detach(), list(grads)
+
+
+class _ChainModel:
+    """The fast path (:mod:`fedleak.fl.vectorized_chain`): a Flatten/Linear/ReLU chain by batched matrix products,
+    gradients written into buffers allocated once per round."""
+
+    def __init__(self, ops: list[Op], stacked: list[torch.Tensor]) -> None:
+        self.net, self.stacked = ChainNet(ops), stacked
+        self.grads = [torch.empty_like(s, memory_format=torch.contiguous_format) for s in stacked]
+        self._rows: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+
+    def forget_leaves(self) -> None:
+        self._rows.clear()
+
+    def losses_and_grads(
+        self, m: int, xb: torch.Tensor, yb: torch.Tensor, weights: torch.Tensor | None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if m not in self._rows:
+            self._rows[m] = ([s[:m] for s in self.stacked], [g[:m] for g in self.grads])
+        params, grads = self._rows[m]
+        w = 1.0 / yb.shape[1] if weights is None else weights.unsqueeze(2)
+        with torch.no_grad():
+            loss = self.net.losses_and_grads(params, grads, xb, yb, w)
+        return loss, grads
 
 
 def local_updates_vectorized(
@@ -247,31 +273,29 @@ def local_updates_vectorized(
     carried = None if fl.fresh_optimizer or opt_states is None else [opt_states[k] for k in plan.order]
     opt = make_stacked_optimizer(fl, lr, stacked, carried)
     model.train()
-    losses = _train(_StackedModel(model, names), stacked, opt, plan, torch.cat(xs), torch.cat(ys), normalize)
+    ops = linear_chain(model)
+    net = _StackedModel(model, names, stacked) if ops is None else _ChainModel(ops, stacked)
+    # normalize is per sample (the dataset's per-channel affine map), so normalising all rows once equals the
+    # loop's normalising of each batch, bit for bit
+    losses = _train(net, opt, plan, normalize(torch.cat(xs)), torch.cat(ys))
     return _results(plan, names, stacked, opt, losses, wheres, lr, fl)
 
 
 def _train(
-    net: _StackedModel,
-    stacked: list[torch.Tensor],
-    opt: StackedOptimizer,
-    plan: BatchPlan,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    normalize: Callable[[torch.Tensor], torch.Tensor],
+    net: _StackedModel | _ChainModel, opt: StackedOptimizer, plan: BatchPlan, x: torch.Tensor, y: torch.Tensor
 ) -> torch.Tensor:
-    """Run every step of ``plan``; the per-step losses [T, K] (stacked order; rows past a client's T unused)."""
+    """Run every step of ``plan`` on the normalised rows ``x``; the per-step losses [T, K] (stacked order; rows past
+    a client's T unused). Labels and row weights of every step are gathered once, up front."""
     T, K = plan.rows.shape[:2]
     losses = torch.full((T, K), float("nan"), dtype=torch.float64, device=x.device)
     all_rows, count = plan.rows.to(x.device), plan.count.to(x.device)
     weights = (torch.arange(plan.width, device=x.device) < count[..., None]) / count.clamp(min=1)[..., None].to(x.dtype)
+    labels = y.index_select(0, all_rows.flatten()).view(all_rows.shape)  # [T, K, width]
     sample_shape = x.shape[1:]
     for t in range(T):
         m = plan.active[t]
-        rows = all_rows[t, :m].flatten()
-        xb = normalize(x.index_select(0, rows)).view(m, plan.width, *sample_shape)
-        yb = y.index_select(0, rows).view(m, plan.width)
-        loss, grads = net.losses_and_grads(net.leaves(stacked, m), xb, yb, None if plan.full[t] else weights[t, :m])
+        xb = x.index_select(0, all_rows[t, :m].flatten()).view(m, plan.width, *sample_shape)
+        loss, grads = net.losses_and_grads(m, xb, labels[t, :m], None if plan.full[t] else weights[t, :m])
         if t == 0 and opt.align_layouts(grads):  # state now has the gradients' memory layout
             net.forget_leaves()
         opt.step(grads, m)
