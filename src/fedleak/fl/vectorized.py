@@ -163,7 +163,8 @@ def batch_plan(sizes: list[int], gens: list[torch.Generator], epochs: int, batch
         if steps[j]:
             rows[: steps[j], j], count[: steps[j], j] = _client_rows(perms, per_epoch[k], width, offsets[k])
     active = [sum(1 for s in steps if s > t) for t in range(T)]
-    full = [bool((count[t, : active[t]] == width).all()) for t in range(T)]
+    inactive = torch.arange(K) >= torch.tensor(active, dtype=torch.long).view(-1, 1)  # [T, K]
+    full = ((count == width) | inactive).all(1).tolist()
     return BatchPlan(order, steps, rows, count, active, full, width)
 
 
@@ -199,18 +200,19 @@ class _StackedModel:
         return self._leaves[m]
 
     def losses_and_grads(
-        self, m: int, xb: torch.Tensor, yb: torch.Tensor, weights: torch.Tensor | None
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Per-client mean cross-entropy [m] and its gradients w.r.t. the first m clients' parameters.
-
-        ``weights`` [m, W] (None: all rows real) is 1/count on real rows and 0 on padding."""
+        self, m: int, xb: torch.Tensor, yb: torch.Tensor, weights: torch.Tensor | None, nll: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """The gradients of the clients' mean cross-entropy w.r.t. the first m clients' parameters; each row's
+        cross-entropy into ``nll`` [m, W]. ``yb`` [m, W, 1] labels; ``weights`` [m, W, 1] (None: all rows real)
+        is 1/count on real rows and 0 on padding."""
         leaves = self.leaves(m)
         with torch.enable_grad():
             logits = self._vf(dict(zip(self.names, leaves)), xb)  # [m, W, C]
-            ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(yb.shape)
-            loss = ce.mean(1) if weights is None else (ce * weights).sum(1)
+            ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(nll.shape)
+            loss = ce.mean(1) if weights is None else (ce * weights.squeeze(2)).sum(1)
             grads = torch.autograd.grad(loss.sum(), leaves)
-        return loss.detach(), list(grads)
+        nll.copy_(ce.detach())
+        return list(grads)
 
 
 class _ChainModel:
@@ -226,15 +228,14 @@ class _ChainModel:
         self._rows.clear()
 
     def losses_and_grads(
-        self, m: int, xb: torch.Tensor, yb: torch.Tensor, weights: torch.Tensor | None
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        self, m: int, xb: torch.Tensor, yb: torch.Tensor, weights: torch.Tensor | None, nll: torch.Tensor
+    ) -> list[torch.Tensor]:
         if m not in self._rows:
             self._rows[m] = ([s[:m] for s in self.stacked], [g[:m] for g in self.grads])
         params, grads = self._rows[m]
-        w = 1.0 / yb.shape[1] if weights is None else weights.unsqueeze(2)
         with torch.no_grad():
-            loss = self.net.losses_and_grads(params, grads, xb, yb, w)
-        return loss, grads
+            self.net.losses_and_grads(params, grads, xb, yb, 1.0 / yb.shape[1] if weights is None else weights, nll)
+        return grads
 
 
 def local_updates_vectorized(
@@ -285,22 +286,25 @@ def _train(
     net: _StackedModel | _ChainModel, opt: StackedOptimizer, plan: BatchPlan, x: torch.Tensor, y: torch.Tensor
 ) -> torch.Tensor:
     """Run every step of ``plan`` on the normalised rows ``x``; the per-step losses [T, K] (stacked order; rows past
-    a client's T unused). Labels and row weights of every step are gathered once, up front."""
+    a client's T unused). Labels and row weights of every step are gathered once, up front, and every row's loss
+    is kept and reduced to the clients' batch means at the end."""
     T, K = plan.rows.shape[:2]
-    losses = torch.full((T, K), float("nan"), dtype=torch.float64, device=x.device)
     all_rows, count = plan.rows.to(x.device), plan.count.to(x.device)
-    weights = (torch.arange(plan.width, device=x.device) < count[..., None]) / count.clamp(min=1)[..., None].to(x.dtype)
-    labels = y.index_select(0, all_rows.flatten()).view(all_rows.shape)  # [T, K, width]
+    real = torch.arange(plan.width, device=x.device) < count[..., None]
+    weights = (real / count.clamp(min=1)[..., None].to(x.dtype)).unsqueeze(3)  # [T, K, width, 1]
+    labels = y.index_select(0, all_rows.flatten()).view(*all_rows.shape, 1)  # [T, K, width, 1]
+    nll = torch.full(all_rows.shape, float("nan"), dtype=x.dtype, device=x.device)
     sample_shape = x.shape[1:]
     for t in range(T):
         m = plan.active[t]
         xb = x.index_select(0, all_rows[t, :m].flatten()).view(m, plan.width, *sample_shape)
-        loss, grads = net.losses_and_grads(m, xb, labels[t, :m], None if plan.full[t] else weights[t, :m])
+        grads = net.losses_and_grads(m, xb, labels[t, :m], None if plan.full[t] else weights[t, :m], nll[t, :m])
         if t == 0 and opt.align_layouts(grads):  # state now has the gradients' memory layout
             net.forget_leaves()
         opt.step(grads, m)
-        losses[t, :m] = loss
-    return losses.cpu()
+    full = torch.tensor(plan.full, device=x.device).view(-1, 1)
+    losses = torch.where(full, nll.mean(2), (nll * weights.squeeze(3)).sum(2))  # the loop's mean over a batch
+    return losses.to("cpu", torch.float64)
 
 
 def _results(
@@ -319,16 +323,17 @@ def _results(
     means: list[float] = [float("nan")] * K
     states: list[dict[str, Any] | None] = [None] * K
     slot = {k: j for j, k in enumerate(plan.order)}
+    finite = torch.stack([torch.isfinite(s.flatten(1)).all(1) for s in stacked]).cpu()  # [params, K]
     for k in range(K):
         j, where = slot[k], wheres[k] if wheres is not None else ""
         own = losses[: plan.steps[j], j].numpy()
         bad = np.flatnonzero(~np.isfinite(own))
         if bad.size:
             raise _diverged(where, f"the local training loss became {float(own[bad[0]])} at step {bad[0] + 1}", lr)
-        params[k] = {n: s[j].clone(memory_format=torch.contiguous_format) for n, s in zip(names, stacked)}
-        odd = [n for n, p in params[k].items() if not bool(torch.isfinite(p).all())]
+        odd = [n for n, ok in zip(names, finite[:, j].tolist()) if not ok]
         if odd:
             raise _diverged(where, f"the local model's {odd[0]} became inf/nan", lr)
+        params[k] = {n: s[j].clone(memory_format=torch.contiguous_format) for n, s in zip(names, stacked)}
         means[k] = float(np.mean(own)) if own.size else float("nan")
         states[k] = None if fl.fresh_optimizer else opt.state_dict(j, trained=plan.steps[j] > 0)
     return params, means, states

@@ -104,6 +104,7 @@ class ChainNet:
         self.ops = ops
         first_linear = next(i for i, op in enumerate(ops) if op.kind == "linear")
         self._stop = first_linear  # backward ends at the first Linear: nothing below it has parameters
+        self._ones: dict[tuple, torch.Tensor] = {}
 
     def losses_and_grads(
         self,
@@ -112,22 +113,28 @@ class ChainNet:
         xb: torch.Tensor,
         yb: torch.Tensor,
         weights: torch.Tensor | float,
-    ) -> torch.Tensor:
-        """Per-client loss [m] of the batch ``xb`` [m, B, ...] with labels ``yb`` [m, B]; writes the gradients of
-        ``Σ_clients loss`` into ``grads`` (tensors shaped like ``params``, the first m clients' rows).
-        ``weights``: [m, B, 1] row weights (1/count on real rows, 0 on padding) or one float (1/B, all real)."""
+        nll: torch.Tensor,
+    ) -> None:
+        """Writes each row's cross-entropy into ``nll`` [m, B], and the gradients of ``Σ_clients loss`` into
+        ``grads`` (tensors shaped like ``params``, the first m clients' rows), for the batch ``xb`` [m, B, ...] with
+        labels ``yb`` [m, B, 1]; a client's loss is ``Σ_rows weights · nll``. ``weights``: [m, B, 1] row weights
+        (1/count on real rows, 0 on padding) or one float (1/B: every row real)."""
         acts = [xb]  # acts[i] is op i's input, acts[i + 1] its output
         for i, op in enumerate(self.ops):
             acts.append(self._forward(op, acts[-1], params, fresh=i > self._stop))
         logp = torch.log_softmax(acts[-1], dim=2)
-        nll = logp.gather(2, yb.unsqueeze(2)).neg_().squeeze(2)  # [m, B]
-        loss = nll.mean(1) if isinstance(weights, float) else (nll * weights.squeeze(2)).sum(1)
+        torch.gather(logp, 2, yb, out=nll.unsqueeze(2)).neg_()
         g = logp.exp_()  # softmax, in place of logp
-        g.scatter_add_(2, yb.unsqueeze(2), torch.full_like(yb, -1, dtype=g.dtype).unsqueeze(2))
+        g.scatter_add_(2, yb, self._minus_one(yb.shape, g))
         g.mul_(weights)
         for i in range(len(self.ops) - 1, self._stop - 1, -1):
             g = self._backward(self.ops[i], g, acts[i], acts[i + 1], params, grads, last=i == self._stop)
-        return loss
+
+    def _minus_one(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+        key = (tuple(shape), like.dtype, like.device)
+        if key not in self._ones:
+            self._ones[key] = torch.full(shape, -1.0, dtype=like.dtype, device=like.device)
+        return self._ones[key]
 
     @staticmethod
     def _forward(op: Op, a: torch.Tensor, params: list[torch.Tensor], fresh: bool) -> torch.Tensor:
