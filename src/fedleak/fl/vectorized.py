@@ -277,17 +277,21 @@ def local_updates_vectorized(
     ops = linear_chain(model)
     net = _StackedModel(model, names, stacked) if ops is None else _ChainModel(ops, stacked)
     # normalize is per sample (the dataset's per-channel affine map), so normalising all rows once equals the
-    # loop's normalising of each batch, bit for bit
-    losses = _train(net, opt, plan, normalize(torch.cat(xs)), torch.cat(ys))
+    # loop's normalising of each batch, bit for bit; done once where the rows are reused (several epochs), else on
+    # each step's batch, which is in cache
+    x = torch.cat(xs)
+    once = fl.local_epochs > 1
+    losses = _train(net, opt, plan, normalize(x) if once else x, torch.cat(ys), (lambda b: b) if once else normalize)
     return _results(plan, names, stacked, opt, losses, wheres, lr, fl)
 
 
 def _train(
-    net: _StackedModel | _ChainModel, opt: StackedOptimizer, plan: BatchPlan, x: torch.Tensor, y: torch.Tensor
+    net: _StackedModel | _ChainModel, opt: StackedOptimizer, plan: BatchPlan, x: torch.Tensor, y: torch.Tensor,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    """Run every step of ``plan`` on the normalised rows ``x``; the per-step losses [T, K] (stacked order; rows past
-    a client's T unused). Labels and row weights of every step are gathered once, up front, and every row's loss
-    is kept and reduced to the clients' batch means at the end."""
+    """Run every step of ``plan`` on the rows ``x`` (``normalize``: what each step's batch still needs); the
+    per-step losses [T, K] (stacked order; rows past a client's T unused). Labels and row weights of every step are
+    gathered once, up front, and every row's loss is kept and reduced to the clients' batch means at the end."""
     T, K = plan.rows.shape[:2]
     all_rows, count = plan.rows.to(x.device), plan.count.to(x.device)
     real = torch.arange(plan.width, device=x.device) < count[..., None]
@@ -297,7 +301,7 @@ def _train(
     sample_shape = x.shape[1:]
     for t in range(T):
         m = plan.active[t]
-        xb = x.index_select(0, all_rows[t, :m].flatten()).view(m, plan.width, *sample_shape)
+        xb = normalize(x.index_select(0, all_rows[t, :m].flatten())).view(m, plan.width, *sample_shape)
         grads = net.losses_and_grads(m, xb, labels[t, :m], None if plan.full[t] else weights[t, :m], nll[t, :m])
         if t == 0 and opt.align_layouts(grads):  # state now has the gradients' memory layout
             net.forget_leaves()
