@@ -58,7 +58,8 @@ def linear_chain(model: nn.Module) -> list[Op] | None:
         if prev is None or len(prev.users) != 1 or not node.args or node.args[0] is not prev:
             return None
         if node.op == "output":
-            return ops if flat and ops and sorted(used) == list(range(len(index))) else None
+            linear = any(op.kind == "linear" for op in ops)
+            return ops if linear and sorted(used) == list(range(len(index))) else None
         op = _op(node, modules, index, flat)
         if op is None or (op.kind == "linear" and not flat):
             return None
