@@ -1,4 +1,5 @@
-"""The stacked engine's Linear/ReLU fast path (fedleak.fl.vectorized_chain) and its fused optimizer steps.
+"""The stacked engine's Linear/ReLU fast path (fedleak.fl.vectorized_chain), its fused optimizer steps and the
+CPU's client groups.
 
 Which models take the fast path is checked on hand-made models (accepted chains and near misses); what it
 computes is checked against the per-client loop (K separate ``local_update`` calls with torch.optim and autograd)
@@ -15,14 +16,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedleak.fl.local import get_params
+from fedleak.config import FLConfig
+from fedleak.fl import vectorized
+from fedleak.defenses.base import Defense
+from fedleak.fl.local import TrainingDiverged, get_params, local_update, make_optimizer
+from fedleak.fl.vectorized import group_size
 from fedleak.fl.vectorized_chain import Op, linear_chain
 from fedleak.fl.vectorized_optim import make_stacked_optimizer
-from fedleak.fl.local import make_optimizer
 from fedleak.models import build_model
 
 from test_vectorized import IID, LR, OPTIMIZERS, UNEQUAL, assert_same_states, make_clients, make_fl, max_diff
-from test_vectorized import run_loop, run_vec
+from test_vectorized import gens as gens_for
+from test_vectorized import normalize, run_loop, run_vec
 
 
 class FunctionalChain(nn.Module):
@@ -169,3 +174,66 @@ def test_optimizer_paths_agree_with_torch_optim(opt: str) -> None:
             vec.step(grads, m)
         for k in range(K):
             assert float((stacked[0][k] - refs[k].detach()).abs().max()) < 1e-14, (opt, contiguous, k)
+
+
+def test_group_size() -> None:
+    """Parameters, gradients and optimizer state of a group fit CPU_GROUP_BYTES (at least one client; off the CPU
+    one group): the MNIST-sized MLP (235,146 float32 parameters, 2.8 MB with SGD momentum) in pairs, digits' in one
+    group of 10."""
+    mnist, digits = build_model("mlp", 10, (1, 28, 28)), build_model("mlp", 10, (1, 8, 8))
+    sgd = FLConfig(optimizer="sgd", momentum=0.9)
+    assert group_size(mnist, sgd, 10) == (8 * 2**20) // (3 * 4 * 235_146) == 2
+    assert group_size(mnist, FLConfig(optimizer="adam"), 10) == (8 * 2**20) // (4 * 4 * 235_146) == 2
+    assert group_size(mnist, FLConfig(optimizer="sgd", momentum=0.0), 10) == (8 * 2**20) // (2 * 4 * 235_146) == 4
+    assert group_size(digits, sgd, 10) == 10 and group_size(digits, sgd, 3) == 3
+    assert group_size(mnist.double(), sgd, 10) == 1
+    assert group_size(mnist, sgd, 10, device="cuda") == 10
+
+
+@pytest.mark.parametrize("per_group", [1, 3])
+@pytest.mark.parametrize("opt", ["sgd-momentum-wd", "adam"])
+def test_groups_equal_the_loop(monkeypatch, per_group: int, opt: str) -> None:
+    """Clients stacked in groups of 1 or 3 (4 clients: a last, smaller group), two rounds with carried optimizer
+    states: float64 equal to the loop, states and generators included."""
+    model = _chain_model("mlp", torch.float64)
+    tensors = 3 if opt.startswith("sgd") else 4  # parameters, gradients, momentum | Adam's two moments
+    per_client = tensors * sum(p.numel() * p.element_size() for p in model.parameters())
+    monkeypatch.setattr(vectorized, "CPU_GROUP_BYTES", per_group * per_client)
+    assert group_size(model, make_fl(opt), len(UNEQUAL)) == per_group
+    g0 = get_params(model)
+    xs, ys = make_clients(UNEQUAL, (1, 6, 6), torch.float64, seed=3)
+    fl, lr = make_fl(opt, fresh=False), LR[OPTIMIZERS[opt]["optimizer"]]
+    p1, _, s_loop, _ = run_loop(model, g0, xs, ys, fl, lr)
+    _, _, s_vec, _ = run_vec(model, g0, xs, ys, fl, lr)
+    start = {n: sum(p[n] for p in p1) / len(p1) for n in g0}
+    p_loop, l_loop, s_loop2, g_loop = run_loop(model, start, xs, ys, fl, lr, states=s_loop, seed=7)
+    p_vec, l_vec, s_vec2, g_vec = run_vec(model, start, xs, ys, fl, lr, states=s_vec, seed=7)
+    assert max_diff(p_vec, p_loop) < 1e-12
+    assert l_vec == pytest.approx(l_loop, rel=1e-13, abs=0)
+    assert_same_states(s_vec2, s_loop2, 1e-12)
+    for a, b in zip(g_vec, g_loop):
+        assert torch.equal(a.get_state(), b.get_state())
+
+
+def test_groups_raise_for_the_first_diverging_client(monkeypatch) -> None:
+    """Clients 1 and 3 diverge, in different groups of 2: the loop's error names client 1, and the second group
+    (clients 2 and 3) never trains: its generators are left untouched, as the loop leaves them."""
+    model = _chain_model("mlp", torch.float32)
+    monkeypatch.setattr(vectorized, "CPU_GROUP_BYTES", 2 * 3 * sum(4 * p.numel() for p in model.parameters()))
+    g0 = get_params(model)
+    xs, ys = make_clients(UNEQUAL, (1, 6, 6), torch.float32)
+    xs[1][0, 0, 0, 0] = float("nan")
+    xs[3][2, 0, 1, 1] = float("inf")
+    fl = make_fl("sgd-momentum")
+    loop_gens, vec_gens = gens_for(UNEQUAL), gens_for(UNEQUAL)
+    with pytest.raises(TrainingDiverged) as loop_err:
+        for k in range(len(xs)):
+            local_update(model, g0, xs[k], ys[k], fl=fl, lr=0.05, num_classes=5, normalize=normalize,
+                         defense=Defense(), gen=loop_gens[k], where=f"client {k}")
+    with pytest.raises(TrainingDiverged) as vec_err:
+        vectorized.local_updates_vectorized(model, g0, xs, ys, vec_gens, fl=fl, lr=0.05, num_classes=5,
+                                            normalize=normalize, wheres=[f"client {k}" for k in range(len(xs))])
+    assert "client 1" in str(loop_err.value) and str(vec_err.value) == str(loop_err.value)
+    for k in (0, 2, 3):  # (client 1's: the stacked engine draws every epoch's order up front, the loop lazily)
+        assert torch.equal(vec_gens[k].get_state(), loop_gens[k].get_state())
+    assert torch.equal(vec_gens[2].get_state(), gens_for(UNEQUAL)[2].get_state())  # never drawn from

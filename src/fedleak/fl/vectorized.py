@@ -267,6 +267,52 @@ def local_updates_vectorized(
         raise ValueError(f"local_updates_vectorized: {K} xs but {len(ys)} ys, {len(gens)} generators")
     if K == 0:
         return [], [], []
+    g = group_size(model, fl, K, xs[0].device)
+    out: tuple[list, list, list] = ([], [], [])
+    for a in range(0, K, g):  # groups in order: the first diverging client raises before later ones train
+        part = _stacked_updates(
+            model, global_params, xs[a : a + g], ys[a : a + g], gens[a : a + g], fl=fl, lr=lr, normalize=normalize,
+            opt_states=None if opt_states is None else opt_states[a : a + g],
+            wheres=None if wheres is None else wheres[a : a + g],
+        )
+        for whole, piece in zip(out, part):
+            whole.extend(piece)
+    return out
+
+
+#: On a CPU the clients are stacked in groups whose parameters, gradients and optimizer state take at most this
+#: many bytes together: a larger stack streams every client's weights through memory at every step, while a
+#: group's stay in cache from one step to the next. Measured with benchmarks/training.py (2-core AMD EPYC,
+#: torch 2.13, one thread, SGD momentum): MNIST-sized MLP (2.8 MB per client), 10 clients, batch 32: groups of 1,
+#: 2, 5, 10 clients 1.49x, 1.58x, 1.27x, 1.21x the loop's speed; batch 64: 1.31x, 1.37x, 1.09x, 1.10x.
+#: digits-quick's MLP (0.6 MB per client) stays one group of 10.
+CPU_GROUP_BYTES = 8 * 2**20
+
+
+def group_size(model: nn.Module, fl: FLConfig, n_clients: int, device: str | torch.device = "cpu") -> int:
+    """How many clients :func:`local_updates_vectorized` stacks at once (all of them off the CPU)."""
+    if torch.device(device).type != "cpu":
+        return max(n_clients, 1)
+    state = int(fl.momentum != 0) if fl.optimizer == "sgd" else 2  # momentum buffer; Adam's two moments
+    per_client = (2 + state) * sum(p.numel() * p.element_size() for p in model.parameters())
+    return max(1, min(n_clients, CPU_GROUP_BYTES // max(per_client, 1)))
+
+
+def _stacked_updates(
+    model: nn.Module,
+    global_params: ParamDict,
+    xs: list[torch.Tensor],
+    ys: list[torch.Tensor],
+    gens: list[torch.Generator],
+    *,
+    fl: FLConfig,
+    lr: float,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    opt_states: list[dict[str, Any] | None] | None,
+    wheres: list[str] | None,
+) -> tuple[list[ParamDict], list[float], list[dict[str, Any] | None]]:
+    """:func:`local_updates_vectorized` of one group of clients, stacked."""
+    K = len(xs)
     sizes = [int(len(y)) for y in ys]
     plan = batch_plan(sizes, gens, fl.local_epochs, fl.batch_size)
     names = [n for n, _ in model.named_parameters()]
@@ -344,6 +390,6 @@ def _results(
 
 
 __all__ = [
-    "BatchPlan", "batch_plan", "local_updates_vectorized", "resolve_vectorize", "supports_vectorized",
-    "vectorize_worthwhile",
+    "BatchPlan", "CPU_GROUP_BYTES", "batch_plan", "group_size", "local_updates_vectorized", "resolve_vectorize",
+    "supports_vectorized", "vectorize_worthwhile",
 ]
