@@ -331,7 +331,8 @@ def table(rows: list[Row], repeat: int, load: float) -> None:
     if not roof:
         return
     print("\nroofline: the round's GEMM FLOPs / this CPU's sustained float32 GEMM rate, measured in the same run\n"
-          "(rate at the step's shapes = the loop's products of one step replayed back to back; peak = one 2048³ GEMM)\n")
+          "(rate at the step's shapes = the loop's products of one step replayed back to back; "
+          "peak = one 2048³ GEMM)\n")
     print("| setting | threads | GEMM GFLOP/round | rate at step shapes (GFLOP/s) | bound (s/round) | peak (GFLOP/s) "
           "| bound at peak (s/round) | loop | vectorised | loop / bound | max speed-up over the loop |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedleak.config import FLConfig
-from fedleak.fl import vectorized
+from fedleak.fl import vectorized, vectorized_policy
 from fedleak.defenses.base import Defense
 from fedleak.fl.local import TrainingDiverged, get_params, local_update, make_optimizer
 from fedleak.fl.vectorized import group_size
@@ -198,7 +198,7 @@ def test_groups_equal_the_loop(monkeypatch, per_group: int, opt: str) -> None:
     model = _chain_model("mlp", torch.float64)
     tensors = 3 if opt.startswith("sgd") else 4  # parameters, gradients, momentum | Adam's two moments
     per_client = tensors * sum(p.numel() * p.element_size() for p in model.parameters())
-    monkeypatch.setattr(vectorized, "CPU_GROUP_BYTES", per_group * per_client)
+    monkeypatch.setattr(vectorized_policy, "CPU_GROUP_BYTES", per_group * per_client)
     assert group_size(model, make_fl(opt), len(UNEQUAL)) == per_group
     g0 = get_params(model)
     xs, ys = make_clients(UNEQUAL, (1, 6, 6), torch.float64, seed=3)
@@ -219,7 +219,7 @@ def test_groups_raise_for_the_first_diverging_client(monkeypatch) -> None:
     """Clients 1 and 3 diverge, in different groups of 2: the loop's error names client 1, and the second group
     (clients 2 and 3) never trains: its generators are left untouched, as the loop leaves them."""
     model = _chain_model("mlp", torch.float32)
-    monkeypatch.setattr(vectorized, "CPU_GROUP_BYTES", 2 * 3 * sum(4 * p.numel() for p in model.parameters()))
+    monkeypatch.setattr(vectorized_policy, "CPU_GROUP_BYTES", 2 * 3 * sum(4 * p.numel() for p in model.parameters()))
     g0 = get_params(model)
     xs, ys = make_clients(UNEQUAL, (1, 6, 6), torch.float32)
     xs[1][0, 0, 0, 0] = float("nan")

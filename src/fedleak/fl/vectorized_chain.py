@@ -21,6 +21,7 @@ is ~3 dispatches per layer forward and ~4 backward, against vmap's and autograd'
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -39,8 +40,25 @@ class Op:
     bias: int | None = None
 
 
+_CHAINS: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, list[Op] | None]]" = weakref.WeakKeyDictionary()
+
+
 def linear_chain(model: nn.Module) -> list[Op] | None:
-    """The model's forward as a list of :class:`Op` when it is a Flatten/Linear/ReLU chain, else None."""
+    """The model's forward as a list of :class:`Op` when it is a Flatten/Linear/ReLU chain, else None (cached per
+    model while its forward, modules and parameters keep their names and types: tracing costs milliseconds, a
+    round of digits-quick ~40)."""
+    key = (
+        type(model).forward, tuple((n, type(m)) for n, m in model.named_modules()),
+        tuple(n for n, _ in model.named_parameters()),
+    )
+    hit = _CHAINS.get(model)
+    if hit is None or hit[0] != key:
+        hit = key, _trace_chain(model)
+        _CHAINS[model] = hit
+    return hit[1]
+
+
+def _trace_chain(model: nn.Module) -> list[Op] | None:
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception:  # noqa: BLE001 - anything fx cannot trace takes the general path
