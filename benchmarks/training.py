@@ -1,7 +1,8 @@
-"""Time one round of local training: the per-client loop vs the vectorised engine (issue #14 item 1).
+"""Time one round of local training: the per-client loop vs the vectorised engine (issue #14 items 1 and 2).
 
 (a) loop:       ``fedleak.fl.local.local_update`` once per client (the no-op defense), as the engine runs today.
-(b) vectorised: ``fedleak.fl.vectorized.local_updates_vectorized``, all clients as one vmapped computation.
+(b) vectorised: ``fedleak.fl.vectorized.local_updates_vectorized``, all clients stacked (the MLPs take its
+                Linear/ReLU fast path, LeNet its vmap path; on a CPU in client groups of at most 8 MiB).
 
 Settings:
 * digits-quick: configs/digits-quick.yaml as it is (scikit-learn digits, MLP 64-256-128-10, 10 IID clients of
@@ -10,36 +11,58 @@ Settings:
   10 clients x 5,000 samples of 1x28x28, MLP 784-256-128-10 / lenet_dlg, SGD as above; batch size and local
   epochs from --mnist-batch (default 64) and --mnist-epochs (default 1).
 
-Each cell is the best of --repeat rounds after one warm-up round, wall clock, at 1 and 2 torch threads. The
-two engines' local models are compared once per setting (max |difference|, float32) so the table times the
-same work: ~1e-7, unless a long run meets a ReLU unit at its kink, after which float32 trajectories drift (the
-loop does the same against itself across CPUs; see fedleak/fl/vectorized.py). The machine's load average is
-printed: on a shared machine the numbers move with it.
+Each cell is the best of --repeat rounds after one warm-up round, wall clock, at 1 and 2 torch threads, the two
+engines' rounds interleaved (loop, vectorised, loop, ...) so that a change of load hits both. The two engines'
+local models are compared once per setting (max |difference|, float32) so the table times the same work: ~1e-7,
+unless a long run meets a ReLU unit at its kink, after which float32 trajectories drift (the loop does the same
+against itself across CPUs; see fedleak/fl/vectorized.py). The machine's load average is printed: on a shared
+machine the numbers move with it; compare ratios, not absolute times.
 
-Measured on the project machine (2-core AMD EPYC VM shared with other jobs, load average ~4.5, torch 2.13,
---repeat 2):
+Roofline (MLP settings; --no-roofline skips it): the loop's matrix products of one full-batch step are recorded
+(shapes, strides, dtype; their FLOPs must equal FlopCounterMode's count of the step, else the setting has other
+heavy work, e.g. convolutions, and gets no line) and replayed back to back with random values: the round's GEMM
+FLOPs divided by that rate is the fastest any engine doing these products could train the round on this CPU at
+this thread count; one 2048³ GEMM gives the peak rate and a looser bound. loop / bound is the most any engine
+could gain over the loop.
+
+Measured on the project machine (2-core AMD EPYC VM, two other training jobs at nice 5 on it, load average
+2.9 → 4.1 during the run, torch 2.13): ``--settings digits-quick,mnist-mlp --threads 1,2 --repeat 3
+--mnist-batch 32 --flower`` (and ``--settings mnist-mlp,mnist-lenet --threads 1 --repeat 2``, batch 64, load 3.4):
 
 | setting | threads | loop (s/round) | vectorised (s/round) | speed-up |
 |---|---|---|---|---|
-| digits-quick | 1 | 0.261 | 0.089 | 2.93x |
-| digits-quick | 2 | 1.092 | 0.095 | 11.52x |
-| mnist-mlp | 1 | 1.334 | 1.415 | 0.94x |
-| mnist-mlp | 2 | 1.288 | 0.957 | 1.35x |
-| mnist-lenet | 1 | 4.279 | 6.808 | 0.63x |
-| mnist-lenet | 2 | 3.724 | 29.069 | 0.13x |
+| digits-quick | 1 | 0.223 | 0.039 | 5.79x |
+| digits-quick | 2 | 39.966 | 0.052 | 764x |
+| mnist-mlp, batch 32 | 1 | 1.663 | 1.054 | 1.58x |
+| mnist-mlp, batch 32 | 2 | 10.972 | 2.547 | 4.31x |
+| mnist-mlp, batch 64 | 1 | 1.334 | 1.272 | 1.05x |
+| mnist-lenet, batch 64 | 1 | 3.878 | 5.018 | 0.77x |
 
-At 2 threads on the loaded machine the loop's tiny ops lose most of their time in OpenMP hand-offs, hence 11.5x;
-the 1-thread figure is the fair one. Vectorising wins where per-step work is small (per-step overhead of the
-loop: optimizer.step in Python, one dispatch per tensor); for MNIST-sized models the K stacked parameter sets
-fall out of cache and vmapped convolutions become grouped convolutions, slower than the loop on a CPU.
+| setting | threads | GEMM GFLOP/round | rate at step shapes (GFLOP/s) | bound (s/round) | peak (GFLOP/s) | bound at peak | loop / bound | loop / bound at peak |
+|---|---|---|---|---|---|---|---|---|
+| digits-quick | 1 | 1.2 | 40.9 | 0.029 | 87.8 | 0.014 | 7.61x | 16.3x |
+| mnist-mlp, batch 32 | 1 | 50.4 | 80.8 | 0.623 | 90.6 | 0.556 | 2.67x | 2.99x |
+| mnist-mlp, batch 64 | 1 | 50.4 | 89.4 | 0.563 | 92.3 | 0.546 | 2.37x | 2.44x |
+
+The 1-thread figures are the fair ones: with both cores busy with other jobs, 2 OpenMP threads spend the loop's
+thousands of tiny operations waiting for each other (digits-quick's loop: 40 s a round), and even the replayed
+GEMMs fall to 10-15 GFLOP/s. Where the stacked engine wins: per-step overhead (the loop's optimizer.step in
+Python, autograd, one dispatch per tensor per client) is paid once for all clients, and the fast path's backward
+and fused optimizer step are a handful of operations. Where it cannot: MNIST's round is 50 GFLOP of GEMMs that
+the loop already runs at ~85 GFLOP/s, so even an engine doing nothing but those products at the CPU's peak would
+be at most 2.4-3.0x faster than the loop; ≥3x on MNIST is out of reach on this CPU. vmapped convolutions
+(LeNet) become grouped convolutions, slower than the loop's.
 
 Flower hook (for the lead): ``--flower`` also times ``python -m fedleak.cli flower-sim digits-quick`` against
 ``python -m fedleak.cli train digits-quick`` end to end (--flower-rounds rounds each), per round from the
 ``time`` field of their metrics.jsonl, with ``train`` both as the per-client loop (``fl.vectorize=off``) and as
 configured (``auto``: stacked for digits-quick).
 
+End to end (the same run, digits-quick, 3 rounds, s/round incl. evaluation and signals): loop 0.404, stacked
+0.130 (3.1x), flower-sim 1.713 (13.2x slower than stacked).
+
 Usage: python benchmarks/training.py [--settings digits-quick,mnist-mlp,mnist-lenet] [--threads 1,2]
-                                     [--repeat 3] [--mnist-batch 64] [--mnist-epochs 1] [--flower]
+                                     [--repeat 3] [--mnist-batch 64] [--mnist-epochs 1] [--no-roofline] [--flower]
 """
 
 from __future__ import annotations
