@@ -78,7 +78,7 @@ def _trace_chain(model: nn.Module) -> list[Op] | None:
         if node.op == "output":
             linear = any(op.kind == "linear" for op in ops)
             return ops if linear and sorted(used) == list(range(len(index))) else None
-        op = _op(node, modules, index, flat)
+        op = _op(node, modules, index)
         if op is None or (op.kind == "linear" and not flat):
             return None
         if op.kind == "linear":
@@ -92,7 +92,7 @@ def _trace_chain(model: nn.Module) -> list[Op] | None:
     return None
 
 
-def _op(node: torch.fx.Node, modules: dict[str, nn.Module], index: dict[str, int], flat: bool) -> Op | None:
+def _op(node: torch.fx.Node, modules: dict[str, nn.Module], index: dict[str, int]) -> Op | None:
     """The :class:`Op` of one fx node (its only tensor input the previous node), or None when not supported."""
     extra = list(node.args[1:]) + list(node.kwargs.items())
     if node.op == "call_module":
