@@ -282,12 +282,19 @@ def test_supports_vectorized() -> None:
     assert supports_vectorized(mlp(), Compose([Sampling(), Perturb({"sigma": 0.1})], "both"))[0]
 
 
+def _tanh_mlp(inputs: int) -> nn.Module:
+    """The mlp's layers with tanh instead of ReLU: not a Linear/ReLU chain, so the general (vmap) path."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(inputs, 256), nn.Tanh(), nn.Linear(256, 128), nn.Tanh(),
+                         nn.Linear(128, 10))
+
+
 def test_resolve_vectorize() -> None:
-    """off / on / auto; auto on a CPU only for small per-step work (thresholds from benchmarks/training.py)."""
+    """off / on / auto; auto on a CPU: a Linear/ReLU chain (the fast path) always, any other model only for small
+    per-step work (thresholds from benchmarks/training.py)."""
     from fedleak.defenses import MixUp
 
-    digits = build_model("mlp", 10, (1, 8, 8))  # 100,864 FLOPs per sample, 50,826 parameters
-    mnist = build_model("mlp", 10, (1, 28, 28))  # 235,146 parameters: x10 clients > 2**21
+    digits = _tanh_mlp(64)  # 100,864 FLOPs per sample, 50,826 parameters
+    mnist = _tanh_mlp(784)  # 235,146 parameters: x10 clients > 2**21
     assert resolve_vectorize("off", digits, Defense(), (1, 8, 8), 10, 10) == (False, "")
     assert resolve_vectorize("on", mnist, Defense(), (1, 28, 28), 10, 10) == (True, "")
     assert resolve_vectorize("auto", digits, Defense(), (1, 8, 8), 10, 10) == (True, "")
@@ -299,6 +306,11 @@ def test_resolve_vectorize() -> None:
     assert not ok and "2.0 MFLOP" in why
     assert vectorize_worthwhile(mnist, (1, 28, 28), 64, 10, device="cuda") == (True, "")
     assert vectorize_worthwhile(digits, (1, 8, 8), 10, 1) == (False, "a single client")
+    relu_mnist = build_model("mlp", 10, (1, 28, 28))  # the same sizes as a Linear/ReLU chain: 469,504 FLOPs/sample
+    assert resolve_vectorize("auto", relu_mnist, Defense(), (1, 28, 28), 128, 10) == (True, "")  # 60.1 MFLOP
+    ok, why = vectorize_worthwhile(relu_mnist, (1, 28, 28), 137, 10)  # 64.3 MFLOP > 64e6
+    assert not ok and "64.3 MFLOP" in why
+    assert vectorize_worthwhile(relu_mnist, (1, 28, 28), 64, 1) == (False, "a single client")
 
 
 @pytest.mark.parametrize("opt", ["sgd-momentum-wd", "sgd-wd"])

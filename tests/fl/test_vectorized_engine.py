@@ -146,11 +146,15 @@ def test_auto_vectorises_a_small_model_and_says_so_once(tmp_path, capsys):
 
 
 def test_auto_keeps_the_loop_where_it_does_not_pay_and_says_why_once(tmp_path, capsys):
-    big = {"name": "mlp", "options": {"hidden": [2048, 1024]}}  # 3 x 2.2 M stacked parameters
-    assert choose_engine(build_federation(_cfg("auto", model=big)))[0] is False
-    train(_cfg("auto", rounds=2, model=big), tmp_path / "auto", quiet=False)
+    """An MLP 64-2048-1024-4 (3 x 2.2 M stacked parameters, 4.46 MFLOP per sample): a Linear/ReLU chain, stacked at
+    batch 8 (35.7 MFLOP per client step), one by one at batch 16 (71.4 MFLOP > CPU_MAX_CHAIN_STEP_FLOPS)."""
+    big = {"name": "mlp", "options": {"hidden": [2048, 1024]}}
+    assert choose_engine(build_federation(_cfg("auto", model=big)))[0] is True
+    cfg = _cfg("auto", rounds=2, model=big, fl__batch_size=16)
+    assert choose_engine(build_federation(cfg))[0] is False
+    train(cfg, tmp_path / "auto", quiet=False)
     said = [ln for ln in capsys.readouterr().err.splitlines() if "fl.vectorize" in ln]
-    assert len(said) == 1 and "training the clients one by one" in said[0] and "stacked parameters" in said[0]
+    assert len(said) == 1 and "training the clients one by one" in said[0] and "71.4 MFLOP" in said[0]
     assert choose_engine(build_federation(_cfg("off")))[0] is False
 
 

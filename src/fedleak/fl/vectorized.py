@@ -3,19 +3,24 @@
 :func:`local_updates_vectorized` computes, for every client k, what
 ``fedleak.fl.local.local_update(model, global_params, xs[k], ys[k], gen=gens[k], defense=<no-op>)`` computes
 (same data order, same batches, same loss, same optimizer), but with the K models' parameters stacked on a
-leading client axis: one ``torch.func.vmap(functional_call)`` forward over the per-client batches, one backward
-(ordinary autograd through the vmapped forward) and one element-wise optimizer step over the stacked tensors
+leading client axis. Each step is one forward over the per-client batches and one backward, either by the fast path
+for a model that is a chain of Flatten/Linear/ReLU layers (:mod:`fedleak.fl.vectorized_chain`: batched matrix
+products and a hand-written backward) or, for any other model, by one ``torch.func.vmap(functional_call)`` forward
+and ordinary autograd through it; then one element-wise optimizer step over the stacked tensors
 (:mod:`fedleak.fl.vectorized_optim`). The model's own parameters are not touched (``local_update`` leaves the
-last client's weights in it). Device-agnostic by construction (tested on the CPU only).
+last client's weights in it). Device-agnostic by construction (tested on the CPU only). On a CPU the clients are
+stacked in groups that fit ``CPU_GROUP_BYTES`` (one group of all of them elsewhere), one group after another; when
+and how to stack is :mod:`fedleak.fl.vectorized_policy`.
 
-Agreement with the loop (``tests/test_vectorized.py``): in float64 to ~1e-15. In float32 every step agrees to
-rounding, but over many steps a ReLU network can meet a unit whose pre-activation lies within rounding of 0; the
-two engines may then take different sides of the kink and drift apart, exactly as the loop itself does between
-two builds or CPUs (seen on random-label MNIST: 4e-2 after 79 steps, float32 loop vs float64 loop 8e-2). Equal
-attack metrics are therefore to be expected within run-to-run tolerance, not bit for bit.
+Agreement with the loop (``tests/fl/test_vectorized.py``, ``tests/fl/test_vectorized_chain.py``): in float64 to
+~1e-15. In float32 every step agrees to rounding, but over many steps a ReLU network can meet a unit whose
+pre-activation lies within rounding of 0; the two engines may then take different sides of the kink and drift
+apart, exactly as the loop itself does between two builds or CPUs (seen on random-label MNIST: 4e-2 after 79
+steps, float32 loop vs float64 loop 8e-2). Equal attack metrics are therefore to be expected within run-to-run
+tolerance, not bit for bit.
 
-Speed: on a CPU it pays for small models and batches only (see :data:`CPU_MAX_STEP_FLOPS`,
-:func:`vectorize_worthwhile`, ``benchmarks/training.py``).
+Speed: on a CPU the general path pays for small models and batches only, the fast path up to larger steps (see
+:mod:`fedleak.fl.vectorized_policy`, ``benchmarks/training.py``).
 
 Unequal shard sizes, without padding clients that are done: client k takes ``T_k = epochs * ceil(n_k / B)``
 steps. Clients are ordered by ``T_k`` (descending), so at global step t the clients still training are a prefix
@@ -27,8 +32,10 @@ is its own t-th batch whatever the others do, so each client's computation is ex
 
 Data order: each client's permutations for all epochs are drawn from its own generator up front
 (``torch.randperm(n_k, generator=gens[k])`` once per epoch, exactly the loop's draws), so the generators end in
-the loop's state. ``normalize`` is applied to each step's gathered batch of all clients ([m * B, C, H, W]), as the
-loop applies it to each client's batch.
+the loop's state. ``normalize`` must be per sample (the datasets' per-channel affine map is): it is applied once to
+all rows when they are used in several epochs, else to each step's gathered batch of all clients ([m * B, C, H, W]),
+either way what the loop's normalising of each client's batch gives, bit for bit. Labels and padding weights of
+every step are gathered before the first step; each row's loss is kept and reduced to the per-step means at the end.
 """
 
 from __future__ import annotations
@@ -44,89 +51,16 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from fedleak.config import FLConfig
-from fedleak.defenses.base import Defense
-from fedleak.defenses.data import Compose
 from fedleak.fl.local import ParamDict, _diverged
+from fedleak.fl.vectorized_chain import ChainNet, Op, linear_chain
 from fedleak.fl.vectorized_optim import StackedOptimizer, make_stacked_optimizer
-
-_RANDOM_MODULES = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
-
-
-def supports_vectorized(model: nn.Module, defense: Defense | None = None) -> tuple[bool, str]:
-    """(True, "") when :func:`local_updates_vectorized` reproduces ``local_update`` for this model and defense,
-    else (False, the reason to log once before falling back to the per-client loop)."""
-    for name, mod in model.named_modules():
-        if isinstance(mod, _RANDOM_MODULES) or "dropout" in type(mod).__name__.lower():
-            kind = type(mod).__name__
-            return False, f"module {name or kind} ({kind}) is random or has running statistics"
-    buffers = [n for n, _ in model.named_buffers()]
-    if buffers:
-        return False, f"the model has buffers ({buffers[0]}), which training may update"
-    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-    if frozen:
-        return False, f"parameter {frozen[0]} is frozen (requires_grad=False)"
-    if defense is not None:
-        odd = _local_training_hooks(defense)
-        if odd:
-            return False, f"defense '{defense.name}' changes local training ({odd})"
-    return True, ""
-
-
-#: On a CPU, vectorising pays only for small per-step work: with more, the loop's per-client working set stays in
-#: cache while the stacked one does not, and its matmuls are no less efficient. Measured with
-#: benchmarks/training.py (2-core AMD EPYC, torch 2.13, one thread): digits-quick's MLP (1.0 MFLOP per client step,
-#: 0.5 M stacked parameters) 2.6x faster; MNIST-sized MLP (4.7 MFLOP, 2.4 M) 0.87x; LeNet on 28x28, batch 10
-#: (8.3 MFLOP) 1.4x, batch 64 0.73x.
-CPU_MAX_STEP_FLOPS = 2e6  # forward FLOPs of one client's batch
-CPU_MAX_STACKED_PARAMS = 2**21  # clients x parameters
-
-
-def vectorize_worthwhile(
-    model: nn.Module, input_shape: tuple[int, ...], batch_size: int, n_clients: int, device: str | torch.device = "cpu"
-) -> tuple[bool, str]:
-    """Whether ``fl.vectorize: auto`` should vectorise (True off the CPU), else the reason it does not."""
-    if n_clients < 2:
-        return False, "a single client"
-    if torch.device(device).type != "cpu":
-        return True, ""
-    stacked = n_clients * sum(p.numel() for p in model.parameters())
-    if stacked > CPU_MAX_STACKED_PARAMS:
-        return False, f"{stacked:,} stacked parameters are more than a CPU handles faster than the loop"
-    from torch.utils.flop_counter import FlopCounterMode
-
-    p = next(model.parameters())
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros((1, *input_shape), dtype=p.dtype, device=p.device))
-    flops = counter.get_total_flops() * batch_size
-    if flops > CPU_MAX_STEP_FLOPS:
-        return False, f"a client's step ({flops / 1e6:.1f} MFLOP) is large enough for the loop to be as fast on a CPU"
-    return True, ""
-
-
-def resolve_vectorize(
-    mode: str, model: nn.Module, defense: Defense, input_shape: tuple[int, ...], batch_size: int, n_clients: int,
-    device: str | torch.device = "cpu",
-) -> tuple[bool, str]:
-    """``fl.vectorize`` (auto | on | off) for this run: (vectorise?, a line to log once, or "").
-    ``on`` falls back to the per-client loop only where vectorising would change the results."""
-    if mode == "off":
-        return False, ""
-    ok, why = supports_vectorized(model, defense)
-    if not ok:
-        return False, f"fl.vectorize={mode}: training the clients one by one, since {why}"
-    if mode == "on":
-        return True, ""
-    worth, why = vectorize_worthwhile(model, input_shape, batch_size, n_clients, device)
-    return worth, "" if worth else f"fl.vectorize=auto: training the clients one by one ({why})"
-
-
-def _local_training_hooks(defense: Defense) -> str:
-    """Which of ``defense``'s local-training hooks are not the identity ("" when none is)."""
-    if isinstance(defense, Compose):
-        return ", ".join(filter(None, (_local_training_hooks(d) for d in defense.parts)))
-    hooks = ("local_batches", "transform_batch", "training_step")
-    return ", ".join(h for h in hooks if getattr(type(defense), h) is not getattr(Defense, h))
-
+from fedleak.fl.vectorized_policy import (  # noqa: F401 - the engine's names, re-exported where they used to live
+    _local_training_hooks,
+    group_size,
+    resolve_vectorize,
+    supports_vectorized,
+    vectorize_worthwhile,
+)
 
 @dataclass
 class BatchPlan:
@@ -162,7 +96,8 @@ def batch_plan(sizes: list[int], gens: list[torch.Generator], epochs: int, batch
         if steps[j]:
             rows[: steps[j], j], count[: steps[j], j] = _client_rows(perms, per_epoch[k], width, offsets[k])
     active = [sum(1 for s in steps if s > t) for t in range(T)]
-    full = [bool((count[t, : active[t]] == width).all()) for t in range(T)]
+    inactive = torch.arange(K) >= torch.tensor(active, dtype=torch.long).view(-1, 1)  # [T, K]
+    full = ((count == width) | inactive).all(1).tolist()
     return BatchPlan(order, steps, rows, count, active, full, width)
 
 
@@ -182,33 +117,58 @@ def _client_rows(perms: list[torch.Tensor], n_steps: int, width: int, offset: in
 class _StackedModel:
     """The model applied with K stacked parameter sets (vmap over functional_call), gradients by autograd."""
 
-    def __init__(self, model: nn.Module, names: list[str]) -> None:
-        self.names = names
+    def __init__(self, model: nn.Module, names: list[str], stacked: list[torch.Tensor]) -> None:
+        self.names, self.stacked = names, stacked
         self._vf = vmap(lambda p, x: functional_call(model, p, (x,)))
         self._leaves: dict[int, list[torch.Tensor]] = {}
 
     def forget_leaves(self) -> None:
         self._leaves.clear()
 
-    def leaves(self, stacked: list[torch.Tensor], m: int) -> list[torch.Tensor]:
+    def leaves(self, m: int) -> list[torch.Tensor]:
         """Leaf tensors sharing storage with the first m rows of ``stacked`` (cached: the optimizer updates
         ``stacked`` in place without autograd, so the same leaves see the new values)."""
         if m not in self._leaves:
-            self._leaves[m] = [s[:m].detach().requires_grad_() for s in stacked]
+            self._leaves[m] = [s[:m].detach().requires_grad_() for s in self.stacked]
         return self._leaves[m]
 
     def losses_and_grads(
-        self, leaves: list[torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, weights: torch.Tensor | None
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Per-client mean cross-entropy [m] and its gradients w.r.t. ``leaves``.
-
-        ``weights`` [m, W] (None: all rows real) is 1/count on real rows and 0 on padding."""
+        self, m: int, xb: torch.Tensor, yb: torch.Tensor, weights: torch.Tensor | None, nll: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """The gradients of the clients' mean cross-entropy w.r.t. the first m clients' parameters; each row's
+        cross-entropy into ``nll`` [m, W]. ``yb`` [m, W, 1] labels; ``weights`` [m, W, 1] (None: all rows real)
+        is 1/count on real rows and 0 on padding."""
+        leaves = self.leaves(m)
         with torch.enable_grad():
             logits = self._vf(dict(zip(self.names, leaves)), xb)  # [m, W, C]
-            ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(yb.shape)
-            loss = ce.mean(1) if weights is None else (ce * weights).sum(1)
+            ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(nll.shape)
+            loss = ce.mean(1) if weights is None else (ce * weights.squeeze(2)).sum(1)
             grads = torch.autograd.grad(loss.sum(), leaves)
-        return loss.detach(), list(grads)
+        nll.copy_(ce.detach())
+        return list(grads)
+
+
+class _ChainModel:
+    """The fast path (:mod:`fedleak.fl.vectorized_chain`): a Flatten/Linear/ReLU chain by batched matrix products,
+    gradients written into buffers allocated once per round."""
+
+    def __init__(self, ops: list[Op], stacked: list[torch.Tensor]) -> None:
+        self.net, self.stacked = ChainNet(ops), stacked
+        self.grads = [torch.empty_like(s, memory_format=torch.contiguous_format) for s in stacked]
+        self._rows: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+
+    def forget_leaves(self) -> None:
+        self._rows.clear()
+
+    def losses_and_grads(
+        self, m: int, xb: torch.Tensor, yb: torch.Tensor, weights: torch.Tensor | None, nll: torch.Tensor
+    ) -> list[torch.Tensor]:
+        if m not in self._rows:
+            self._rows[m] = ([s[:m] for s in self.stacked], [g[:m] for g in self.grads])
+        params, grads = self._rows[m]
+        with torch.no_grad():
+            self.net.losses_and_grads(params, grads, xb, yb, 1.0 / yb.shape[1] if weights is None else weights, nll)
+        return grads
 
 
 def local_updates_vectorized(
@@ -240,6 +200,34 @@ def local_updates_vectorized(
         raise ValueError(f"local_updates_vectorized: {K} xs but {len(ys)} ys, {len(gens)} generators")
     if K == 0:
         return [], [], []
+    g = group_size(model, fl, K, xs[0].device)
+    out: tuple[list, list, list] = ([], [], [])
+    for a in range(0, K, g):  # groups in order: the first diverging client raises before later ones train
+        part = _stacked_updates(
+            model, global_params, xs[a : a + g], ys[a : a + g], gens[a : a + g], fl=fl, lr=lr, normalize=normalize,
+            opt_states=None if opt_states is None else opt_states[a : a + g],
+            wheres=None if wheres is None else wheres[a : a + g],
+        )
+        for whole, piece in zip(out, part):
+            whole.extend(piece)
+    return out
+
+
+def _stacked_updates(
+    model: nn.Module,
+    global_params: ParamDict,
+    xs: list[torch.Tensor],
+    ys: list[torch.Tensor],
+    gens: list[torch.Generator],
+    *,
+    fl: FLConfig,
+    lr: float,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    opt_states: list[dict[str, Any] | None] | None,
+    wheres: list[str] | None,
+) -> tuple[list[ParamDict], list[float], list[dict[str, Any] | None]]:
+    """:func:`local_updates_vectorized` of one group of clients, stacked."""
+    K = len(xs)
     sizes = [int(len(y)) for y in ys]
     plan = batch_plan(sizes, gens, fl.local_epochs, fl.batch_size)
     names = [n for n, _ in model.named_parameters()]
@@ -247,36 +235,41 @@ def local_updates_vectorized(
     carried = None if fl.fresh_optimizer or opt_states is None else [opt_states[k] for k in plan.order]
     opt = make_stacked_optimizer(fl, lr, stacked, carried)
     model.train()
-    losses = _train(_StackedModel(model, names), stacked, opt, plan, torch.cat(xs), torch.cat(ys), normalize)
+    ops = linear_chain(model)
+    net = _StackedModel(model, names, stacked) if ops is None else _ChainModel(ops, stacked)
+    # normalize is per sample (the dataset's per-channel affine map), so normalising all rows once equals the
+    # loop's normalising of each batch, bit for bit; done once where the rows are reused (several epochs), else on
+    # each step's batch, which is in cache
+    x = torch.cat(xs)
+    once = fl.local_epochs > 1
+    losses = _train(net, opt, plan, normalize(x) if once else x, torch.cat(ys), (lambda b: b) if once else normalize)
     return _results(plan, names, stacked, opt, losses, wheres, lr, fl)
 
 
 def _train(
-    net: _StackedModel,
-    stacked: list[torch.Tensor],
-    opt: StackedOptimizer,
-    plan: BatchPlan,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    net: _StackedModel | _ChainModel, opt: StackedOptimizer, plan: BatchPlan, x: torch.Tensor, y: torch.Tensor,
     normalize: Callable[[torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    """Run every step of ``plan``; the per-step losses [T, K] (stacked order; rows past a client's T unused)."""
+    """Run every step of ``plan`` on the rows ``x`` (``normalize``: what each step's batch still needs); the
+    per-step losses [T, K] (stacked order; rows past a client's T unused). Labels and row weights of every step are
+    gathered once, up front, and every row's loss is kept and reduced to the clients' batch means at the end."""
     T, K = plan.rows.shape[:2]
-    losses = torch.full((T, K), float("nan"), dtype=torch.float64, device=x.device)
     all_rows, count = plan.rows.to(x.device), plan.count.to(x.device)
-    weights = (torch.arange(plan.width, device=x.device) < count[..., None]) / count.clamp(min=1)[..., None].to(x.dtype)
+    real = torch.arange(plan.width, device=x.device) < count[..., None]
+    weights = (real / count.clamp(min=1)[..., None].to(x.dtype)).unsqueeze(3)  # [T, K, width, 1]
+    labels = y.index_select(0, all_rows.flatten()).view(*all_rows.shape, 1)  # [T, K, width, 1]
+    nll = torch.full(all_rows.shape, float("nan"), dtype=x.dtype, device=x.device)
     sample_shape = x.shape[1:]
     for t in range(T):
         m = plan.active[t]
-        rows = all_rows[t, :m].flatten()
-        xb = normalize(x.index_select(0, rows)).view(m, plan.width, *sample_shape)
-        yb = y.index_select(0, rows).view(m, plan.width)
-        loss, grads = net.losses_and_grads(net.leaves(stacked, m), xb, yb, None if plan.full[t] else weights[t, :m])
+        xb = normalize(x.index_select(0, all_rows[t, :m].flatten())).view(m, plan.width, *sample_shape)
+        grads = net.losses_and_grads(m, xb, labels[t, :m], None if plan.full[t] else weights[t, :m], nll[t, :m])
         if t == 0 and opt.align_layouts(grads):  # state now has the gradients' memory layout
             net.forget_leaves()
         opt.step(grads, m)
-        losses[t, :m] = loss
-    return losses.cpu()
+    full = torch.tensor(plan.full, device=x.device).view(-1, 1)
+    losses = torch.where(full, nll.mean(2), (nll * weights.squeeze(3)).sum(2))  # the loop's mean over a batch
+    return losses.to("cpu", torch.float64)
 
 
 def _results(
@@ -295,22 +288,23 @@ def _results(
     means: list[float] = [float("nan")] * K
     states: list[dict[str, Any] | None] = [None] * K
     slot = {k: j for j, k in enumerate(plan.order)}
+    finite = torch.stack([torch.isfinite(s.flatten(1)).all(1) for s in stacked]).cpu()  # [params, K]
     for k in range(K):
         j, where = slot[k], wheres[k] if wheres is not None else ""
         own = losses[: plan.steps[j], j].numpy()
         bad = np.flatnonzero(~np.isfinite(own))
         if bad.size:
             raise _diverged(where, f"the local training loss became {float(own[bad[0]])} at step {bad[0] + 1}", lr)
-        params[k] = {n: s[j].clone(memory_format=torch.contiguous_format) for n, s in zip(names, stacked)}
-        odd = [n for n, p in params[k].items() if not bool(torch.isfinite(p).all())]
+        odd = [n for n, ok in zip(names, finite[:, j].tolist()) if not ok]
         if odd:
             raise _diverged(where, f"the local model's {odd[0]} became inf/nan", lr)
+        params[k] = {n: s[j].clone(memory_format=torch.contiguous_format) for n, s in zip(names, stacked)}
         means[k] = float(np.mean(own)) if own.size else float("nan")
         states[k] = None if fl.fresh_optimizer else opt.state_dict(j, trained=plan.steps[j] > 0)
     return params, means, states
 
 
 __all__ = [
-    "BatchPlan", "batch_plan", "local_updates_vectorized", "resolve_vectorize", "supports_vectorized",
+    "BatchPlan", "batch_plan", "group_size", "local_updates_vectorized", "resolve_vectorize", "supports_vectorized",
     "vectorize_worthwhile",
 ]

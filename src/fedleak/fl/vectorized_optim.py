@@ -11,8 +11,13 @@ momentum and Adam moments stay as they are.
   g ← g + λθ;  m ← β1 m + (1−β1) g;  v ← β2 v + (1−β2) g²;  θ ← θ − (γ / (1−β1ᵗ)) · m / (√v / √(1−β2ᵗ) + ε).
 * AdamW: as Adam without the L2 term, after the decoupled decay θ ← θ(1 − γλ).
 
-The rounding follows torch.optim's single-tensor code path (grad.add(param), lerp for m, mul+addcmul for v,
-√v / √(1−β2ᵗ) + ε then addcdiv), so results agree with it to a few float32 ulps per step.
+Where every tensor is contiguous (always on the engine's Linear/ReLU fast path) a step is one call of torch's
+fused kernel (``torch._fused_sgd_`` / ``_fused_adam_`` / ``_fused_adamw_``, what ``torch.optim``'s ``fused=True``
+runs: one pass over each tensor's memory instead of one per operation); Adam only when every client is at the same
+step count (always with a fresh optimizer). Otherwise the update is ``torch._foreach_*`` operations in the order
+of torch.optim's single-tensor code path (grad.add(param), lerp for m, mul+addcmul for v, √v / √(1−β2ᵗ) + ε then
+addcdiv). Either way results agree with torch.optim's default (single-tensor) path to a few float32 ulps per step
+(the fused kernels contract multiply-adds) and to ~1e-16 in float64.
 States come and go in torch.optim's ``state_dict`` format, so ``fresh_optimizer: false`` runs can carry them.
 """
 
@@ -47,6 +52,14 @@ def _in_layout(t: torch.Tensor, perm: list[int]) -> torch.Tensor:
 
 def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
     return all(a.stride(d) == b.stride(d) for d in range(1, a.dim()) if a.shape[d] > 1)
+
+
+def _fusable(params: list[torch.Tensor], grads: list[torch.Tensor], *states: list[torch.Tensor]) -> bool:
+    """Whether torch's fused optimizer kernels (one pass over each tensor's memory) apply: every tensor dense and
+    contiguous, gradients of the parameters' dtype (they walk the tensors as flat arrays)."""
+    return all(
+        p.is_contiguous() and g.is_contiguous() and g.dtype == p.dtype for p, g in zip(params, grads)
+    ) and all(s.is_contiguous() for group in states for s in group)
 
 
 def _owned(t: torch.Tensor) -> torch.Tensor:
@@ -136,10 +149,16 @@ class StackedSGD(StackedOptimizer):
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor], m: int) -> None:
         params = self.rows("param", m)
+        bufs = self.rows("momentum_buffer", m) if self.fl.momentum != 0 else []
+        if _fusable(params, grads, bufs):  # one kernel over every tensor (a zero buffer's first step: b = g)
+            torch._fused_sgd_(
+                params, grads, bufs, weight_decay=self.fl.weight_decay, momentum=self.fl.momentum, lr=self.lr,
+                dampening=0.0, nesterov=False, maximize=False, is_first_step=False,
+            )
+            return
         if self.fl.weight_decay != 0:
             torch._foreach_add_(grads, params, alpha=self.fl.weight_decay)
         if self.fl.momentum != 0:
-            bufs = self.rows("momentum_buffer", m)
             torch._foreach_mul_(bufs, self.fl.momentum)
             torch._foreach_add_(bufs, grads)
             grads = bufs
@@ -170,15 +189,23 @@ class StackedAdam(StackedOptimizer):
     def step(self, grads: list[torch.Tensor], m: int) -> None:
         params, wd, lr = self.rows("param", m), self.fl.weight_decay, self.lr
         self.steps[:m] += 1
+        exp_avg, exp_avg_sq = self.rows("exp_avg", m), self.rows("exp_avg_sq", m)
+        t = self.steps[:m]
+        if np.all(t == t[0]) and _fusable(params, grads, exp_avg, exp_avg_sq):
+            fused = torch._fused_adamw_ if self.decoupled else torch._fused_adam_
+            step = torch.tensor(float(t[0]), dtype=torch.float32, device=params[0].device)
+            fused(
+                params, grads, exp_avg, exp_avg_sq, [], [step] * len(params), lr=lr, beta1=self.beta1,
+                beta2=self.beta2, weight_decay=wd, eps=self.eps, amsgrad=False, maximize=False,
+            )
+            return
         if wd != 0 and self.decoupled:
             torch._foreach_mul_(params, 1 - lr * wd)
         elif wd != 0:
             torch._foreach_add_(grads, params, alpha=wd)
-        exp_avg, exp_avg_sq = self.rows("exp_avg", m), self.rows("exp_avg_sq", m)
         torch._foreach_lerp_(exp_avg, grads, 1 - self.beta1)
         torch._foreach_mul_(exp_avg_sq, self.beta2)
         torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - self.beta2)
-        t = self.steps[:m]
         if np.all(t == t[0]):  # every client at the same step (always so with a fresh optimizer)
             step_size = lr / (1 - self.beta1 ** t[0])
             denom = torch._foreach_sqrt(exp_avg_sq)
