@@ -240,3 +240,33 @@ def test_convnet64_representation_is_2304_and_linear_is_last():
     assert n_params(build_model("convnet64", 10, (3, 32, 32), norm="none")) == 2_904_970 - 2 * 1600
     with pytest.raises(ValueError, match="too small"):
         build_model("convnet64", 10, (3, 8, 8))
+
+
+def test_build_check_leaves_weights_modes_and_statistics_as_a_plain_build(tmp_path, monkeypatch):
+    """build_model's fit check runs the real model on one sample: the weights equal the builder's own under the same
+    seed, no BatchNorm statistic moves, and every module keeps the mode its factory gave it."""
+    from fedleak.models import MODELS
+
+    torch.manual_seed(5)
+    want = MODELS.resolve("resnet20_bn")(10, (3, 32, 32))
+    torch.manual_seed(5)
+    got = build_model("resnet20_bn", 10, (3, 32, 32))
+    assert got.training and all(m.training for m in got.modules())
+    for (n, a), (_, b) in zip(want.state_dict().items(), got.state_dict().items()):
+        assert torch.equal(a, b), n  # running_mean 0, running_var 1, num_batches_tracked 0, weights bit-equal
+
+    (tmp_path / "modal_nets_check.py").write_text(
+        "import torch\n"
+        "def make(num_classes, input_shape):\n"
+        "    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(64, num_classes))\n"
+        "    net[1].eval()  # a factory's deliberate mode\n"
+        "    return net\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    net = build_model("modal_nets_check:make", 3, (1, 8, 8))
+    assert net.training and not net[1].training
+
+
+def test_build_check_on_the_real_model_still_names_the_size_needed():
+    with pytest.raises(ValueError, match=r"alexnet_cifar' needs images of at least \d+x\d+"):
+        build_model("alexnet_cifar", 10, (3, 8, 8))

@@ -117,9 +117,12 @@ def available_models() -> list[str]:
 def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int], **options) -> nn.Module:
     """Build a fresh (randomly initialised, seeded by the global torch RNG) model.
 
-    Before any weight is allocated the model is built on the ``meta`` device and run on one dry sample:
-    a model too large (:data:`MAX_PARAMETERS`) or one that does not fit the input size is a ValueError
-    that says which size it needs. The meta build draws no random numbers, so the weights are unchanged.
+    Before any weight is allocated the model is built on the ``meta`` device to count its parameters: a model too
+    large (:data:`MAX_PARAMETERS`) is a ValueError. The meta build draws no random numbers, so the weights are
+    unchanged. The real model then runs one zero sample in eval mode without gradients (its modes are restored, no
+    running statistic moves): one that does not fit the input size is a ValueError that says which size it needs
+    (found by dry runs on the meta device). Running the check on the meta device costs a fresh process about 1 s
+    of lazy imports (its kernels), more than a whole digits round; the real CPU sample costs milliseconds.
     """
     builder = MODELS.resolve(name)
     if int(num_classes) < 1:
@@ -135,15 +138,18 @@ def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int], 
     else:
         check_factory_signature(name, builder, int(num_classes), shape, options)
     build = _checked(name, functools.partial(builder, int(num_classes), **options))
-    error, n_params = _dry_run(build, shape, int(num_classes))
-    if error is not None:
-        raise ValueError(_misfit_message(name, build, shape, int(num_classes), error, options))
-    if n_params > MAX_PARAMETERS:
+    error, n_params = _dry_run(build, shape, int(num_classes), forward=False)
+    if error is None and n_params > MAX_PARAMETERS:
         raise ValueError(
             f"model {name!r} with options {options or {}} would have {n_params:,} parameters, above the limit "
             f"{MAX_PARAMETERS:,}; use smaller layer widths"
         )
-    return build(shape)
+    model = build(shape) if error is None else None
+    if model is not None:
+        error = _sample_error(model, shape, int(num_classes))
+    if error is not None:
+        raise ValueError(_misfit_message(name, build, shape, int(num_classes), error, options))
+    return model
 
 
 def check_factory_signature(name: str, factory: Builder, num_classes: int, shape: tuple[int, int, int],
@@ -187,12 +193,17 @@ def _checked(name: str, build: Callable[..., nn.Module]) -> Callable[..., nn.Mod
     return run
 
 
-def _dry_run(build: Callable[..., nn.Module], shape: tuple[int, int, int], num_classes: int) -> tuple[str | None, int]:
-    """(error or None, trainable parameter count) of the model built on the meta device and fed one sample."""
+def _dry_run(
+    build: Callable[..., nn.Module], shape: tuple[int, int, int], num_classes: int, forward: bool = True
+) -> tuple[str | None, int]:
+    """(error or None, trainable parameter count) of the model built on the meta device and, with ``forward``, fed
+    one sample there."""
     try:
         with torch.device("meta"), torch.no_grad():
             model = build(shape).eval()  # a FactoryError propagates; BatchNorm: eval, so one sample suffices
             n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            if not forward:
+                return None, n_params
             try:
                 out = model(torch.zeros((1, *shape)))
             except NotImplementedError:  # an op without a meta kernel: no shape check possible, trust the build
@@ -204,11 +215,36 @@ def _dry_run(build: Callable[..., nn.Module], shape: tuple[int, int, int], num_c
     except Exception as e:  # a user's forward (a zoo model raises only the types above)
         text = str(e).strip().splitlines()
         return f"{type(e).__name__}" + (f": {text[0]}" if text else ""), 0
+    return _output_error(out, num_classes), n_params
+
+
+def _sample_error(model: nn.Module, shape: tuple[int, int, int], num_classes: int) -> str | None:
+    """The error of the built model on one zero sample (eval mode, no gradients; every module's mode restored), or
+    None."""
+    modes = [(m, m.training) for m in model.modules()]
+    p = next(iter(model.parameters()), None)
+    x = torch.zeros((1, *shape), dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32,
+                    device=p.device if p is not None else "cpu")
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except (ValueError, RuntimeError, TypeError) as e:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    except Exception as e:  # a user's forward
+        text = str(e).strip().splitlines()
+        return f"{type(e).__name__}" + (f": {text[0]}" if text else "")
+    finally:
+        for m, training in modes:
+            m.training = training
+    return _output_error(out, num_classes)
+
+
+def _output_error(out: object, num_classes: int) -> str | None:
     if not isinstance(out, torch.Tensor):
-        return f"its forward returns {article(type(out).__name__)}, not a tensor of logits", n_params
+        return f"its forward returns {article(type(out).__name__)}, not a tensor of logits"
     if tuple(out.shape) != (1, num_classes):
-        return f"its output has shape {tuple(out.shape)}, expected (1, {num_classes})", n_params
-    return None, n_params
+        return f"its output has shape {tuple(out.shape)}, expected (1, {num_classes})"
+    return None
 
 
 def _smallest_side(build: Callable[..., nn.Module], channels: int, lo: int, num_classes: int) -> int | None:
