@@ -203,3 +203,22 @@ def test_update_and_data_defenses_vectorise_with_the_loops_streams(tmp_path, def
     for k in a:
         assert not torch.equal(b[k], theta0[k])
         assert_within(a[k], b[k], rounding_tol(steps * n, scale), f"global {k} ({defense['name']})")
+
+
+@pytest.mark.parametrize("name, shape, options", [
+    ("mlp", (1, 8, 8), {"hidden": [256, 128]}), ("mlp", (1, 28, 28), {}), ("lenet_dlg", (1, 28, 28), {}),
+    ("lenet_soteria", (3, 32, 32), {}), ("convnet64", (3, 32, 32), {"width": 8}), ("alexnet_cifar", (3, 32, 32), {}),
+    ("resnet18_gn", (3, 32, 32), {}), ("resnet20_bn", (3, 32, 32), {}),
+])
+def test_forward_flops_equal_torch_flop_counter(name, shape, options):
+    """auto's cost estimate from forward hooks equals torch's FlopCounterMode on every zoo model (the reference;
+    too slow to load for the decision itself)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fedleak.fl.vectorized_policy import forward_flops
+    from fedleak.models import build_model
+
+    model = build_model(name, 10, shape, **options).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros((1, *shape)))
+    assert forward_flops(model, shape) == counter.get_total_flops() > 0

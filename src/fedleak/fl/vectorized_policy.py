@@ -61,15 +61,40 @@ def vectorize_worthwhile(
     stacked = n_clients * sum(p.numel() for p in model.parameters())
     if not chain and stacked > CPU_MAX_STACKED_PARAMS:
         return False, f"{stacked:,} stacked parameters are more than a CPU handles faster than the loop"
-    from torch.utils.flop_counter import FlopCounterMode
-
-    p = next(model.parameters())
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros((1, *input_shape), dtype=p.dtype, device=p.device))
-    flops = counter.get_total_flops() * batch_size
+    flops = forward_flops(model, input_shape) * batch_size
     if flops > (CPU_MAX_CHAIN_STEP_FLOPS if chain else CPU_MAX_STEP_FLOPS):
         return False, f"a client's step ({flops / 1e6:.1f} MFLOP) is large enough for the loop to be as fast on a CPU"
     return True, ""
+
+
+def forward_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """FLOPs of one sample's forward through the model's Linear and convolution layers (2 per multiply-add, biases
+    not counted): what ``torch.utils.flop_counter.FlopCounterMode`` counts for these layers (tests compare the two
+    on every zoo model), from forward hooks. FlopCounterMode's first use loads torch's decomposition tables, about
+    1 s of a fresh process's start-up, for a threshold decision; a model whose forward multiplies matrices outside
+    these layers is under-counted here."""
+    total = 0
+
+    def count(mod: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(mod, nn.Linear):
+            total += 2 * out.numel() * mod.in_features
+        else:
+            k = 1
+            for d in mod.kernel_size:
+                k *= d
+            total += 2 * out.numel() * (mod.in_channels // mod.groups) * k
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    handles = [m.register_forward_hook(count) for m in layers]
+    p = next(model.parameters())
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape), dtype=p.dtype, device=p.device))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
 
 
 def resolve_vectorize(
@@ -116,6 +141,6 @@ def group_size(model: nn.Module, fl: FLConfig, n_clients: int, device: str | tor
 
 
 __all__ = [
-    "CPU_GROUP_BYTES", "CPU_MAX_CHAIN_STEP_FLOPS", "CPU_MAX_STACKED_PARAMS", "CPU_MAX_STEP_FLOPS", "group_size",
-    "resolve_vectorize", "supports_vectorized", "vectorize_worthwhile",
+    "CPU_GROUP_BYTES", "CPU_MAX_CHAIN_STEP_FLOPS", "CPU_MAX_STACKED_PARAMS", "CPU_MAX_STEP_FLOPS", "forward_flops",
+    "group_size", "resolve_vectorize", "supports_vectorized", "vectorize_worthwhile",
 ]
