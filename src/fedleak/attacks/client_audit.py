@@ -27,7 +27,6 @@ import numpy as np
 from fedleak.config import ExperimentConfig
 from fedleak.errors import StoreError
 from fedleak.fl.canary_clients import EVIDENCE
-from fedleak.metrics.client_canaries import one_shot_epsilon, one_shot_interval
 from fedleak.signals import store
 
 CLIENTS_JSON = Path("audit") / "clients.json"
@@ -62,6 +61,10 @@ def _accountant(run_dir: Path) -> dict[str, Any]:
 
 def client_audit_entry(cfg: ExperimentConfig, run_dir: str | Path) -> dict[str, Any]:
     """The ``audit/clients.json`` entry of a finished run with canary clients (module docstring)."""
+    # here, not at the top: metrics.client_canaries loads scipy (~0.6 s), which a run without canary clients
+    # (every `fedleak train`) does not need
+    from fedleak.metrics.client_canaries import one_shot_epsilon, one_shot_interval
+
     run_dir = Path(run_dir)
     ev = _read_evidence(run_dir)
     delta, conf = audit_delta(cfg), cfg.audit.confidence

@@ -24,6 +24,7 @@ States come and go in torch.optim's ``state_dict`` format, so ``fresh_optimizer:
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import numpy as np
@@ -78,8 +79,13 @@ class StackedOptimizer:
         self.state = {key: [torch.zeros_like(s) for s in stacked] for key in self.state_keys}
         self.loaded = [False] * self.K
         self._views: dict[tuple[str, int], list[torch.Tensor]] = {}
-        template = make_optimizer([torch.nn.Parameter(s[0].detach().clone()) for s in stacked], fl, lr)
-        self._groups = template.state_dict()["param_groups"]  # torch.optim's own keys and values
+
+    @functools.cached_property
+    def _groups(self) -> list[dict[str, Any]]:
+        """torch.optim's own param_groups keys and values, from a template optimizer built when first needed (carried
+        state, Adam's defaults): a process's first torch.optim optimizer imports torch._dynamo, ~1 s of start-up."""
+        template = make_optimizer([torch.nn.Parameter(s[0].detach().clone()) for s in self.stacked], self.fl, self.lr)
+        return template.state_dict()["param_groups"]
 
     def rows(self, key: str, m: int) -> list[torch.Tensor]:
         """The first m rows of the parameters (``key`` "param") or of a state list (cached views)."""
