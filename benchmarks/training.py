@@ -58,8 +58,10 @@ Flower hook (for the lead): ``--flower`` also times ``python -m fedleak.cli flow
 ``time`` field of their metrics.jsonl, with ``train`` both as the per-client loop (``fl.vectorize=off``) and as
 configured (``auto``: stacked for digits-quick).
 
-End to end (the same run, digits-quick, 3 rounds, s/round incl. evaluation and signals): loop 0.404, stacked
-0.130 (3.1x), flower-sim 1.713 (13.2x slower than stacked).
+End to end (idle machine, 2026-11-30, ``--flower`` with the preset's 20 rounds, s/round incl. evaluation and
+signals, median over rounds): loop 0.31, stacked 0.085 (3.6x), flower-sim 0.42 (4.9x the stacked engine's); whole
+commands 10.1 s, 4.5 s and 23.1 s. Over only 3 rounds (the earlier default) the first rounds' one-time costs dominate
+and the ratios look larger (13.2x for flower-sim under load).
 
 Usage: python benchmarks/training.py [--settings digits-quick,mnist-mlp,mnist-lenet] [--threads 1,2]
                                      [--repeat 3] [--mnist-batch 64] [--mnist-epochs 1] [--no-roofline] [--flower]
@@ -72,6 +74,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -284,9 +287,10 @@ FLOWER_COMMANDS = [  # (label, command, extra --set): the engine's loop, the eng
 ]
 
 
-def flower_vs_train(rounds: int) -> list[tuple[str, float, float]]:
-    """(label, wall seconds end to end, mean per-round `time` from metrics.jsonl) for train (loop and
-    vectorised) and flower-sim."""
+def flower_vs_train(rounds: int) -> list[tuple[str, float, float, float]]:
+    """(label, wall seconds end to end, mean and median per-round `time` from metrics.jsonl) for train (loop and
+    vectorised) and flower-sim. The median is the steady state: a run's first round carries one-time costs (the
+    loop's first torch.optim optimizer imports torch._dynamo, ~1 s; Ray starts its workers for flower-sim)."""
     out = []
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     for label, command, extra in FLOWER_COMMANDS:
@@ -300,7 +304,9 @@ def flower_vs_train(rounds: int) -> list[tuple[str, float, float]]:
             wall = time.perf_counter() - t0
             rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
             per_round = [r["time"] for r in rows if "time" in r]
-            out.append((label, wall, sum(per_round) / len(per_round) if per_round else float("nan")))
+            nan = float("nan")
+            out.append((label, wall, statistics.mean(per_round) if per_round else nan,
+                        statistics.median(per_round) if per_round else nan))
     return out
 
 
@@ -313,7 +319,7 @@ def main() -> None:
     ap.add_argument("--mnist-epochs", type=int, default=1)
     ap.add_argument("--no-roofline", action="store_true", help="skip the GEMM-rate measurements")
     ap.add_argument("--flower", action="store_true", help="also time flower-sim vs train end to end (the hook)")
-    ap.add_argument("--flower-rounds", type=int, default=3)
+    ap.add_argument("--flower-rounds", type=int, default=20)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (TF32 off; timings synchronise the GPU)")
     a = ap.parse_args()
     global DEVICE
@@ -336,10 +342,13 @@ def main() -> None:
     if rows:
         table(rows, a.repeat, load)
     if a.flower:  # ---- Flower hook: end-to-end train vs flower-sim ----
-        print(f"\n| command (digits-quick, {a.flower_rounds} rounds) | wall (s) | per round from metrics.jsonl (s) |")
-        print("|---|---|---|")
-        for command, wall, per_round in flower_vs_train(a.flower_rounds):
-            print(f"| {command} | {wall:.1f} | {per_round:.3f} |")
+        res = flower_vs_train(a.flower_rounds)
+        stacked = res[1][3]
+        print(f"\n| command (digits-quick, {a.flower_rounds} rounds) | wall (s) | per round, mean (s) | per round, median "
+              "(s) | median / stacked's |")
+        print("|---|---|---|---|---|")
+        for command, wall, mean, median in res:
+            print(f"| {command} | {wall:.1f} | {mean:.3f} | {median:.3f} | {median / stacked:.1f}x |")
 
 
 def table(rows: list[Row], repeat: int, load: float) -> None:
