@@ -3,6 +3,8 @@ stacks at once on a CPU: ``fl.vectorize`` (auto | on | off) resolved for a model
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -80,10 +82,7 @@ def forward_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         if isinstance(mod, nn.Linear):
             total += 2 * out.numel() * mod.in_features
         else:
-            k = 1
-            for d in mod.kernel_size:
-                k *= d
-            total += 2 * out.numel() * (mod.in_channels // mod.groups) * k
+            total += 2 * out.numel() * (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
 
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
     handles = [m.register_forward_hook(count) for m in layers]

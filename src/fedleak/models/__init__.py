@@ -139,17 +139,17 @@ def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int], 
         check_factory_signature(name, builder, int(num_classes), shape, options)
     build = _checked(name, functools.partial(builder, int(num_classes), **options))
     error, n_params = _dry_run(build, shape, int(num_classes), forward=False)
-    if error is None and n_params > MAX_PARAMETERS:
-        raise ValueError(
-            f"model {name!r} with options {options or {}} would have {n_params:,} parameters, above the limit "
-            f"{MAX_PARAMETERS:,}; use smaller layer widths"
-        )
-    model = build(shape) if error is None else None
-    if model is not None:
+    if error is None:
+        if n_params > MAX_PARAMETERS:
+            raise ValueError(
+                f"model {name!r} with options {options or {}} would have {n_params:,} parameters, above the limit "
+                f"{MAX_PARAMETERS:,}; use smaller layer widths"
+            )
+        model = build(shape)
         error = _sample_error(model, shape, int(num_classes))
-    if error is not None:
-        raise ValueError(_misfit_message(name, build, shape, int(num_classes), error, options))
-    return model
+        if error is None:
+            return model
+    raise ValueError(_misfit_message(name, build, shape, int(num_classes), error, options))
 
 
 def check_factory_signature(name: str, factory: Builder, num_classes: int, shape: tuple[int, int, int],
@@ -210,11 +210,8 @@ def _dry_run(
                 return None, n_params
     except FactoryError:
         raise
-    except (ValueError, RuntimeError, TypeError) as e:
-        return str(e).splitlines()[0] if str(e) else type(e).__name__, 0
-    except Exception as e:  # a user's forward (a zoo model raises only the types above)
-        text = str(e).strip().splitlines()
-        return f"{type(e).__name__}" + (f": {text[0]}" if text else ""), 0
+    except Exception as e:
+        return _error_line(e), 0
     return _output_error(out, num_classes), n_params
 
 
@@ -228,15 +225,21 @@ def _sample_error(model: nn.Module, shape: tuple[int, int, int], num_classes: in
     try:
         with torch.no_grad():
             out = model.eval()(x)
-    except (ValueError, RuntimeError, TypeError) as e:
-        return str(e).splitlines()[0] if str(e) else type(e).__name__
-    except Exception as e:  # a user's forward
-        text = str(e).strip().splitlines()
-        return f"{type(e).__name__}" + (f": {text[0]}" if text else "")
+    except Exception as e:
+        return _error_line(e)
     finally:
         for m, training in modes:
             m.training = training
     return _output_error(out, num_classes)
+
+
+def _error_line(e: Exception) -> str:
+    """One line for a build or forward that raised: a ValueError/RuntimeError/TypeError's own first line (what zoo
+    models raise), anything else (a user's forward) prefixed with its type."""
+    if isinstance(e, (ValueError, RuntimeError, TypeError)):
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}" + (f": {text[0]}" if text else "")
 
 
 def _output_error(out: object, num_classes: int) -> str | None:

@@ -6,6 +6,8 @@ gradients (or their "ghost" reductions against the K updates) follow in closed f
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -159,10 +161,7 @@ _GHOST_MARGIN = 120.0
 
 
 def _use_ghost(K: int, T: int, weight_shape: tuple[int, ...]) -> bool:
-    O = weight_shape[0]
-    I = 1
-    for d in weight_shape[1:]:
-        I *= d
+    O, I = weight_shape[0], math.prod(weight_shape[1:])
     return K * T + T * T * (I + O) / (I * O) < T + K + _GHOST_MARGIN
 
 
