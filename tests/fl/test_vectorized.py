@@ -16,13 +16,8 @@ from torch import nn
 from fedleak.config import FLConfig
 from fedleak.defenses.base import Defense
 from fedleak.fl.local import TrainingDiverged, get_params, local_update, make_optimizer
-from fedleak.fl.vectorized import (
-    batch_plan,
-    local_updates_vectorized,
-    resolve_vectorize,
-    supports_vectorized,
-    vectorize_worthwhile,
-)
+from fedleak.fl.vectorized import batch_plan, local_updates_vectorized
+from fedleak.fl.vectorized_policy import resolve_vectorize, supports_vectorized, vectorize_worthwhile
 from fedleak.fl.vectorized_optim import make_stacked_optimizer
 from fedleak.models import build_model
 

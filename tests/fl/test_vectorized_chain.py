@@ -20,7 +20,7 @@ from fedleak.config import FLConfig
 from fedleak.fl import vectorized, vectorized_policy
 from fedleak.defenses.base import Defense
 from fedleak.fl.local import TrainingDiverged, get_params, local_update, make_optimizer
-from fedleak.fl.vectorized import group_size
+from fedleak.fl.vectorized_policy import group_size
 from fedleak.fl.vectorized_chain import Op, linear_chain
 from fedleak.fl.vectorized_optim import make_stacked_optimizer
 from fedleak.models import build_model

@@ -28,7 +28,7 @@ from fedleak.fl.record import record_round
 from fedleak.fl.round import aggregate, client_update, clients_update_vectorized
 from fedleak.fl.rundir import check_same_config, complete_run_dir, init_run_dir, refuse_orphaned_results
 from fedleak.fl.schedule import lr_at
-from fedleak.fl.vectorized import _local_training_hooks, resolve_vectorize, supports_vectorized
+from fedleak.fl.vectorized_policy import local_training_hooks, resolve_vectorize, supports_vectorized
 from fedleak.runlock import run_lock
 from fedleak.seeding import Purpose, np_rng, participants
 from fedleak.signals import store
@@ -177,7 +177,7 @@ def place_model(fed: Federation) -> None:
     built and initialised on the CPU first, so its initial parameters do not depend on the device. A defense whose
     local training step draws noise inside the step (DP-SGD) runs on the CPU only: a :class:`ConfigError`."""
     device = setup_device(fed.cfg.device, "device")
-    if device.type != "cpu" and "training_step" in _local_training_hooks(fed.defense):
+    if device.type != "cpu" and "training_step" in local_training_hooks(fed.defense):
         raise ConfigError(f"defense '{fed.defense.name}' replaces the local training step and runs on the CPU only; "
                           "use --device cpu (or device: cpu)")
     fed.model.to(device)

@@ -54,13 +54,7 @@ from fedleak.config import FLConfig
 from fedleak.fl.local import ParamDict, _diverged
 from fedleak.fl.vectorized_chain import ChainNet, Op, linear_chain
 from fedleak.fl.vectorized_optim import StackedOptimizer, make_stacked_optimizer
-from fedleak.fl.vectorized_policy import (  # noqa: F401 - the engine's names, re-exported where they used to live
-    _local_training_hooks,
-    group_size,
-    resolve_vectorize,
-    supports_vectorized,
-    vectorize_worthwhile,
-)
+from fedleak.fl.vectorized_policy import group_size
 
 @dataclass
 class BatchPlan:
@@ -304,7 +298,4 @@ def _results(
     return params, means, states
 
 
-__all__ = [
-    "BatchPlan", "batch_plan", "group_size", "local_updates_vectorized", "resolve_vectorize", "supports_vectorized",
-    "vectorize_worthwhile",
-]
+__all__ = ["BatchPlan", "batch_plan", "local_updates_vectorized"]

@@ -30,7 +30,7 @@ def supports_vectorized(model: nn.Module, defense: Defense | None = None) -> tup
     if frozen:
         return False, f"parameter {frozen[0]} is frozen (requires_grad=False)"
     if defense is not None:
-        odd = _local_training_hooks(defense)
+        odd = local_training_hooks(defense)
         if odd:
             return False, f"defense '{defense.name}' changes local training ({odd})"
     return True, ""
@@ -113,10 +113,10 @@ def resolve_vectorize(
     return worth, "" if worth else f"fl.vectorize=auto: training the clients one by one ({why})"
 
 
-def _local_training_hooks(defense: Defense) -> str:
+def local_training_hooks(defense: Defense) -> str:
     """Which of ``defense``'s local-training hooks are not the identity ("" when none is)."""
     if isinstance(defense, Compose):
-        return ", ".join(filter(None, (_local_training_hooks(d) for d in defense.parts)))
+        return ", ".join(filter(None, (local_training_hooks(d) for d in defense.parts)))
     hooks = ("local_batches", "transform_batch", "training_step")
     return ", ".join(h for h in hooks if getattr(type(defense), h) is not getattr(Defense, h))
 
@@ -141,5 +141,5 @@ def group_size(model: nn.Module, fl: FLConfig, n_clients: int, device: str | tor
 
 __all__ = [
     "CPU_GROUP_BYTES", "CPU_MAX_CHAIN_STEP_FLOPS", "CPU_MAX_STACKED_PARAMS", "CPU_MAX_STEP_FLOPS", "forward_flops",
-    "group_size", "resolve_vectorize", "supports_vectorized", "vectorize_worthwhile",
+    "group_size", "local_training_hooks", "resolve_vectorize", "supports_vectorized", "vectorize_worthwhile",
 ]
