@@ -11,6 +11,7 @@ from torch.func import functional_call
 from conftest import tiny_config
 from fedleak.fl.federation import build_federation
 from fedleak.signals import store
+from fedleak.signals.candidates import gather
 from fedleak.signals.tensorfile import read_tensors
 
 
@@ -55,11 +56,7 @@ def test_compat_rows_match_per_client_autograd(tmp_path, model):
         for k in range(cfg.partition.num_clients):
             ids = z["ids"][k]
             distinct.add(tuple(ids))
-            train_rows = ids < fed.n_train
-            x = torch.empty((len(ids), *d.train.x.shape[1:]), dtype=d.train.x.dtype)
-            y = torch.empty(len(ids), dtype=torch.long)
-            x[train_rows], y[train_rows] = d.train.x[ids[train_rows]], d.train.y[ids[train_rows]]
-            x[~train_rows], y[~train_rows] = d.test.x[ids[~train_rows] - fed.n_train], d.test.y[ids[~train_rows] - fed.n_train]
+            x, y = gather(ids, fed.n_train, d.train.x, d.train.y, d.test.x, d.test.y)
             upload, _ = read_tensors(folder / store.client_file(k))
             ref = _reference(fed.model, glob, upload, d.normalize(x), y)
             for key, want in ref.items():
